@@ -1,0 +1,1 @@
+"""The statsd bridge: listener -> parse -> map -> store -> exposition / Datadog / relay."""

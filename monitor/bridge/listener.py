@@ -1,0 +1,152 @@
+"""Statsd listeners: UDP, TCP and Unix datagram sockets, served by one selector loop.
+
+One thread reads every socket and feeds ingest directly: no queue, no lock on the hot path.
+UDP sockets get a large receive buffer (SO_RCVBUFFORCE when permitted) and are drained in
+bursts, so one wakeup handles many datagrams.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import socket
+import stat
+import time
+
+log = logging.getLogger(__name__)
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+MAX_TCP_LINE = 65535
+BURST = 4096
+
+
+def parse_address(addr: str, default_host: str = "0.0.0.0") -> tuple[str, int]:
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"listen address must be [host]:port, not {addr!r}")
+    return (host.strip("[]") or default_host), int(port)
+
+
+def _bind(kind: int, addr: str) -> socket.socket:
+    host, port = parse_address(addr)
+    info = socket.getaddrinfo(host, port, type=kind, flags=socket.AI_PASSIVE)[0]
+    s = socket.socket(info[0], kind)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind(info[4])
+    except OSError as e:
+        s.close()
+        raise OSError(e.errno, f"cannot listen on {addr} ({'udp' if kind == socket.SOCK_DGRAM else 'tcp'}): "
+                               f"{e.strerror}") from None
+    return s
+
+
+def set_rcvbuf(s: socket.socket, size: int) -> int:
+    for opt in (SO_RCVBUFFORCE, socket.SO_RCVBUF):
+        try:
+            s.setsockopt(socket.SOL_SOCKET, opt, size)
+            break
+        except OSError:
+            continue
+    return s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+
+
+class Listeners:
+    def __init__(self, ingest, *, udp: str | None = ":9125", tcp: str | None = ":9125",
+                 unix: str | None = None, rcvbuf: int = 8 << 20):
+        self.ingest = ingest
+        self.sel = selectors.DefaultSelector()
+        self.sockets: list[socket.socket] = []
+        self.tcp_buffers: dict[socket.socket, bytearray] = {}
+        self.unix_path = unix
+        self.addresses: dict[str, tuple] = {}
+        if udp:
+            s = _bind(socket.SOCK_DGRAM, udp)
+            self.rcvbuf = set_rcvbuf(s, rcvbuf)
+            self._add(s, "udp")
+        if tcp:
+            s = _bind(socket.SOCK_STREAM, tcp)
+            s.listen(128)
+            self._add(s, "tcp-listen")
+        if unix:
+            try:
+                if stat.S_ISSOCK(os.stat(unix).st_mode):
+                    os.unlink(unix)  # a stale socket from an earlier run
+            except FileNotFoundError:
+                pass
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            try:
+                s.bind(unix)
+            except OSError as e:
+                s.close()
+                raise OSError(e.errno, f"cannot listen on unix socket {unix}: {e.strerror}") from None
+            set_rcvbuf(s, rcvbuf)
+            self._add(s, "unix")
+
+    def _add(self, s: socket.socket, kind: str) -> None:
+        s.setblocking(False)
+        self.sel.register(s, selectors.EVENT_READ, kind)
+        self.sockets.append(s)
+        self.addresses[kind] = s.getsockname()
+
+    def poll(self, timeout: float) -> None:
+        """Wait up to `timeout` and handle whatever arrived."""
+        handle = self.ingest.handle
+        for key, _ in self.sel.select(timeout):
+            kind, s = key.data, key.fileobj
+            now = time.monotonic()
+            if kind == "udp" or kind == "unix":
+                recv = s.recv
+                for _ in range(BURST):
+                    try:
+                        data = recv(65536)
+                    except (BlockingIOError, InterruptedError):
+                        break
+                    handle(data, kind, now)
+            elif kind == "tcp-listen":
+                try:
+                    conn, _ = s.accept()
+                except (BlockingIOError, InterruptedError):
+                    continue
+                conn.setblocking(False)
+                self.tcp_buffers[conn] = bytearray()
+                self.sel.register(conn, selectors.EVENT_READ, "tcp")
+                self.ingest.stats.packets["tcp_connection"] += 1
+            else:
+                self._tcp_read(s, now)
+
+    def _tcp_read(self, conn: socket.socket, now: float) -> None:
+        buf = self.tcp_buffers[conn]
+        try:
+            data = conn.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:  # closed: a last line without newline still counts
+            if buf:
+                self.ingest.handle(bytes(buf), "tcp", now)
+            self.sel.unregister(conn)
+            del self.tcp_buffers[conn]
+            conn.close()
+            return
+        buf += data
+        cut = buf.rfind(b"\n")
+        if cut >= 0:
+            self.ingest.handle(bytes(buf[:cut]), "tcp", now)
+            del buf[: cut + 1]
+        if len(buf) > MAX_TCP_LINE:
+            self.ingest.stats.parse_errors["oversized_line"] += 1
+            buf.clear()
+
+    def close(self) -> None:
+        for conn in list(self.tcp_buffers):
+            conn.close()
+        for s in self.sockets:
+            s.close()
+        self.sel.close()
+        if self.unix_path:
+            try:
+                os.unlink(self.unix_path)
+            except OSError:
+                pass

@@ -1,0 +1,279 @@
+"""Map a parsed statsd key to a Prometheus series: user rules first, then the Airflow catalog.
+
+Pure: `Mapper.map(key)` depends only on the key and the loaded rules, so the ingest layer caches
+its result per raw (name, type, rate, tags). User rules use statsd_exporter's mapping file format.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from monitor import catalog
+from monitor.bridge.parse import Key, label_name
+
+# Airflow durations span milliseconds (scheduler loop) to hours (DAG runs).
+DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600,
+                   1800, 3600, 7200, 14400, 43200, 86400)
+KIND = {"c": "counter", "g": "gauge", "ms": "histogram", "h": "histogram", "d": "histogram", "s": "gauge"}
+_NAME_BAD = re.compile(r"[^a-zA-Z0-9_:]")
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_VAR = re.compile(r"\{([a-z_]+)\}")
+_EXPAND = re.compile(r"\$\{(\d+)\}|\$(\d+)")
+
+
+class MappingError(ValueError):
+    """An invalid mapping file; the message is one line a person can act on."""
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    family: str  # Prometheus family (counters exposed with _total)
+    kind: str  # counter | gauge | histogram | drop
+    labels: tuple[tuple[str, str], ...] = ()
+    help: str = ""
+    buckets: tuple[float, ...] = DEFAULT_BUCKETS
+    ttl: float | None = None  # None: the bridge default
+    scale: float = 1.0  # multiplies values: 0.001 turns statsd milliseconds into seconds
+    metric: catalog.Metric | None = None
+    form: str = "plain"  # plain | modern | legacy | twin | user | unmapped
+    reason: str = ""  # why a drop target drops
+
+
+def sanitize_name(name: str) -> str:
+    name = _NAME_BAD.sub("_", name)
+    return "_" + name if name[:1].isdigit() else name
+
+
+def parse_duration(v) -> float:
+    """Go-style duration ('90s', '1h30m') or a number of seconds."""
+    if isinstance(v, int | float):
+        return float(v)
+    s = str(v).strip()
+    if s in ("", "0"):
+        return 0.0
+    pos, total = 0, 0.0
+    for m in _DURATION.finditer(s):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+        pos = m.end()
+    if pos != len(s):
+        raise MappingError(f"invalid duration {v!r} (use e.g. 30s, 5m, 1h)")
+    return total
+
+
+# ---------------------------------------------------------------- built-in Airflow mapping
+class AirflowMapping:
+    """The catalog as a matcher: exact names, legacy dotted names, names with variables."""
+
+    def __init__(self, prefix: str = "airflow", buckets: tuple[float, ...] = DEFAULT_BUCKETS):
+        self.prefix = prefix + "." if prefix else ""
+        self.buckets = buckets
+        self.exact: dict[str, catalog.Metric] = {}
+        self.patterns: list[tuple[re.Pattern, catalog.Metric, str]] = []
+        for m in catalog.load():
+            if m.name_vars:
+                self.patterns.append((self._compile(m.name), m, "plain"))
+            else:
+                self.exact[m.name] = m
+            if m.legacy:
+                self.patterns.append((self._compile(m.legacy), m, "legacy"))
+
+    @staticmethod
+    def _compile(template: str) -> re.Pattern:
+        out, pos = [], 0
+        for v in _VAR.finditer(template):
+            out.append(re.escape(template[pos : v.start()]))
+            out.append(f"(?P<{v.group(1)}>[^.]+)")
+            pos = v.end()
+        out.append(re.escape(template[pos:]))
+        return re.compile("".join(out) + r"\Z")
+
+    def map(self, key: Key) -> Target | None:
+        if not key.name.startswith(self.prefix):
+            return None
+        name = key.name[len(self.prefix) :]
+        tags = dict(key.tags)
+        m = self.exact.get(name)
+        if m is not None:
+            if m.legacy:
+                form = "modern" if all(v in tags for v in m.tag_vars) else "twin"
+            else:
+                form = "plain"
+            return self._target(m, key, tags, form)
+        for rx, m, form in self.patterns:
+            hit = rx.match(name)
+            if hit:
+                # ids from the name win over nothing, tags win over ids from the name
+                return self._target(m, key, {**hit.groupdict(), **tags}, form)
+        return None
+
+    def _target(self, m: catalog.Metric, key: Key, values: dict[str, str], form: str) -> Target:
+        labels = {m.prom_label(k): v for k, v in values.items()}
+        labels.update(m.const_labels)
+        kind = KIND[key.type]
+        return Target(
+            family=m.prometheus,
+            kind=kind,
+            labels=tuple(sorted(labels.items())),
+            help=m.help,
+            buckets=self.buckets,
+            scale=0.001 if key.type == "ms" else 1.0,
+            metric=m,
+            form=form,
+        )
+
+
+# ---------------------------------------------------------------- user (statsd_exporter) rules
+@dataclass(frozen=True)
+class Rule:
+    regex: re.Pattern
+    name: str
+    labels: dict[str, str]
+    action: str
+    metric_type: str | None  # counter | gauge | observer
+    ttl: float | None
+    buckets: tuple[float, ...]
+    help: str
+    observer_type: str
+
+
+def _glob_regex(pattern: str) -> re.Pattern:
+    return re.compile("".join("([^.]*)" if c == "*" else re.escape(c) for c in pattern) + r"\Z")
+
+
+def _expand(template: str, m: re.Match) -> str:
+    def sub(x: re.Match) -> str:
+        i = int(x.group(1) or x.group(2))
+        return (m.group(i) or "") if i <= (m.re.groups or 0) else ""
+
+    return _EXPAND.sub(sub, template)
+
+
+def load_rules(path: str | Path, default_buckets: tuple[float, ...] = DEFAULT_BUCKETS) -> list[Rule]:
+    """Read a statsd_exporter mapping file; raises MappingError with a one-line reason."""
+    try:
+        doc = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as e:
+        raise MappingError(f"cannot read mapping file {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise MappingError(f"mapping file {path} is not valid YAML{where}") from None
+    if not isinstance(doc, dict):
+        raise MappingError(f"mapping file {path}: top level must be a mapping with 'mappings:'")
+    unknown = set(doc) - {"defaults", "mappings"}
+    if unknown:
+        raise MappingError(f"mapping file {path}: unknown key {sorted(unknown)[0]!r}")
+    d = doc.get("defaults") or {}
+    d_match = d.get("match_type", "glob")
+    d_ttl = parse_duration(d.get("ttl", 0))
+    d_obs = d.get("observer_type", "histogram")
+    d_buckets = tuple((d.get("histogram_options") or {}).get("buckets") or default_buckets)
+    rules = []
+    for i, r in enumerate(doc.get("mappings") or [], 1):
+        where = f"mapping file {path}, mapping #{i}"
+        if not isinstance(r, dict) or "match" not in r:
+            raise MappingError(f"{where}: needs a 'match'")
+        action = r.get("action", "map")
+        if action not in ("map", "drop"):
+            raise MappingError(f"{where}: action must be map or drop, not {action!r}")
+        match_type = r.get("match_type", d_match)
+        try:
+            if match_type == "regex":
+                rx = re.compile(str(r["match"]) + r"\Z")
+            elif match_type == "glob":
+                rx = _glob_regex(str(r["match"]))
+            else:
+                raise MappingError(f"{where}: match_type must be glob or regex, not {match_type!r}")
+        except re.error as e:
+            raise MappingError(f"{where}: invalid regex {r['match']!r}: {e}") from None
+        name = r.get("name")
+        if action == "map" and not name:
+            raise MappingError(f"{where}: a mapping needs a 'name' (or action: drop)")
+        mtype = r.get("match_metric_type")
+        if mtype not in (None, "counter", "gauge", "observer", "timer"):
+            raise MappingError(f"{where}: match_metric_type must be counter, gauge or observer")
+        obs = r.get("observer_type", r.get("timer_type", d_obs))
+        if obs not in ("histogram", "summary", "default", ""):
+            raise MappingError(f"{where}: observer_type must be histogram or summary")
+        buckets = tuple((r.get("histogram_options") or {}).get("buckets") or d_buckets)
+        if list(buckets) != sorted(buckets):
+            raise MappingError(f"{where}: histogram buckets must be increasing")
+        labels = r.get("labels") or {}
+        if not isinstance(labels, dict):
+            raise MappingError(f"{where}: labels must be a mapping")
+        for k in labels:
+            if label_name(str(k)) != str(k):
+                raise MappingError(f"{where}: invalid label name {k!r}")
+        rules.append(
+            Rule(
+                regex=rx,
+                name=str(name or ""),
+                labels={str(k): str(v) for k, v in labels.items()},
+                action=action,
+                metric_type="observer" if mtype == "timer" else mtype,
+                ttl=parse_duration(r["ttl"]) if "ttl" in r else (d_ttl or None),
+                buckets=tuple(float(b) for b in buckets),
+                help=str(r.get("help", "")),
+                observer_type=obs or "histogram",
+            )
+        )
+    return rules
+
+
+_METRIC_TYPE = {"c": "counter", "g": "gauge", "s": "gauge", "ms": "observer", "h": "observer", "d": "observer"}
+
+
+def _user_target(rule: Rule, m: re.Match, key: Key) -> Target:
+    if rule.action == "drop":
+        return Target(family="", kind="drop", reason="drop_rule", form="user")
+    labels = dict(key.tags)
+    labels.update({k: _expand(v, m) for k, v in rule.labels.items()})
+    return Target(
+        family=sanitize_name(_expand(rule.name, m)),
+        kind=KIND[key.type],
+        labels=tuple(sorted(labels.items())),
+        help=rule.help,
+        buckets=rule.buckets,
+        ttl=rule.ttl,
+        scale=0.001 if key.type == "ms" else 1.0,
+        form="user",
+    )
+
+
+class Mapper:
+    """User rules (in file order, first match wins), then the Airflow catalog, then unmapped."""
+
+    def __init__(self, rules: list[Rule] | None = None, airflow: AirflowMapping | None = None,
+                 unmapped: str = "export"):
+        self.rules = rules or []
+        self.airflow = airflow or AirflowMapping()
+        self.unmapped = unmapped
+
+    def map(self, key: Key) -> Target:
+        mtype = _METRIC_TYPE[key.type]
+        for rule in self.rules:
+            if rule.metric_type and rule.metric_type != mtype:
+                continue
+            hit = rule.regex.match(key.name)
+            if hit:
+                return _user_target(rule, hit, key)
+        t = self.airflow.map(key)
+        if t is not None:
+            return t
+        if self.unmapped == "drop":
+            return Target(family="", kind="drop", reason="unmapped", form="unmapped")
+        return Target(
+            family=sanitize_name(key.name),
+            kind=KIND[key.type],
+            labels=key.tags,
+            help=f"statsd metric {key.name} (not in the Airflow catalog)",
+            buckets=self.airflow.buckets,
+            scale=0.001 if key.type == "ms" else 1.0,
+            form="unmapped",
+        )

@@ -1,0 +1,121 @@
+"""The metric catalog: every Airflow metric, its statsd forms, and its Prometheus and Datadog shapes.
+
+The data lives in airflow.yaml beside this module; this module only reads it. Everything that
+names a metric (the bridge's built-in mapping, dashboards, alert rules, docs, tests) reads it here.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+import yaml
+
+CATALOG_FILE = Path(__file__).with_name("airflow.yaml")
+TYPES = ("counter", "gauge", "timer")
+_VAR = re.compile(r"\{([a-z_]+)\}")
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str  # statsd name without prefix; may hold {var} parts
+    type: str  # counter | gauge | timer
+    prometheus: str  # family name (without _total)
+    help: str
+    datadog: str
+    legacy: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)  # prom label -> airflow var/tag
+    optional_labels: dict[str, str] = field(default_factory=dict)
+    const_labels: dict[str, str] = field(default_factory=dict)
+    datadog_tags: dict[str, str] = field(default_factory=dict)  # dd tag -> airflow var
+
+    @property
+    def name_vars(self) -> list[str]:
+        """Variables that are part of the (non-legacy) name itself, like {job_name}_start."""
+        return _VAR.findall(self.name)
+
+    @property
+    def tag_vars(self) -> list[str]:
+        """Airflow tags that carry the ids when the name is sent tagged (DogStatsD/InfluxDB)."""
+        return [v for v in self.labels.values() if v not in self.name_vars]
+
+    @property
+    def prometheus_series(self) -> list[str]:
+        """The sample names this metric appears under on /metrics."""
+        base = self.prometheus
+        if self.type == "counter":
+            return [base + "_total"]
+        if self.type == "timer":
+            return [base + "_bucket", base + "_sum", base + "_count"]
+        return [base]
+
+    @property
+    def prometheus_type(self) -> str:
+        return {"counter": "counter", "gauge": "gauge", "timer": "histogram"}[self.type]
+
+    def prom_label(self, airflow_var: str) -> str:
+        for d in (self.labels, self.optional_labels):
+            for k, v in d.items():
+                if v == airflow_var:
+                    return k
+        return airflow_var
+
+    def datadog_tag(self, airflow_var: str) -> str:
+        for k, v in self.datadog_tags.items():
+            if v == airflow_var:
+                return k
+        return airflow_var
+
+
+class CatalogError(ValueError):
+    pass
+
+
+def _metric(raw: dict) -> Metric:
+    try:
+        m = Metric(**raw)
+    except TypeError as e:
+        raise CatalogError(f"catalog entry {raw.get('name')!r}: {e}") from None
+    if m.type not in TYPES:
+        raise CatalogError(f"catalog entry {m.name!r}: unknown type {m.type!r}")
+    return m
+
+
+@cache
+def load(path: Path = CATALOG_FILE) -> tuple[Metric, ...]:
+    data = yaml.safe_load(Path(path).read_text())
+    metrics = tuple(_metric(raw) for raw in data["metrics"])
+    seen: dict[str, Metric] = {}
+    for m in metrics:
+        other = seen.setdefault(m.prometheus, m)
+        if other is not m and (other.type != m.type or set(other.labels) != set(m.labels)):
+            raise CatalogError(f"{m.prometheus}: {other.name} and {m.name} disagree on type or labels")
+    return metrics
+
+
+def families() -> dict[str, list[Metric]]:
+    """Prometheus family name -> the catalog metrics that feed it."""
+    out: dict[str, list[Metric]] = {}
+    for m in load():
+        out.setdefault(m.prometheus, []).append(m)
+    return out
+
+
+def prometheus_series_names() -> set[str]:
+    """Every sample name the bridge can expose for Airflow metrics."""
+    return {s for m in load() for s in m.prometheus_series}
+
+
+def datadog_names() -> set[str]:
+    """Every Datadog metric name the bridge can forward (timers add aggregate suffixes)."""
+    from monitor.bridge.datadog import TIMER_SUFFIXES
+
+    out = set()
+    for m in load():
+        if m.type == "timer":
+            out.update(m.datadog + s for s in TIMER_SUFFIXES)
+        else:
+            out.add(m.datadog)
+    return out

@@ -1,0 +1,35 @@
+"""`airflow-monitor catalog`: the metric table, generated from the catalog."""
+
+from __future__ import annotations
+
+import sys
+
+from monitor import catalog
+
+
+def rows() -> list[tuple[str, str, str, str, str]]:
+    out = []
+    for m in catalog.load():
+        forms = m.name + (f" / {m.legacy}" if m.legacy else "")
+        labels = ",".join(list(m.labels) + [f"{k}?" for k in m.optional_labels] +
+                          [f"{k}={v}" for k, v in m.const_labels.items()])
+        out.append((forms, m.type, f"{m.prometheus_series[0].rsplit('_bucket', 1)[0]}", labels, m.datadog))
+    return out
+
+
+def show(args) -> int:
+    if args.format == "yaml":
+        sys.stdout.write(catalog.CATALOG_FILE.read_text())
+        return 0
+    head = ("statsd name / legacy name", "type", "prometheus", "labels", "datadog")
+    data = rows()
+    if args.format == "markdown":
+        print("| " + " | ".join(head) + " |")
+        print("|" + "---|" * len(head))
+        for r in data:
+            print("| " + " | ".join(f"`{c}`" if c else "" for c in r) + " |")
+        return 0
+    widths = [max(len(r[i]) for r in [head, *data]) for i in range(len(head))]
+    for r in [head, *data]:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    return 0

@@ -1,0 +1,102 @@
+"""Configuration: defaults < YAML file section < AIRFLOW_MONITOR_* environment < command-line flags.
+
+Secrets are never stored here in clear from flags: they come from the environment or a file.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+ENV_PREFIX = "AIRFLOW_MONITOR_"
+
+
+class ConfigError(ValueError):
+    """A configuration mistake; the message is one line a person can act on."""
+
+
+@dataclass
+class BridgeConfig:
+    statsd_udp: str = ":9125"
+    statsd_tcp: str = ":9125"
+    statsd_unix: str = ""
+    web_listen: str = ":9102"
+    mapping_file: str = ""
+    statsd_prefix: str = "airflow"
+    airflow_tags: str = "auto"  # auto | on | off
+    ttl: str = "24h"
+    max_series_per_family: int = 10000
+    buckets: list[float] = field(default_factory=list)  # empty: the built-in Airflow buckets
+    unmapped: str = "export"  # export | drop
+    max_packet: int = 65535
+    udp_rcvbuf: int = 8 << 20
+    relay: str = ""
+    datadog: str = "none"  # none | agent | api
+    datadog_host: str = "127.0.0.1"
+    datadog_port: int = 8125
+    datadog_socket: str = ""
+    datadog_api_key_file: str = ""
+    datadog_site: str = "datadoghq.com"
+    datadog_api_url: str = ""  # overrides the site's https://api.<site>
+    datadog_flush_interval: float = 10.0
+    datadog_tags: list[str] = field(default_factory=list)
+
+
+def _coerce(name: str, typ, raw):
+    try:
+        if typ in (int, "int"):
+            return int(raw)
+        if typ in (float, "float"):
+            return float(raw)
+        if typ in ("list[float]",):
+            items = raw if isinstance(raw, list) else str(raw).split(",")
+            return [float(x) for x in items if str(x).strip()]
+        if typ in ("list[str]",):
+            items = raw if isinstance(raw, list) else str(raw).split(",")
+            return [str(x).strip() for x in items if str(x).strip()]
+        return str(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: invalid value {raw!r}") from None
+
+
+def load(cls, section: str, file: str | None, flags: dict) -> object:
+    """Build a config dataclass from file section, environment and (non-None) flags."""
+    values: dict = {}
+    if file:
+        import yaml
+
+        try:
+            doc = yaml.safe_load(Path(file).read_text()) or {}
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {file}: {e.strerror}") from None
+        except yaml.YAMLError:
+            raise ConfigError(f"config file {file} is not valid YAML") from None
+        sec = doc.get(section) or {}
+        if not isinstance(sec, dict):
+            raise ConfigError(f"config file {file}: '{section}' must be a mapping")
+        values.update({k.replace("-", "_"): v for k, v in sec.items()})
+    known = {f.name: f for f in fields(cls)}
+    for k in values:
+        if k not in known:
+            raise ConfigError(f"config file {file}: unknown setting {section}.{k}")
+    for name in known:
+        env = os.environ.get(ENV_PREFIX + name.upper())
+        if env is not None:
+            values[name] = env
+    values.update({k: v for k, v in flags.items() if v is not None and k in known})
+    return cls(**{k: _coerce(k, known[k].type, v) for k, v in values.items()})
+
+
+def read_secret(env_names: tuple[str, ...], file: str = "") -> str | None:
+    """A secret from a file (first line) or the first set environment variable; never logged."""
+    if file:
+        try:
+            return Path(file).read_text().strip() or None
+        except OSError as e:
+            raise ConfigError(f"cannot read secret file {file}: {e.strerror}") from None
+    for name in env_names:
+        v = os.environ.get(name)
+        if v:
+            return v
+    return None
