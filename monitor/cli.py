@@ -8,10 +8,7 @@ import logging
 import sys
 
 from monitor import __version__
-
-
-class UserError(Exception):
-    """A mistake the user can fix: printed as one line, exit code 2."""
+from monitor.errors import UserError
 
 
 def _add_bridge_flags(p: argparse.ArgumentParser) -> None:

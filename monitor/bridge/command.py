@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from monitor.cli import UserError
+from monitor.errors import UserError
 from monitor.config import BridgeConfig, ConfigError, load
 
 log = logging.getLogger("airflow_monitor")

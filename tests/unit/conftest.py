@@ -1,0 +1,46 @@
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from monitor.bridge.exposition import StoreCollector
+from monitor.bridge.ingest import Ingest
+from monitor.bridge.mapper import Mapper
+from monitor.bridge.store import Store
+
+
+class Harness:
+    def __init__(self, **kw):
+        store_kw = {k: kw.pop(k) for k in ("default_ttl", "max_series_per_family") if k in kw}
+        self.store = Store(**store_kw)
+        self.ingest = Ingest(kw.pop("mapper", None) or Mapper(), self.store, **kw)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(StoreCollector(self.store))
+        self.now = 1000.0
+
+    def send(self, *packets, transport="udp"):
+        for p in packets:
+            self.ingest.handle(p if isinstance(p, bytes) else p.encode(), transport, self.now)
+
+    def text(self) -> str:
+        return generate_latest(self.registry).decode()
+
+    def samples(self, name: str) -> dict[tuple, float]:
+        out = {}
+        for fam in text_string_to_metric_families(self.text()):
+            for s in fam.samples:
+                if s.name == name:
+                    out[tuple(sorted(s.labels.items()))] = s.value
+        return out
+
+    def value(self, name: str, **labels) -> float | None:
+        return self.samples(name).get(tuple(sorted(labels.items())))
+
+
+@pytest.fixture
+def h():
+    return Harness()
+
+
+@pytest.fixture
+def harness():
+    return Harness

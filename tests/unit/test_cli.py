@@ -1,0 +1,38 @@
+import subprocess
+import sys
+
+
+def run(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "monitor.cli", *args], capture_output=True, text=True,
+                          timeout=60, **kw)
+
+
+def test_help_imports_nothing_heavy():
+    code = ("import sys; sys.argv=['airflow-monitor','--help']\nfrom monitor import cli\n"
+            "try:\n  cli.main(['--help'])\nexcept SystemExit:\n  pass\n"
+            "bad=[m for m in sys.modules if m.split('.')[0] in ('prometheus_client','datadog','airflow','yaml')]\n"
+            "print('HEAVY', bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
+    assert "HEAVY []" in out
+
+
+def test_bad_input_gives_one_line_error():
+    for args, msg in [
+        (["serve", "--airflow-tags", "maybe"], "airflow_tags must be one of"),
+        (["serve", "--mapping-file", "/nonexistent.yml"], "cannot read mapping file"),
+        (["serve", "--web-listen", "nowhere"], "listen address"),
+        (["serve", "--ttl", "soon"], "invalid duration"),
+        (["serve", "--max-series-per-family", "many"], "max_series_per_family: invalid value"),
+        (["serve", "--datadog", "api", "--statsd-udp", "127.0.0.1:0", "--statsd-tcp", ""], "API key"),
+    ]:
+        r = run(*args, env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"})
+        assert r.returncode == 2, (args, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and msg in lines[0], (args, r.stderr)
+        assert "Traceback" not in r.stderr
+
+
+def test_catalog_command_prints_every_metric():
+    r = run("catalog", "--format", "markdown")
+    assert r.returncode == 0
+    assert "`airflow_ti_finish_total`" in r.stdout and "`airflow.dag.task.duration`" in r.stdout

@@ -1,0 +1,146 @@
+import math
+
+import pytest
+
+
+def test_counter_gauge_histogram_basics(h):
+    h.send("airflow.scheduler_heartbeat:1|c", "airflow.scheduler_heartbeat:1|c",
+           "airflow.dagbag_size:5|g", "airflow.dagbag_size:+2|g", "airflow.dagbag_size:-1|g",
+           "airflow.scheduler.scheduler_loop_duration:250|ms")
+    assert h.value("airflow_scheduler_heartbeat_total") == 2
+    assert h.value("airflow_dagbag_size") == 6
+    assert h.value("airflow_scheduler_scheduler_loop_duration_seconds_count") == 1
+    assert h.value("airflow_scheduler_scheduler_loop_duration_seconds_sum") == pytest.approx(0.25)
+    assert h.value("airflow_scheduler_scheduler_loop_duration_seconds_bucket", le="0.25") == 1
+    assert h.value("airflow_scheduler_scheduler_loop_duration_seconds_bucket", le="0.1") == 0
+
+
+def test_sample_rate_multi_value_and_multiline(h):
+    h.send("airflow.ti_successes:1|c|@0.5", "airflow.ti_successes:1:1:1|c",
+           "airflow.dagbag_size:1|g\nairflow.dagbag_size:7|g\n")
+    assert h.value("airflow_ti_successes_total") == 5
+    assert h.value("airflow_dagbag_size") == 7
+    assert h.ingest.stats.lines == 4
+
+
+def test_bad_input_is_counted_and_loses_nothing(h):
+    h.send("airflow.ti_successes:1|c")
+    h.send(b"airflow.ti_successes:\xff|c", b"\xff\xfe:1|c", "airflow.ti_successes:-1|c",
+           "airflow.ti_successes:nan|c", "garbage", "x:1|q", "airflow.dagbag_size:inf|g", b"x" * 70000)
+    h.send("airflow.ti_successes:2|c")
+    assert h.value("airflow_ti_successes_total") == 3
+    errs = h.ingest.stats.parse_errors
+    assert errs["invalid_value"] == 3 and errs["invalid_utf8"] == 1 and errs["negative_counter"] == 1
+    assert errs["malformed_line"] == 1 and errs["unknown_type"] == 1 and errs["oversized_packet"] == 1
+    for s in h.samples("airflow_dagbag_size").values():
+        assert math.isfinite(s)
+
+
+def test_tcp_is_not_limited_by_packet_size(h):
+    h.send(b"airflow.ti_successes:1|c\n" * 5000, transport="tcp")
+    assert h.value("airflow_ti_successes_total") == 5000
+
+
+PLAIN = [  # what plain statsd sends for one task end (legacy first, then the tagless twin)
+    "airflow.ti.finish.team__sales.extract__load.success:1|c", "airflow.ti.finish:1|c",
+    "airflow.pool.open_slots.default_pool:120|g", "airflow.pool.open_slots:120|g",
+    "airflow.pool.open_slots.etl:3|g", "airflow.pool.open_slots:3|g",
+    "airflow.dag.team__sales.extract__load.duration:1500|ms", "airflow.task.duration:1500|ms",
+]
+TAGGED = [  # statsd_datadog_enabled: legacy (mangled ids) then tagged with the real ids
+    "airflow.ti.finish.team__sales.extract__load.success:1|c",
+    "airflow.ti.finish:1|c|#dag_id:team.sales,task_id:extract.load,state:success",
+    "airflow.pool.open_slots.default_pool:120|g", "airflow.pool.open_slots:120|g|#pool_name:default_pool",
+    "airflow.pool.open_slots.etl:3|g", "airflow.pool.open_slots:3|g|#pool_name:etl",
+    "airflow.dag.team__sales.extract__load.duration:1500|ms",
+    "airflow.task.duration:1500|ms|#dag_id:team.sales,task_id:extract.load",
+]
+INFLUX = [
+    "airflow.ti.finish.team__sales.extract__load.success:1|c",
+    "airflow.ti.finish,dag_id=team.sales,task_id=extract.load,state=success:1|c",
+    "airflow.pool.open_slots.default_pool:120|g", "airflow.pool.open_slots,pool_name=default_pool:120|g",
+    "airflow.pool.open_slots.etl:3|g", "airflow.pool.open_slots,pool_name=etl:3|g",
+    "airflow.dag.team__sales.extract__load.duration:1500|ms",
+    "airflow.task.duration,dag_id=team.sales,task_id=extract.load:1500|ms",
+]
+
+
+def test_plain_twins_count_once_and_gauges_do_not_flap(h):
+    for _ in range(3):
+        h.send(*PLAIN)
+    assert h.samples("airflow_ti_finish_total") == {
+        (("dag_id", "team__sales"), ("state", "success"), ("task_id", "extract__load")): 3}
+    assert h.samples("airflow_pool_open_slots") == {(("pool", "default_pool"),): 120, (("pool", "etl"),): 3}
+    assert h.value("airflow_task_duration_count", dag_id="team__sales", task_id="extract__load") == 3
+    assert h.ingest.stats.dropped["tagless_twin"] == 12
+
+
+@pytest.mark.parametrize("lines", [TAGGED, INFLUX], ids=["dogstatsd", "influxdb"])
+def test_tagged_twins_use_real_ids_and_count_once(h, lines):
+    for _ in range(3):
+        h.send(*lines)
+    assert h.samples("airflow_ti_finish_total") == {
+        (("dag_id", "team.sales"), ("state", "success"), ("task_id", "extract.load")): 3}
+    assert h.samples("airflow_pool_open_slots") == {(("pool", "default_pool"),): 120, (("pool", "etl"),): 3}
+    assert h.samples("airflow_task_duration_count") == {(("dag_id", "team.sales"), ("task_id", "extract.load")): 3}
+    assert h.ingest.stats.dropped["legacy_twin"] == 12
+
+
+def test_pinned_mode_skips_learning(harness):
+    h = harness(airflow_tags="on")
+    h.send(*TAGGED)
+    assert h.value("airflow_ti_finish_total", dag_id="team.sales", task_id="extract.load", state="success") == 1
+    h = harness(airflow_tags="off")
+    h.send(*PLAIN)
+    assert h.value("airflow_ti_finish_total", dag_id="team__sales", task_id="extract__load", state="success") == 1
+
+
+def test_lone_legacy_sample_is_released_not_lost(h):
+    h.send("airflow.ti.start.d.t:1|c")  # the twin never comes (e.g. filtered by an allow list)
+    assert h.samples("airflow_ti_start_total") == {}
+    h.ingest.housekeeping(h.now + 2)
+    assert h.value("airflow_ti_start_total", dag_id="d", task_id="t") == 1
+
+
+def test_cardinality_cap_drops_new_series_only(harness):
+    h = harness(max_series_per_family=2)
+    h.send(*(f"airflow.ti.start:1|c|#dag_id:d{i},task_id:t" for i in range(5)))
+    h.send("airflow.ti.start:1|c|#dag_id:d0,task_id:t")
+    assert len(h.samples("airflow_ti_start_total")) == 2
+    assert h.value("airflow_ti_start_total", dag_id="d0", task_id="t") == 2
+    assert h.ingest.stats.dropped["cardinality_cap"] == 3
+
+
+def test_ttl_expires_idle_series(harness):
+    h = harness(default_ttl=60)
+    h.send("airflow.pool.open_slots:3|g|#pool_name:old")
+    h.now += 30
+    h.send("airflow.pool.open_slots:4|g|#pool_name:new")
+    h.ingest.housekeeping(h.now + 40)
+    assert h.samples("airflow_pool_open_slots") == {(("pool", "new"),): 4}
+    h.send("airflow.pool.open_slots:5|g|#pool_name:old")  # comes back after expiry
+    assert h.value("airflow_pool_open_slots", pool="old") == 5
+
+
+def test_label_values_are_escaped(h):
+    h.send('airflow.ti.start:1|c|#dag_id:quote"back\\slash,task_id:t')
+    text = h.text()
+    assert 'dag_id="quote\\"back\\\\slash"' in text
+    assert h.value("airflow_ti_start_total", dag_id='quote"back\\slash', task_id="t") == 1
+
+
+def test_unmapped_metrics_are_exported_with_sanitized_names(h):
+    h.send("myapp.jobs-done:4|c|#team:data")
+    assert h.value("myapp_jobs_done_total", team="data") == 4
+    assert h.ingest.stats.unmapped == 1
+
+
+def test_type_conflict_is_counted(h):
+    h.send("airflow.dagbag_size:5|g", "airflow.dagbag_size:1|c")
+    assert h.value("airflow_dagbag_size") == 5
+    assert h.ingest.stats.dropped["conflict"] == 1
+
+
+def test_sets_count_distinct_values(h):
+    h.send("myapp.users:alice|s", "myapp.users:bob|s", "myapp.users:alice|s")
+    assert h.value("myapp_users") == 2

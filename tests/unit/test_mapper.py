@@ -1,0 +1,91 @@
+import textwrap
+
+import pytest
+
+from monitor.bridge.mapper import Mapper, MappingError, load_rules, parse_duration
+
+
+def rules(tmp_path, text):
+    p = tmp_path / "mapping.yml"
+    p.write_text(textwrap.dedent(text))
+    return load_rules(p)
+
+
+def test_user_rules_win_and_support_statsd_exporter_features(tmp_path, harness):
+    r = rules(tmp_path, """
+        defaults:
+          ttl: 10m
+          histogram_options:
+            buckets: [1, 10]
+        mappings:
+          - match: airflow.dag.*.*.duration
+            name: my_task_seconds
+            labels: {dag: "$1", task: "${2}"}
+          - match: 'airflow\\.pool\\.open_slots\\.(.*)'
+            match_type: regex
+            name: pool_free
+            labels: {pool: "$1"}
+            ttl: 30s
+          - match: airflow.ti_successes
+            match_metric_type: gauge
+            name: never_used
+          - match: airflow.scheduler_heartbeat
+            action: drop
+          - match: airflow.dagbag_size
+            name: dagbag
+            histogram_options:
+              buckets: [5]
+    """)
+    h = harness(mapper=Mapper(r))
+    h.send("airflow.dag.d.t.duration:2000|ms", "airflow.pool.open_slots.p:4|g",
+           "airflow.ti_successes:1|c", "airflow.scheduler_heartbeat:1|c", "airflow.dagbag_size:3|g")
+    assert h.value("my_task_seconds_bucket", dag="d", task="t", le="10.0") == 1
+    assert h.value("my_task_seconds_bucket", dag="d", task="t", le="1.0") == 0
+    assert h.value("pool_free", pool="p") == 4
+    assert h.value("airflow_ti_successes_total") == 1  # counter does not match a gauge-only rule
+    assert h.samples("airflow_scheduler_heartbeat_total") == {}
+    assert h.ingest.stats.dropped["drop_rule"] == 1
+    assert h.value("dagbag") == 3
+    assert r[0].ttl == 600 and r[1].ttl == 30
+
+
+@pytest.mark.parametrize("text, msg", [
+    ("mappings: [{name: x}]", "needs a 'match'"),
+    ("mappings: [{match: a.b}]", "needs a 'name'"),
+    ("mappings: [{match: '(', match_type: regex, name: x}]", "invalid regex"),
+    ("mappings: [{match: a, name: x, action: explode}]", "action must be"),
+    ("mappings: [{match: a, name: x, ttl: soon}]", "invalid duration"),
+    ("mappings: [{match: a, name: x, labels: {'bad-label': v}}]", "invalid label name"),
+    ("mappings: [{match: a, name: x, histogram_options: {buckets: [3, 1]}}]", "increasing"),
+    ("nonsense: 1", "unknown key"),
+    ("mappings: [\n  - match: a\n   name: [", "not valid YAML"),
+])
+def test_invalid_mapping_files_say_why_in_one_line(tmp_path, text, msg):
+    p = tmp_path / "m.yml"
+    p.write_text(text)
+    with pytest.raises(MappingError) as e:
+        load_rules(p)
+    assert msg in str(e.value) and "\n" not in str(e.value)
+
+
+def test_durations():
+    assert parse_duration("1h30m") == 5400
+    assert parse_duration("250ms") == 0.25
+    assert parse_duration(45) == 45
+
+
+def test_every_catalog_metric_maps_in_every_form(h):
+    """Each catalog metric, sent in its tagged form with all ids, lands in its Prometheus family."""
+    from monitor import catalog
+
+    types = {"counter": "c", "gauge": "g", "timer": "ms"}
+    for m in catalog.load():
+        name = m.name
+        for var in m.name_vars:
+            name = name.replace("{" + var + "}", "X")
+        tags = ",".join(f"{v}:x" for v in m.tag_vars)
+        h.send(f"airflow.{name}:1|{types[m.type]}" + (f"|#{tags}" if tags else ""))
+    text = h.text()
+    for m in catalog.load():
+        assert any(line.startswith(m.prometheus_series[0]) for line in text.splitlines()), m.name
+    assert h.ingest.stats.unmapped == 0 and not h.ingest.stats.parse_errors
