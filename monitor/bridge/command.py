@@ -20,7 +20,7 @@ def serve(args) -> int:
         cfg = load(BridgeConfig, "bridge", args.config, flags)
         bridge = Bridge(cfg)
         bridge.start()
-    except (ConfigError, MappingError, OSError) as e:
+    except (ConfigError, MappingError, OSError, ValueError) as e:
         raise UserError(str(e)) from None
     addrs = bridge.listeners.addresses
     log.info("statsd on %s; metrics on http://%s:%d/metrics", ", ".join(
