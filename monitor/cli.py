@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the statsd bridge (statsd :9125 -> Prometheus :9102, Datadog)")
     serve.add_argument("--config", help="YAML config file (section 'bridge:')")
+    serve.add_argument("--log-level", default=argparse.SUPPRESS, help="DEBUG, INFO, WARNING, ERROR")
     _add_bridge_flags(serve)
 
     cat = sub.add_parser("catalog", help="print the metric catalog (Airflow statsd -> Prometheus / Datadog)")

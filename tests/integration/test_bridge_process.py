@@ -1,0 +1,149 @@
+"""The bridge as a user runs it: a real process, real sockets, real HTTP, real contract peers."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import threading
+import time
+import zlib
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+K = (("dag_id", "d.x"), ("state", "success"), ("task_id", "g.t"))
+
+
+def test_udp_tcp_unix_health_and_self_metrics(bridge):
+    b = bridge("--airflow-tags", "on")
+    assert b.get("/-/healthy") == (200, "OK\n")
+    assert b.get("/-/ready")[0] == 200
+    b.send_udp("airflow.ti.finish:1|c|#dag_id:d.x,task_id:g.t,state:success", "bogus")
+    with socket.create_connection(("127.0.0.1", b.tcp)) as s:
+        s.sendall(b"airflow.ti.finish:2|c|#dag_id:d.x,task_id:g.t,state:success\nairflow.dagbag_size:4|g")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.sendto(b"airflow.ti.finish:3|c|#dag_id:d.x,task_id:g.t,state:success", b.unix)
+    m = b.wait_for(lambda m: m.get("airflow_ti_finish_total", {}).get(K) == 6
+                   and m.get("airflow_dagbag_size"))
+    assert m["airflow_dagbag_size"][()] == 4
+    transports = {dict(k)["transport"] for k in m["airflow_monitor_bridge_packets_total"]}
+    assert {"udp", "tcp", "unix"} <= transports
+    assert m["airflow_monitor_bridge_parse_errors_total"][(("reason", "malformed_line"),)] == 1
+
+
+def test_mapping_reload_by_sighup_and_http_keeps_old_on_error(bridge, tmp_path):
+    mapping = tmp_path / "mapping.yml"
+    mapping.write_text("mappings:\n- match: airflow.dagbag_size\n  name: first_name\n")
+    b = bridge("--mapping-file", str(mapping))
+    b.send_udp("airflow.dagbag_size:1|g")
+    b.wait_for(lambda m: "first_name" in m)
+
+    mapping.write_text("mappings:\n- match: airflow.dagbag_size\n  name: second_name\n")
+    b.proc.send_signal(signal.SIGHUP)
+    time.sleep(0.5)
+    b.send_udp("airflow.dagbag_size:2|g")
+    b.wait_for(lambda m: m.get("second_name", {}).get(()) == 2)
+
+    mapping.write_text("mappings:\n- match: [unclosed\n")
+    code, body = b.post("/-/reload")
+    assert code == 500 and "not valid YAML" in body
+    b.send_udp("airflow.dagbag_size:3|g")
+    m = b.wait_for(lambda m: m.get("second_name", {}).get(()) == 3)
+    assert m["airflow_monitor_bridge_mapping_reloads_total"][(("outcome", "failure"),)] == 1
+    assert m["airflow_monitor_bridge_mapping_reloads_total"][(("outcome", "success"),)] == 1
+
+
+def test_relay_forwards_raw_lines_and_never_blocks(bridge):
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    sink.settimeout(5)
+    b = bridge("--relay", f"127.0.0.1:{sink.getsockname()[1]}")
+    b.send_udp("airflow.ti_successes:1|c")
+    assert sink.recv(1000) == b"airflow.ti_successes:1|c"
+    sink.close()  # target down: ingestion goes on
+    b.send_udp(*["airflow.ti_successes:1|c"] * 200)
+    b.wait_for(lambda m: m.get("airflow_ti_successes_total", {}).get(()) == 201)
+
+
+def test_datadog_agent_receives_mapped_dogstatsd(bridge):
+    agent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    agent.bind(("127.0.0.1", 0))
+    agent.settimeout(1)
+    b = bridge("--datadog", "agent", "--datadog-port", str(agent.getsockname()[1]),
+               "--datadog-flush-interval", "0.5", "--datadog-tags", "env:test")
+    b.send_udp("airflow.ti.finish:1|c|#dag_id:d.x,task_id:g.t,state:success",
+               "airflow.pool.open_slots:7|g|#pool_name:default_pool",
+               "airflow.task.duration:1500|ms|#dag_id:d.x,task_id:g.t")
+    got = b""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and b"airflow.dag.task.duration.avg" not in got:
+        try:
+            got += agent.recv(65536) + b"\n"
+        except TimeoutError:
+            pass
+    points = {}
+    for line in got.decode().splitlines():
+        if line:
+            name, rest = line.split(":", 1)
+            value, kind, tags = rest.split("|", 2)
+            points[name] = (float(value), kind, set(tags.lstrip("#").split(",")))
+    assert points["airflow.ti.finish"] == (1.0, "c", {"dag_id:d.x", "task_id:g.t", "state:success", "env:test"})
+    assert points["airflow.pool.open_slots"] == (7.0, "g", {"pool_name:default_pool", "env:test"})
+    assert points["airflow.dag.task.duration.avg"][:2] == (1500.0, "g")  # Datadog's Airflow timers are in ms
+    assert points["airflow.dag.task.duration.count"][:2] == (1.0, "c")
+
+
+class FakeDatadogAPI(BaseHTTPRequestHandler):
+    """Datadog's documented POST /api/v1/series: DD-API-KEY header, 202 on success."""
+
+    fail_first = 2
+    received: list = []
+    keys: list = []
+
+    def log_message(self, *a):
+        pass
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if self.headers.get("Content-Encoding") == "deflate":
+            body = zlib.decompress(body)
+        cls = type(self)
+        cls.keys.append(self.headers.get("DD-API-KEY"))
+        if cls.fail_first > 0:
+            cls.fail_first -= 1
+            code = 429 if cls.fail_first else 500
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"errors": ["try later"]}')
+            return
+        if self.path.startswith("/api/v1/series"):
+            cls.received.extend(json.loads(body)["series"])
+        self.send_response(202)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(b'{"status": "ok"}')
+
+
+def test_datadog_agentless_retries_and_never_logs_the_key(bridge, tmp_path):
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), FakeDatadogAPI)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    keyfile = tmp_path / "dd.key"
+    keyfile.write_text("s3cr3t-datadog-key\n")
+    b = bridge("--datadog", "api", "--datadog-api-key-file", str(keyfile), "--datadog-flush-interval", "0.5",
+               "--datadog-api-url", f"http://127.0.0.1:{srv.server_address[1]}", "--log-level", "DEBUG")
+    b.send_udp("airflow.ti.finish:1|c|#dag_id:d.x,task_id:g.t,state:success")
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not any(s["metric"] == "airflow.ti.finish" for s in FakeDatadogAPI.received):
+        time.sleep(0.2)
+    srv.shutdown()
+    series = [s for s in FakeDatadogAPI.received if s["metric"] == "airflow.ti.finish"]
+    assert len(series) == 1, "the count must arrive exactly once after the 429 and the 500"
+    assert series[0]["type"] == "count" and series[0]["points"][0][1] == 1
+    assert sorted(series[0]["tags"]) == ["dag_id:d.x", "state:success", "task_id:g.t"]
+    assert set(FakeDatadogAPI.keys) == {"s3cr3t-datadog-key"}
+    b.stop()
+    assert "s3cr3t" not in b.log.read_text()
