@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from monitor.errors import UserError
 from monitor.config import BridgeConfig, ConfigError, load
+from monitor.errors import UserError
 
 log = logging.getLogger("airflow_monitor")
 
