@@ -49,6 +49,28 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default=argparse.SUPPRESS, help="DEBUG, INFO, WARNING, ERROR")
     _add_bridge_flags(serve)
 
+    probe = sub.add_parser("probe", help="liveness probe: exit 1 when a component is stuck (for Kubernetes)")
+    probe.add_argument("component", choices=["scheduler", "triggerer", "dag-processor"])
+    probe.add_argument("--local", action="store_true", help="only this host's job (and, for the scheduler, "
+                       "only tasks queued by it), like `airflow jobs check --local`")
+    probe.add_argument("--hostname", help="the job's host name (instead of --local)")
+    probe.add_argument("--json", action="store_true", help="print a JSON object instead of one line")
+    probe.add_argument("--on-unknown", choices=["ok", "fail"], default="ok",
+                       help="exit code when the database/API cannot be read (default ok: no restart storm)")
+    probe.add_argument("--checks", default="heartbeat,stuck_queue", help="comma separated: heartbeat,stuck_queue")
+    probe.add_argument("--heartbeat-threshold", type=float, default=None,
+                       help="seconds (default: Airflow's *_health_check_threshold, 30)")
+    probe.add_argument("--queued-grace", type=float, default=300.0, help="seconds a task may wait queued (300)")
+    probe.add_argument("--finished-window", type=float, default=300.0,
+                       help="a task finished within this many seconds means the queue moves (300)")
+    probe.add_argument("--source", choices=["db", "api"], default="db")
+    probe.add_argument("--sql-alchemy-conn", help="database URL (default: Airflow's own setting)")
+    probe.add_argument("--api-url", help="Airflow API base URL for --source api")
+    probe.add_argument("--api-user", help="API user (password from AIRFLOW_MONITOR_API_PASSWORD or a file)")
+    probe.add_argument("--api-password-file")
+    probe.add_argument("--api-token-file", help="a JWT to use instead of user and password")
+    probe.add_argument("--timeout", type=float, default=0.8, help="connect and statement timeout, seconds")
+
     cat = sub.add_parser("catalog", help="print the metric catalog (Airflow statsd -> Prometheus / Datadog)")
     cat.add_argument("--format", choices=["table", "markdown", "yaml"], default="table")
     return parser
@@ -67,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
             from monitor.bridge.command import serve
 
             return serve(args)
+        if args.command == "probe":
+            from monitor.probe.command import run
+
+            return run(args)
         if args.command == "catalog":
             from monitor.catalog.command import show
 

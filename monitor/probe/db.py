@@ -1,0 +1,145 @@
+"""Read the probe's observation from Airflow's metadata database through a plain DB-API driver.
+
+Drivers are those an Airflow image already has: psycopg2 or psycopg 3 (PostgreSQL), MySQLdb or
+PyMySQL (MySQL), sqlite3. Every query is served by one of Airflow's indexes:
+  job:            job_type_heart (job_type, latest_heartbeat)
+  queued/running: ti_state (state)
+  finished:       ti_heartbeat (last_heartbeat_at); a task that ended in the window heartbeat in it
+and runs under a statement timeout, so a probe fits in Kubernetes' default 1 s timeout.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from monitor.probe.rules import Observation, Thresholds, needs_finished
+from monitor.probe.settings import COMPONENTS
+
+
+class SourceError(Exception):
+    """The database could not be read; the message is safe to print (no credentials)."""
+
+
+def _scrub(msg: str, secret: str | None) -> str:
+    msg = " ".join(str(msg).split())
+    return msg.replace(secret, "***") if secret else msg
+
+
+def connect(url: str, timeout: float = 0.8):
+    """(connection, placeholder, dialect) for a SQLAlchemy-style URL."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.split("+")
+    dialect, driver = scheme[0], (scheme[1] if len(scheme) > 1 else None)
+    password = unquote(parts.password) if parts.password else None
+    try:
+        if dialect == "sqlite":
+            import sqlite3
+
+            path = url.split(":///", 1)[1] if ":///" in url else ""
+            path = path.split("?", 1)[0]
+            if not path:
+                raise SourceError("sqlite URL has no database file")
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout)
+            return conn, "?", "sqlite"
+        query = dict(parse_qsl(parts.query))
+        common = {"host": parts.hostname or "localhost", "user": unquote(parts.username or "")}
+        if password:
+            common["password"] = password
+        db = unquote(parts.path.lstrip("/"))
+        if dialect in ("postgresql", "postgres"):
+            mods = {"psycopg2": ["psycopg2"], "psycopg": ["psycopg"]}.get(driver or "", ["psycopg2", "psycopg"])
+            mod = _import(mods, "PostgreSQL")
+            ms = max(1, int(timeout * 1000))
+            conn = mod.connect(dbname=db, port=parts.port or 5432, connect_timeout=max(1, round(timeout + 0.49)),
+                               options=f"-c statement_timeout={ms}", **common, **query)
+            if mod.__name__ == "psycopg2":
+                conn.set_session(readonly=True, autocommit=True)
+            else:
+                conn.autocommit = True
+            return conn, "%s", "postgresql"
+        if dialect == "mysql":
+            mods = {"mysqldb": ["MySQLdb"], "pymysql": ["pymysql"]}.get(driver or "", ["MySQLdb", "pymysql"])
+            mod = _import(mods, "MySQL")
+            t = max(1, round(timeout + 0.49))
+            conn = mod.connect(database=db, port=parts.port or 3306, connect_timeout=t, read_timeout=t, **common)
+            cur = conn.cursor()
+            cur.execute(f"SET SESSION MAX_EXECUTION_TIME={max(1, int(timeout * 1000))}")
+            return conn, "%s", "mysql"
+    except SourceError:
+        raise
+    except Exception as e:  # noqa: BLE001 - every driver has its own error classes
+        raise SourceError(f"cannot connect to the {dialect} database: {_scrub(e, password)}") from None
+    raise SourceError(f"unsupported database URL scheme {parts.scheme!r}")
+
+
+def _import(names: list[str], what: str):
+    for n in names:
+        try:
+            return importlib.import_module(n)
+        except ImportError:
+            continue
+    raise SourceError(f"no {what} driver installed (tried {', '.join(names)})")
+
+
+def _ts(v) -> datetime | None:
+    """A timestamp as stored: aware (PostgreSQL), naive UTC (MySQL) or a string (SQLite)."""
+    if v is None:
+        return None
+    if isinstance(v, str):
+        v = datetime.fromisoformat(v)
+    return v if v.tzinfo else v.replace(tzinfo=UTC)
+
+
+def _param(t: datetime, dialect: str):
+    if dialect == "postgresql":
+        return t
+    naive = t.astimezone(UTC).replace(tzinfo=None)
+    return naive.strftime("%Y-%m-%d %H:%M:%S.%f") if dialect == "sqlite" else naive
+
+
+def observe(conn, ph: str, dialect: str, component: str, th: Thresholds, *, hostname: str | None = None,
+            tasks: bool = True, local_tasks: bool = False, now: datetime | None = None) -> Observation:
+    """Query the job and, for the scheduler, the task queue. Raises SourceError."""
+    now = now or datetime.now(UTC)
+    job_type = COMPONENTS[component][0]
+    try:
+        cur = conn.cursor()
+        sql = (f"SELECT id, latest_heartbeat, hostname FROM job WHERE job_type = {ph} AND state = 'running'"
+               + (f" AND hostname = {ph}" if hostname else "") + " ORDER BY latest_heartbeat DESC LIMIT 1")
+        cur.execute(sql, (job_type, hostname) if hostname else (job_type,))
+        row = cur.fetchone()
+        job_id, hb, host = (row[0], _ts(row[1]), row[2]) if row else (None, None, hostname)
+        obs = Observation(now=now, component=component, job_id=job_id, hostname=host, heartbeat=hb)
+        if not tasks:
+            return obs
+        mine = local_tasks and job_id is not None
+        cond = f" AND queued_by_job_id = {ph}" if mine else ""
+        args = (job_id,) if mine else ()
+        if local_tasks and job_id is None:  # no job of ours: nothing can be queued by it
+            return replace(obs, queued_stuck=0, queued=0, running=0)
+        grace = _param(now - timedelta(seconds=th.queued_grace), dialect)
+        cur.execute(
+            f"SELECT state, COUNT(*), MIN(queued_dttm), SUM(CASE WHEN queued_dttm < {ph} THEN 1 ELSE 0 END) "
+            f"FROM task_instance WHERE state IN ('queued', 'running'){cond} GROUP BY state",
+            (grace, *args),
+        )
+        counts = {r[0]: r for r in cur.fetchall()}
+        q = counts.get("queued")
+        obs = replace(obs, queued=int(q[1]) if q else 0, queued_stuck=int(q[3] or 0) if q else 0,
+                      oldest_queued=_ts(q[2]) if q else None,
+                      running=int(counts["running"][1]) if "running" in counts else 0)
+        if needs_finished(obs):
+            since = _param(now - timedelta(seconds=th.finished_window), dialect)
+            cur.execute(
+                f"SELECT COUNT(*) FROM task_instance WHERE last_heartbeat_at >= {ph} AND end_date >= {ph}{cond}",
+                (since, since, *args),
+            )
+            obs = replace(obs, finished_recently=int(cur.fetchone()[0]))
+        return obs
+    except SourceError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise SourceError(f"query failed: {_scrub(e, None)}") from None

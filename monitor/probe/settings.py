@@ -1,0 +1,122 @@
+"""Airflow's own settings, read the way Airflow reads them, without importing Airflow.
+
+Order, as in Airflow: AIRFLOW__SECTION__KEY, then AIRFLOW__SECTION__KEY_CMD, then
+AIRFLOW__SECTION__KEY_SECRET (unsupported here: it needs Airflow's secrets backend), then
+$AIRFLOW_CONFIG or $AIRFLOW_HOME/airflow.cfg (also its `key_cmd`), then the default.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import socket
+import subprocess
+from pathlib import Path
+
+
+class SettingError(ValueError):
+    """A setting that cannot be read; the message never contains its value."""
+
+
+def _cfg_file(env) -> configparser.ConfigParser | None:
+    home = Path(env.get("AIRFLOW_HOME") or Path.home() / "airflow")
+    path = Path(env.get("AIRFLOW_CONFIG") or home / "airflow.cfg")
+    if not path.is_file():
+        return None
+    cp = configparser.ConfigParser(interpolation=None, strict=False)
+    try:
+        cp.read(path)
+    except configparser.Error:
+        raise SettingError(f"cannot parse {path}") from None
+    return cp
+
+
+def _run_cmd(cmd: str, what: str) -> str:
+    try:
+        out = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=10)
+    except subprocess.TimeoutExpired:
+        raise SettingError(f"{what}: the _cmd command timed out") from None
+    if out.returncode != 0:
+        raise SettingError(f"{what}: the _cmd command exited {out.returncode}")
+    return out.stdout.strip()
+
+
+def get(section: str, key: str, default: str | None = None, env=None) -> str | None:
+    env = os.environ if env is None else env
+    name = f"AIRFLOW__{section.upper()}__{key.upper()}"
+    if env.get(name):
+        return env[name]
+    if env.get(name + "_CMD"):
+        return _run_cmd(env[name + "_CMD"], name + "_CMD")
+    if env.get(name + "_SECRET"):
+        raise SettingError(f"{name}_SECRET needs Airflow's secrets backend; give the probe {name} "
+                           f"or {name}_CMD (or --sql-alchemy-conn / --api-url) instead")
+    cp = _cfg_file(env)
+    if cp is not None and cp.has_section(section):
+        if cp.has_option(section, key):
+            return cp.get(section, key)
+        if cp.has_option(section, key + "_cmd"):
+            return _run_cmd(cp.get(section, key + "_cmd"), f"[{section}] {key}_cmd")
+    return default
+
+
+def get_float(section: str, key: str, default: float, env=None) -> float:
+    raw = get(section, key, None, env)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SettingError(f"[{section}] {key} is not a number") from None
+
+
+def sql_alchemy_conn(env=None) -> str:
+    env = os.environ if env is None else env
+    url = get("database", "sql_alchemy_conn", None, env)
+    if url:
+        return url
+    home = Path(env.get("AIRFLOW_HOME") or Path.home() / "airflow")
+    return f"sqlite:///{home / 'airflow.db'}"
+
+
+COMPONENTS = {
+    # component: (job_type, threshold section, threshold key)
+    "scheduler": ("SchedulerJob", "scheduler", "scheduler_health_check_threshold"),
+    "triggerer": ("TriggererJob", "triggerer", "triggerer_health_check_threshold"),
+    "dag-processor": ("DagProcessorJob", "dag_processor", "health_check_threshold"),
+}
+
+
+def heartbeat_threshold(component: str, env=None) -> float:
+    _, section, key = COMPONENTS[component]
+    return get_float(section, key, 30.0, env)
+
+
+def _getfqdn() -> str:
+    """airflow.utils.net.getfqdn, the default [core] hostname_callable."""
+    name = socket.gethostname()
+    try:
+        addrs = socket.getaddrinfo(name, None, 0, socket.SOCK_DGRAM, 0, socket.AI_CANONNAME)
+    except OSError:
+        return name
+    for addr in addrs:
+        if addr[3]:
+            return addr[3]
+    return name
+
+
+HOSTNAME_CALLABLES = {
+    "airflow.utils.net.getfqdn": _getfqdn,
+    "airflow.utils.net.get_host_ip_address": lambda: socket.gethostbyname(_getfqdn()),
+    "socket.getfqdn": socket.getfqdn,
+    "socket.gethostname": socket.gethostname,
+}
+
+
+def hostname(env=None) -> str:
+    """This host's name as Airflow records it in job.hostname."""
+    name = (get("core", "hostname_callable", None, env) or "airflow.utils.net.getfqdn").replace(":", ".")
+    fn = HOSTNAME_CALLABLES.get(name)
+    if fn is None:
+        raise SettingError(f"[core] hostname_callable {name} is not known to the probe; pass --hostname")
+    return fn()
