@@ -64,6 +64,7 @@ class Airflow:
                 "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
                 "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
                 "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+                "AIRFLOW__CORE__PARALLELISM": "4",
                 "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(pw),
@@ -110,6 +111,10 @@ class Airflow:
     def stop(self) -> None:
         if self.proc is None:
             return
+        try:
+            os.killpg(self.proc.pid, signal.SIGCONT)  # frozen processes cannot act on SIGTERM
+        except ProcessLookupError:
+            pass
         for sig in (signal.SIGTERM, signal.SIGKILL):
             try:
                 os.killpg(self.proc.pid, sig)
@@ -176,6 +181,24 @@ class Airflow:
                 return state
             time.sleep(1)
         raise TimeoutError(f"run {dag_id}/{run_id} still {state} after {timeout}s")
+
+    def processes(self, needle: str) -> list[int]:
+        """PIDs in Airflow's process group whose command line contains `needle`."""
+        out = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                if self.proc and os.getpgid(int(pid)) == self.proc.pid:
+                    if needle in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode():
+                        out.append(int(pid))
+            except (OSError, ProcessLookupError):
+                continue
+        return out
+
+    def signal(self, needle: str, sig: int) -> list[int]:
+        pids = self.processes(needle)
+        for pid in pids:
+            os.kill(pid, sig)
+        return pids
 
     def cleanup(self) -> None:
         self.stop()

@@ -112,3 +112,35 @@ def venv() -> Path:
         return airflow_venv()
     except subprocess.CalledProcessError as e:
         pytest.fail(f"could not create the Airflow venv: {e.stderr[-2000:]}")
+
+
+PG_USER, PG_PASSWORD = "airflow_monitor", "monitor-test-pw"
+
+
+def _psql(sql: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["runuser", "-u", "postgres", "--", "psql", "-v", "ON_ERROR_STOP=1", "-qAtc", sql],
+                          capture_output=True, text=True, timeout=60, cwd="/")
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """Debian's PostgreSQL 15 cluster, started if it is down. Returns a function making a fresh database."""
+    try:
+        up = subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True, timeout=30).stdout
+        if "online" not in up:
+            subprocess.run(["pg_ctlcluster", "15", "main", "start"], check=True, capture_output=True, timeout=120)
+        r = _psql(f"DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname='{PG_USER}') THEN "
+                  f"CREATE ROLE {PG_USER} LOGIN SUPERUSER PASSWORD '{PG_PASSWORD}'; END IF; END$$;")
+        r.check_returncode()
+    except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
+        msg = f"PostgreSQL could not be started here: {getattr(e, 'stderr', '') or e}"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+
+    def database(name: str) -> str:
+        _psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)").check_returncode()
+        _psql(f"CREATE DATABASE {name} OWNER {PG_USER}").check_returncode()
+        return f"postgresql://{PG_USER}:{PG_PASSWORD}@127.0.0.1:5432/{name}"
+
+    return database

@@ -1,0 +1,154 @@
+"""The probe as Kubernetes runs it: a process with the Airflow image's Python and driver, against a real
+Airflow 3.3.2 on PostgreSQL (scheduler + LocalExecutor), and on a real migrated SQLite schema."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from tests.integration.airflow_harness import REPO, Airflow
+
+pytestmark = pytest.mark.integration
+
+
+def probe(venv, *args, env=None, component="scheduler"):
+    """Run the probe with the Airflow venv's interpreter, as the scheduler container would."""
+    cmd = [str(venv / "bin" / "python"), "-X", "importtime", "-m", "monitor.cli", "probe", component, "--json", *args]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=REPO,
+                       env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+    assert r.stdout.count("\n") == 1, r.stdout + r.stderr
+    out = json.loads(r.stdout)
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in r.stderr.splitlines() if "|" in line}
+    heavy = imported & {"airflow", "sqlalchemy", "prometheus_client", "yaml", "datadog"}
+    assert not heavy, f"the probe imported {heavy}"
+    assert out["exit_code"] == r.returncode
+    return r.returncode, out
+
+
+def wait_probe(venv, want_code, *args, timeout=90, **kw):
+    deadline = time.monotonic() + timeout
+    while True:
+        code, out = probe(venv, *args, **kw)
+        if code == want_code or time.monotonic() > deadline:
+            return code, out
+        time.sleep(1)
+
+
+@pytest.fixture(scope="module")
+def airflow_pg(tmp_path_factory, venv, postgres):
+    url = postgres("airflow_probe")
+    af = Airflow(home=tmp_path_factory.mktemp("airflow-pg"), venv=venv, env_extra={
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": url.replace("postgresql://", "postgresql+psycopg2://"),
+        "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "3600",
+    })
+    try:
+        af.start()
+        af.wait_run("probe_demo", af.trigger("probe_demo"))
+        yield af, url
+    except BaseException:
+        print(af.log_tail(80))
+        raise
+    finally:
+        af.stop()
+
+
+def test_healthy_scheduler_on_postgres(airflow_pg, venv):
+    af, url = airflow_pg
+    code, out = wait_probe(venv, 0, "--local", "--sql-alchemy-conn", url)
+    assert (code, out["status"]) == (0, "healthy"), out
+    assert out["heartbeat_age_seconds"] < 30
+    # and with the settings Airflow itself reads
+    code, out = probe(venv, "--local", env={"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": url})
+    assert code == 0, out
+
+
+def test_real_stall_fails_then_recovers(airflow_pg, venv):
+    """Freeze the LocalExecutor workers: a triggered task stays queued, nothing runs or finishes."""
+    af, url = airflow_pg
+    fast = ["--sql-alchemy-conn", url, "--local", "--queued-grace", "3", "--finished-window", "5"]
+    assert af.signal("LocalExecutor", signal.SIGSTOP), "no LocalExecutor worker found"
+    try:
+        run_id = af.trigger("probe_demo")
+        code, out = wait_probe(venv, 1, *fast, timeout=120)
+        assert (code, out["check"]) == (1, "stuck_queue"), out
+        assert "queued over 3s" in out["reason"] and "none running" in out["reason"]
+        # the same stall with the heartbeat check alone looks fine: what `airflow jobs check` sees
+        assert probe(venv, *fast, "--checks", "heartbeat")[0] == 0
+    finally:
+        af.signal("LocalExecutor", signal.SIGCONT)
+    assert af.wait_run("probe_demo", run_id) == "success"
+    code, out = probe(venv, *fast)
+    assert code == 0, out
+
+
+def test_stale_heartbeat(airflow_pg, venv):
+    af, url = airflow_pg
+    pids = af.signal("airflow scheduler", signal.SIGSTOP)
+    assert pids, "scheduler process not found"
+    try:
+        code, out = wait_probe(venv, 1, "--sql-alchemy-conn", url, "--local", "--heartbeat-threshold", "4",
+                               timeout=60)
+        assert (code, out["check"]) == (1, "heartbeat"), out
+        assert "last heartbeat" in out["reason"]
+    finally:
+        af.signal("airflow scheduler", signal.SIGCONT)
+    code, out = wait_probe(venv, 0, "--sql-alchemy-conn", url, "--local", "--heartbeat-threshold", "4")
+    assert code == 0, out
+
+
+def test_database_down_is_unknown_not_a_restart(venv):
+    down = "postgresql://airflow_monitor:secret-pw@127.0.0.1:1/airflow"
+    code, out = probe(venv, "--sql-alchemy-conn", down)
+    assert (code, out["status"], out["check"]) == (0, "unknown", "source"), out
+    assert "secret-pw" not in json.dumps(out)
+    code, out = probe(venv, "--sql-alchemy-conn", down, "--on-unknown", "fail")
+    assert (code, out["status"]) == (1, "unknown")
+
+
+def test_ha_other_schedulers_queue_does_not_fail_this_one(airflow_pg, venv):
+    """A second scheduler (another host) whose tasks are stuck: only its own probe fails."""
+    import psycopg2
+    af, url = airflow_pg
+    now = datetime.now(UTC)
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT hostname FROM job WHERE job_type='SchedulerJob' AND state='running' LIMIT 1")
+        host_a = cur.fetchone()[0]
+        cur.execute("INSERT INTO job (state, job_type, start_date, latest_heartbeat, hostname, executor_class) "
+                    "VALUES ('running', 'SchedulerJob', %s, %s, 'scheduler-b', 'LocalExecutor') RETURNING id",
+                    (now, now))
+        job_b = cur.fetchone()[0]
+        # a finished task of probe_demo becomes queued by scheduler B, 10 minutes ago, with no progress since
+        cur.execute("UPDATE task_instance SET state='queued', queued_dttm=%s, queued_by_job_id=%s, "
+                    "end_date=NULL, last_heartbeat_at=%s WHERE id = (SELECT id FROM task_instance "
+                    "WHERE dag_id='probe_demo' AND state='success' LIMIT 1)",
+                    (now - timedelta(minutes=10), job_b, now - timedelta(minutes=10)))
+    try:
+        code, out = probe(venv, "--sql-alchemy-conn", url, "--hostname", host_a, "--finished-window", "1")
+        assert code == 0, out
+        code, out = probe(venv, "--sql-alchemy-conn", url, "--hostname", "scheduler-b", "--finished-window", "1")
+        assert (code, out["check"]) == (1, "stuck_queue"), out
+    finally:
+        with psycopg2.connect(url) as conn, conn.cursor() as cur:
+            cur.execute("UPDATE task_instance SET state='success', end_date=now() WHERE queued_by_job_id=%s",
+                        (job_b,))
+            cur.execute("UPDATE job SET state='success' WHERE id=%s", (job_b,))
+
+
+def test_sqlite_schema_from_airflow_db_migrate(tmp_path, venv):
+    """On a real migrated SQLite schema with no scheduler: unhealthy, said in one line."""
+    db = tmp_path / "airflow.db"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    env.update(AIRFLOW_HOME=str(tmp_path), AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{db}")
+    subprocess.run([str(venv / "bin" / "airflow"), "db", "migrate"], env=env, check=True, capture_output=True,
+                   timeout=300)
+    code, out = probe(venv, "--sql-alchemy-conn", f"sqlite:///{db}")
+    assert (code, out["check"]) == (1, "heartbeat") and "no running scheduler job" in out["reason"]
+    for comp in ("triggerer", "dag-processor"):
+        code, out = probe(venv, "--sql-alchemy-conn", f"sqlite:///{db}", component=comp)
+        assert code == 1 and comp in out["reason"]
