@@ -7,14 +7,16 @@ so each test can compare what Airflow emitted with what the bridge exposes.
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
 import threading
 import time
 
 import pytest
 
 from monitor import catalog
-from tests.integration.airflow_harness import Airflow, statsd_env
+from tests.integration.airflow_harness import REPO, Airflow, statsd_env
 from tests.integration.conftest import BridgeProcess
 
 pytestmark = pytest.mark.integration
@@ -67,6 +69,11 @@ def run(request, tmp_path_factory, venv):
         bridge.wait_for(lambda m: m.get("airflow_dagrun_duration_count"), timeout=30)
         time.sleep(3)
         scrape = bridge.scrape()
+        # while this Airflow (SQLite) runs, the probe must call its scheduler healthy
+        probe = subprocess.run(
+            [str(venv / "bin" / "python"), "-m", "monitor.cli", "probe", "scheduler", "--local",
+             "--sql-alchemy-conn", f"sqlite:///{af.home / 'airflow.db'}"],
+            capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
     except BaseException:
         print(af.log_tail(80))
         raise
@@ -75,7 +82,7 @@ def run(request, tmp_path_factory, venv):
         cap.close()
         bridge.stop()
     ids = {"plain": ("team__sales_daily", "extract__load")}.get(mode, (DAG, "extract.load"))
-    return mode, scrape, cap, ids
+    return mode, scrape, cap, ids, probe
 
 
 def only(samples: dict, **labels) -> float:
@@ -86,7 +93,7 @@ def only(samples: dict, **labels) -> float:
 
 
 def test_task_outcomes_with_real_ids(run):
-    mode, m, cap, (dag, task) = run
+    mode, m, cap, (dag, task), _ = run
     fin = m["airflow_ti_finish_total"]
     assert only(fin, dag_id=dag, task_id=task, state="success") == 1
     assert only(fin, dag_id=dag, task_id="boom", state="failed") == 1
@@ -96,7 +103,7 @@ def test_task_outcomes_with_real_ids(run):
 
 
 def test_sum_over_labels_equals_what_airflow_emitted(run):
-    mode, m, cap, _ = run
+    mode, m, cap, _, _ = run
     for statsd, prom in [("airflow.ti.finish", "airflow_ti_finish_total"),
                          ("airflow.ti.start", "airflow_ti_start_total"),
                          ("airflow.task.duration", "airflow_task_duration_count")]:
@@ -106,7 +113,7 @@ def test_sum_over_labels_equals_what_airflow_emitted(run):
 
 
 def test_durations_are_histograms_in_seconds(run):
-    mode, m, cap, (dag, task) = run
+    mode, m, cap, (dag, task), _ = run
     assert only(m["airflow_task_duration_count"], dag_id=dag, task_id=task) == 1
     total = only(m["airflow_task_duration_sum"], dag_id=dag, task_id=task)
     assert 0 < total < 120, "seconds, not milliseconds"
@@ -116,7 +123,7 @@ def test_durations_are_histograms_in_seconds(run):
 
 
 def test_scheduler_pool_and_executor_gauges(run):
-    mode, m, cap, _ = run
+    mode, m, cap, _, _ = run
     assert only(m["airflow_pool_open_slots"], pool="default_pool") > 0
     assert only(m["airflow_executor_open_slots"], executor="LocalExecutor") > 0
     assert only(m["airflow_executor_queued_tasks"], executor="LocalExecutor") >= 0
@@ -125,7 +132,7 @@ def test_scheduler_pool_and_executor_gauges(run):
 
 
 def test_everything_airflow_sent_is_mapped_cleanly(run):
-    mode, m, cap, _ = run
+    mode, m, cap, _, _ = run
     assert not m.get("airflow_monitor_bridge_parse_errors_total")
     known = catalog.prometheus_series_names()
     stray = {name for name in m if name.startswith("airflow_") and not name.startswith("airflow_monitor_")
@@ -133,3 +140,8 @@ def test_everything_airflow_sent_is_mapped_cleanly(run):
     assert not stray, f"series outside the catalog: {sorted(stray)}"
     dropped = {dict(k)["reason"]: v for k, v in m["airflow_monitor_bridge_dropped_total"].items()}
     assert set(dropped) == {"plain": {"tagless_twin"}}.get(mode, {"legacy_twin"})
+
+
+def test_probe_sees_the_running_scheduler_healthy_on_sqlite(run):
+    probe = run[4]
+    assert probe.returncode == 0 and probe.stdout.startswith("healthy: scheduler job"), probe.stdout + probe.stderr
