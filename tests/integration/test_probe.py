@@ -78,7 +78,10 @@ def test_real_stall_fails_then_recovers(airflow_pg, venv):
         code, out = wait_probe(venv, 1, *fast, timeout=120)
         assert (code, out["check"]) == (1, "stuck_queue"), out
         assert "queued over 3s" in out["reason"] and "none running" in out["reason"]
-        # the same stall with the heartbeat check alone looks fine: what `airflow jobs check` sees
+        # what the Helm chart's probe says about the same stall: alive
+        jobs = subprocess.run([str(venv / "bin" / "airflow"), "jobs", "check", "--job-type", "SchedulerJob",
+                               "--local"], env=af.env(), capture_output=True, text=True, timeout=120)
+        assert jobs.returncode == 0 and "Found one alive job" in jobs.stdout, jobs.stdout + jobs.stderr
         assert probe(venv, *fast, "--checks", "heartbeat")[0] == 0
     finally:
         af.signal("LocalExecutor", signal.SIGCONT)
