@@ -26,6 +26,11 @@ from monitor.bridge.store import Drop, Store
 
 log = logging.getLogger(__name__)
 
+# Cache entries are tuples, so that the hot path indexes instead of calling:
+#   (COUNTER, series, 1/rate, None, None, statsd type, statsd type)
+#   (HIST,    series, unit scale, 1/rate (weight), buckets, statsd type, statsd type)
+#   (GAUGE,   series, None, None, None, statsd type, statsd type)
+#   (SET, series) | (DROP, reason) | (ERROR, reason) | (PENDING, target, key, metric name)
 COUNTER, GAUGE, HIST, SET, DROP, ERROR, PENDING = range(7)
 _KIND = {"counter": COUNTER, "gauge": GAUGE, "histogram": HIST}
 PENDING_MAX_AGE = 1.0  # seconds a first legacy sample waits for its twin

@@ -14,7 +14,7 @@ import urllib.request
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from monitor.probe.db import SourceError, _ts
+from monitor.probe.db import SourceError, parse_ts
 from monitor.probe.rules import Observation, Thresholds, needs_finished
 from monitor.probe.settings import COMPONENTS
 
@@ -71,12 +71,12 @@ class Api:
         job = jobs[0] if jobs else None
         obs = Observation(now=now, component=component, job_id=job["id"] if job else None,
                           hostname=job["hostname"] if job else hostname,
-                          heartbeat=_ts(job["latest_heartbeat"]) if job else None)
+                          heartbeat=parse_ts(job["latest_heartbeat"]) if job else None)
         if not tasks:
             return obs
         queued = self._request("GET", TI, {"state": "queued", "limit": 100})
         cutoff = now - timedelta(seconds=th.queued_grace)
-        times = [t for t in (_ts(i.get("queued_when")) for i in queued.get("task_instances", [])) if t]
+        times = [t for t in (parse_ts(i.get("queued_when")) for i in queued.get("task_instances", [])) if t]
         stuck = sum(1 for t in times if t < cutoff)
         running = 0
         if stuck:

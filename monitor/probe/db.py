@@ -84,7 +84,7 @@ def _import(names: list[str], what: str):
     raise SourceError(f"no {what} driver installed (tried {', '.join(names)})")
 
 
-def _ts(v) -> datetime | None:
+def parse_ts(v) -> datetime | None:
     """A timestamp as stored: aware (PostgreSQL), naive UTC (MySQL) or a string (SQLite)."""
     if v is None:
         return None
@@ -111,7 +111,7 @@ def observe(conn, ph: str, dialect: str, component: str, th: Thresholds, *, host
                + (f" AND hostname = {ph}" if hostname else "") + " ORDER BY latest_heartbeat DESC LIMIT 1")
         cur.execute(sql, (job_type, hostname) if hostname else (job_type,))
         row = cur.fetchone()
-        job_id, hb, host = (row[0], _ts(row[1]), row[2]) if row else (None, None, hostname)
+        job_id, hb, host = (row[0], parse_ts(row[1]), row[2]) if row else (None, None, hostname)
         obs = Observation(now=now, component=component, job_id=job_id, hostname=host, heartbeat=hb)
         if not tasks:
             return obs
@@ -129,7 +129,7 @@ def observe(conn, ph: str, dialect: str, component: str, th: Thresholds, *, host
         counts = {r[0]: r for r in cur.fetchall()}
         q = counts.get("queued")
         obs = replace(obs, queued=int(q[1]) if q else 0, queued_stuck=int(q[3] or 0) if q else 0,
-                      oldest_queued=_ts(q[2]) if q else None,
+                      oldest_queued=parse_ts(q[2]) if q else None,
                       running=int(counts["running"][1]) if "running" in counts else 0)
         if needs_finished(obs):
             since = _param(now - timedelta(seconds=th.finished_window), dialect)

@@ -155,3 +155,17 @@ def test_sqlite_schema_from_airflow_db_migrate(tmp_path, venv):
     for comp in ("triggerer", "dag-processor"):
         code, out = probe(venv, "--sql-alchemy-conn", f"sqlite:///{db}", component=comp)
         assert code == 1 and comp in out["reason"]
+
+
+def test_rest_api_source_with_jwt(airflow_pg, venv, tmp_path):
+    af, _ = airflow_pg
+    api = ["--source", "api", "--api-url", af.api_url, "--api-user", "admin", "--local"]
+    code, out = wait_probe(venv, 0, *api, env={"AIRFLOW_MONITOR_API_PASSWORD": "admin"})
+    assert (code, out["status"]) == (0, "healthy"), out
+    code, out = probe(venv, *api, env={"AIRFLOW_MONITOR_API_PASSWORD": "wrong-pw"})
+    assert (code, out["status"]) == (0, "unknown") and "authentication failed" in out["reason"], out
+    assert "wrong-pw" not in json.dumps(out)
+    token = tmp_path / "jwt"
+    token.write_text(af.token())
+    code, out = probe(venv, "--source", "api", "--api-url", af.api_url, "--api-token-file", str(token))
+    assert code == 0, out
