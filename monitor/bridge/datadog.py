@@ -21,7 +21,6 @@ from monitor import catalog
 from monitor.bridge.store import BUCKETS, COUNT, VALUE, Store
 
 log = logging.getLogger(__name__)
-TIMER_SUFFIXES = (".count", ".avg", ".median", ".95percentile")
 BATCH = 500
 
 

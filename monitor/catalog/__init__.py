@@ -15,6 +15,8 @@ import yaml
 
 CATALOG_FILE = Path(__file__).with_name("airflow.yaml")
 TYPES = ("counter", "gauge", "timer")
+# Datadog gets a timer as per-flush aggregates, named like the Datadog agent's histogram aggregates
+DATADOG_TIMER_SUFFIXES = (".count", ".avg", ".median", ".95percentile")
 _VAR = re.compile(r"\{([a-z_]+)\}")
 
 
@@ -110,12 +112,10 @@ def prometheus_series_names() -> set[str]:
 
 def datadog_names() -> set[str]:
     """Every Datadog metric name the bridge can forward (timers add aggregate suffixes)."""
-    from monitor.bridge.datadog import TIMER_SUFFIXES
-
     out = set()
     for m in load():
         if m.type == "timer":
-            out.update(m.datadog + s for s in TIMER_SUFFIXES)
+            out.update(m.datadog + s for s in DATADOG_TIMER_SUFFIXES)
         else:
             out.add(m.datadog)
     return out

@@ -89,3 +89,16 @@ def test_every_catalog_metric_maps_in_every_form(h):
     for m in catalog.load():
         assert any(line.startswith(m.prometheus_series[0]) for line in text.splitlines()), m.name
     assert h.ingest.stats.unmapped == 0 and not h.ingest.stats.parse_errors
+
+
+def test_datadog_names_cover_what_the_sink_sends(h):
+    """Every Datadog name the sink emits for catalog metrics is in catalog.datadog_names()."""
+    from monitor import catalog
+    from monitor.bridge.datadog import DatadogSink
+
+    h.send("airflow.task.duration:1500|ms|#dag_id:d,task_id:t", "airflow.ti.finish:1|c|#dag_id:d,task_id:t,state:ok",
+           "airflow.pool.open_slots:3|g|#pool_name:p", "airflow.dagrun.duration.failed:2000|ms|#dag_id:d")
+    sink = DatadogSink(h.store, target="agent", port=9)  # collect() only; nothing is sent
+    names = {p[0] for p in sink.collect()}
+    assert names and names <= catalog.datadog_names(), names - catalog.datadog_names()
+    assert "airflow.dagrun.duration.failed.avg" in names
