@@ -98,9 +98,11 @@ class DatadogSink:
     def collect(self, now: float | None = None) -> list[tuple[str, str, float, list[str]]]:
         """Points (name, type, value, tags) for what changed since the last collect."""
         points = []
+        live = set()
         for fam in list(self.store.families.values()):
             for labels, s in list(fam.series.items()):
                 key = (fam.name, labels)
+                live.add(key)
                 name, tags, ms = self._names(fam.name, dict(labels))
                 if fam.kind == "gauge":
                     points.append((name, "gauge", s[VALUE], tags))
@@ -126,7 +128,6 @@ class DatadogSink:
                     points.append((name + ".median", "gauge", _quantile(0.5, fam.buckets, db) * scale, tags))
                     points.append((name + ".95percentile", "gauge",
                                    _quantile(0.95, fam.buckets, db) * scale, tags))
-        live = {(f.name, lab) for f in list(self.store.families.values()) for lab in list(f.series)}
         for k in [k for k in self.last if k not in live]:
             del self.last[k]
         return points

@@ -27,9 +27,9 @@ from monitor.bridge.store import Drop, Store
 log = logging.getLogger(__name__)
 
 # Cache entries are tuples, so that the hot path indexes instead of calling:
-#   (COUNTER, series, 1/rate, None, None, statsd type, statsd type)
-#   (HIST,    series, unit scale, 1/rate (weight), buckets, statsd type, statsd type)
-#   (GAUGE,   series, None, None, None, statsd type, statsd type)
+#   (COUNTER, series, 1/rate, None, None, statsd type)
+#   (HIST,    series, unit scale, 1/rate (weight), buckets, statsd type)
+#   (GAUGE,   series, None, None, None, statsd type)
 #   (SET, series) | (DROP, reason) | (ERROR, reason) | (PENDING, target, key, metric name)
 COUNTER, GAUGE, HIST, SET, DROP, ERROR, PENDING = range(7)
 _KIND = {"counter": COUNTER, "gauge": GAUGE, "histogram": HIST}
@@ -141,13 +141,7 @@ class Ingest:
     # ------------------------------------------------------------------ slow path
     def _slow(self, e: tuple, vals: bytes, now: float) -> None:
         st = self.stats
-        kind = e[0]
-        if kind is DROP:
-            st.dropped[e[1]] += 1
-            return
-        if kind is ERROR:
-            st.parse_errors[e[1]] += 1
-            return
+        kind = e[0]  # SET, PENDING, or a COUNTER/HIST/GAUGE line the hot path could not take
         if kind is SET:
             s = e[1]
             if len(s[2]) < 100_000:
@@ -166,7 +160,7 @@ class Ingest:
             self._pend(mname, target, key, values, now)
             return
         try:
-            values = parse_values(vals, e[6])
+            values = parse_values(vals, e[5])
         except ParseError as err:
             st.parse_errors[err.reason] += 1
             return
@@ -237,10 +231,10 @@ class Ingest:
             return (SET, s)
         kind = _KIND[target.kind]
         if kind is COUNTER:
-            return (COUNTER, s, 1.0 / key.rate, None, None, key.type, key.type)
+            return (COUNTER, s, 1.0 / key.rate, None, None, key.type)
         if kind is HIST:
-            return (HIST, s, target.scale, 1.0 / key.rate, target.buckets, key.type, key.type)
-        return (GAUGE, s, None, None, None, key.type, key.type)
+            return (HIST, s, target.scale, 1.0 / key.rate, target.buckets, key.type)
+        return (GAUGE, s, None, None, None, key.type)
 
     def _cache(self, head: bytes, tail: bytes, entry: tuple) -> tuple:
         if len(self.cache) >= self.cache_size:
