@@ -47,7 +47,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the statsd bridge (statsd :9125 -> Prometheus :9102, Datadog)")
     serve.add_argument("--config", help="YAML config file (section 'bridge:')")
     serve.add_argument("--log-level", default=argparse.SUPPRESS, help="DEBUG, INFO, WARNING, ERROR")
+    serve.add_argument("--sla-config", help="also run the SLA watcher with this YAML config "
+                       "(or $AIRFLOW_MONITOR_SLA_CONFIG); its series join /metrics")
     _add_bridge_flags(serve)
+
+    sla = sub.add_parser("sla", help="SLA watcher: page when a key DAG has not succeeded within its window",
+                         description="run: watch on a schedule (default); check: evaluate once, exit 1 if "
+                         "anything is breached; status: print watched DAGs, windows, last success and alerts")
+    sla.add_argument("action", nargs="?", choices=["run", "check", "status"], default="run")
+    sla.add_argument("--config", help="SLA YAML config (or $AIRFLOW_MONITOR_SLA_CONFIG)")
+    sla.add_argument("--once", action="store_true", help="with check: evaluate once and exit (the default)")
+    sla.add_argument("--airflow-url", help="Airflow base URL, overriding the config")
+    sla.add_argument("--state-file", help="SQLite alert state, overriding the config")
+    sla.add_argument("--metrics-listen", help="with run: HTTP address for /metrics ('' to disable; default :9103)")
+    sla.add_argument("--json", action="store_true", help="with check and status: print JSON")
+    sla.add_argument("--log-level", default=argparse.SUPPRESS, help="DEBUG, INFO, WARNING, ERROR")
 
     probe = sub.add_parser("probe", help="liveness probe: exit 1 when a component is stuck (for Kubernetes)")
     probe.add_argument("component", choices=["scheduler", "triggerer", "dag-processor"])
@@ -93,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
             from monitor.probe.command import run
 
             return run(args)
+        if args.command == "sla":
+            from monitor.sla.command import run as sla
+
+            return sla(args)
         if args.command == "catalog":
             from monitor.catalog.command import show
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 
 from monitor.config import BridgeConfig, ConfigError, load
 from monitor.errors import UserError
@@ -22,8 +23,38 @@ def serve(args) -> int:
         bridge.start()
     except (ConfigError, MappingError, OSError, ValueError) as e:
         raise UserError(str(e)) from None
+    schedule = None
+    sla_config = args.sla_config or os.environ.get("AIRFLOW_MONITOR_SLA_CONFIG")
+    if sla_config:
+        schedule = _start_watcher(bridge, sla_config)
     addrs = bridge.listeners.addresses
     log.info("statsd on %s; metrics on http://%s:%d/metrics", ", ".join(
         f"{k} {v}" for k, v in addrs.items()), cfg.web_listen.rpartition(":")[0] or "0.0.0.0", bridge.web_port)
-    bridge.run()
+    try:
+        bridge.run()
+    finally:
+        if schedule:
+            schedule.stop()
     return 0
+
+
+def _start_watcher(bridge, path: str):
+    """The SLA watcher beside the bridge: its series are served on the bridge's /metrics."""
+    from monitor.sla.command import load_config
+    from monitor.sla.exposition import SLACollector
+    from monitor.sla.service import Schedule, build
+
+    try:
+        cfg = load_config(path)
+        watcher = build(cfg)
+    except UserError:
+        bridge.close()
+        raise
+    except Exception as e:
+        bridge.close()
+        raise UserError(f"cannot start the SLA watcher: {e}") from None
+    bridge.registry.register(SLACollector(watcher))
+    schedule = Schedule(watcher)
+    schedule.start()
+    log.info("SLA watcher: every %.0fs, state in %s", cfg.interval, cfg.state_file)
+    return schedule

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from monitor import catalog
+from monitor import catalog, durations
 from monitor.bridge.parse import Key, label_name
 
 # Airflow durations span milliseconds (scheduler loop) to hours (DAG runs).
@@ -20,7 +20,6 @@ DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
                    1800, 3600, 7200, 14400, 43200, 86400)
 KIND = {"c": "counter", "g": "gauge", "ms": "histogram", "h": "histogram", "d": "histogram", "s": "gauge"}
 _NAME_BAD = re.compile(r"[^a-zA-Z0-9_:]")
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _VAR = re.compile(r"\{([a-z_]+)\}")
 _EXPAND = re.compile(r"\$\{(\d+)\}|\$(\d+)")
 
@@ -50,20 +49,10 @@ def sanitize_name(name: str) -> str:
 
 def parse_duration(v) -> float:
     """Go-style duration ('90s', '1h30m') or a number of seconds."""
-    if isinstance(v, int | float):
-        return float(v)
-    s = str(v).strip()
-    if s in ("", "0"):
-        return 0.0
-    pos, total = 0, 0.0
-    for m in _DURATION.finditer(s):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
-        pos = m.end()
-    if pos != len(s):
-        raise MappingError(f"invalid duration {v!r} (use e.g. 30s, 5m, 1h)")
-    return total
+    try:
+        return durations.parse_duration(v)
+    except ValueError as e:
+        raise MappingError(str(e)) from None
 
 
 # ---------------------------------------------------------------- built-in Airflow mapping

@@ -1,0 +1,58 @@
+"""Datadog: an event per open/close/remind and a service check per (DAG, rule), via the
+`datadog` package's HTTP API (/api/v1/events, /api/v1/check_run)."""
+
+from __future__ import annotations
+
+import socket
+
+from monitor.alerting import Refused, Retry
+
+ALERT_TYPE = {"open": "error", "close": "success", "remind": "warning"}
+STATUS = {"open": 2, "remind": 2, "close": 0}  # service check: 0 OK, 2 CRITICAL
+
+
+class DatadogNotifier:
+    name = "datadog"
+
+    def __init__(self, api_url: str, api_key: str, service_check: str = "airflow.sla", tags: tuple = (),
+                 timeout: float = 10.0):
+        from datadog import api, initialize
+
+        initialize(api_key=api_key, api_host=api_url, mute=False, hostname=socket.gethostname())
+        api._timeout = timeout
+        api._max_retries = 0  # the outbox retries, with backoff
+        self.api, self.url, self.check, self.tags = api, api_url, service_check, list(tags)
+
+    def __repr__(self) -> str:
+        return f"DatadogNotifier({self.url})"
+
+    def send(self, action: str, notice: dict) -> str:
+        from datadog.api.exceptions import DatadogException
+
+        if action not in ALERT_TYPE:
+            raise Refused(f"unknown action {action!r}")
+        tags = [*self.tags, f"dag_id:{notice['dag_id']}", f"rule:{notice['rule']}",
+                f"priority:{notice.get('priority', '')}", f"reason:{notice.get('reason', '')}"]
+        title = {"open": "SLA breached", "close": "SLA resolved", "remind": "SLA still breached"}[action]
+        text = notice.get("note") if action == "close" and notice.get("note") else notice["message"]
+        if notice.get("runbook"):
+            text += f"\nRunbook: {notice['runbook']}"
+        try:
+            reply = self.api.Event.create(
+                title=f"{title}: {notice['dag_id']} ({notice['rule']})", text=text, tags=tags,
+                alert_type=ALERT_TYPE[action], aggregation_key=notice["alias"], source_type_name="airflow",
+                priority="normal")
+            self._check_errors(reply)
+            self._check_errors(self.api.ServiceCheck.check(
+                check=self.check, host_name=socket.gethostname(), status=STATUS[action], message=text[:500],
+                tags=tags))
+        except DatadogException as e:
+            raise Retry(f"Datadog: {type(e).__name__}: {e}") from None
+        except OSError as e:
+            raise Retry(f"cannot reach Datadog: {e}") from None
+        return str(reply.get("event", {}).get("id", "")) if isinstance(reply, dict) else ""
+
+    @staticmethod
+    def _check_errors(reply) -> None:
+        if isinstance(reply, dict) and reply.get("errors"):
+            raise Retry(f"Datadog: {reply['errors']}")

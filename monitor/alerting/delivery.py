@@ -1,0 +1,61 @@
+"""Drain the outbox: each notifier gets its notices in order, retried with backoff until accepted.
+
+One notifier failing does not hold back another. Within a notifier, order is kept (a close
+never overtakes its open): a notice that must be retried stops that notifier's pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import Counter
+
+from monitor.alerting import Refused, Retry
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF = 300.0
+
+
+def backoff(attempts: int, asked: float | None = None) -> float:
+    """Seconds before the next try: 1, 2, 4 ... capped at 5 min, jittered; a Retry-After wins."""
+    if asked is not None and asked >= 0:
+        return min(asked, MAX_BACKOFF)
+    return min(MAX_BACKOFF, 2.0 ** attempts) * random.uniform(0.8, 1.2)
+
+
+class Delivery:
+    def __init__(self, state, notifiers: list):
+        self.state = state
+        self.notifiers = {n.name: n for n in notifiers}
+        self.sent: Counter[tuple[str, str]] = Counter()  # (notifier, action) accepted
+        self.errors: Counter[str] = Counter()  # notifier -> failed attempts
+        self.dead: Counter[str] = Counter()
+
+    def drain(self, now: float | None = None) -> int:
+        """One pass over every notifier; returns how many notices were accepted."""
+        done = 0
+        for name, notifier in self.notifiers.items():
+            for item in self.state.pending(name, now):
+                try:
+                    request_id = notifier.send(item.action, item.payload)
+                except Retry as e:
+                    wait = backoff(item.attempts, e.after)
+                    self.state.failed(item.id, str(e), time.time() + wait)
+                    self.errors[name] += 1
+                    log.warning("%s: %s %s/%s not delivered (attempt %d), retry in %.0fs: %s", name, item.action,
+                                item.dag_id, item.rule, item.attempts + 1, wait, e)
+                    break
+                except Refused as e:
+                    self.state.failed(item.id, str(e), None)
+                    self.dead[name] += 1
+                    log.error("%s refused %s %s/%s for good (kept in the state file): %s", name, item.action,
+                              item.dag_id, item.rule, e)
+                    continue
+                self.state.delivered(item.id)
+                self.sent[(name, item.action)] += 1
+                done += 1
+                log.info("%s: %s %s/%s delivered%s", name, item.action, item.dag_id, item.rule,
+                         f" (requestId {request_id})" if request_id else "")
+        return done

@@ -1,0 +1,30 @@
+"""A generic JSON webhook, Slack-compatible: {"text": ...} plus the structured alert."""
+
+from __future__ import annotations
+
+from monitor.alerting import Refused
+from monitor.alerting.http import request
+
+ICON = {"open": ":red_circle:", "close": ":large_green_circle:", "remind": ":bell:"}
+VERB = {"open": "SLA breached", "close": "SLA resolved", "remind": "SLA still breached"}
+
+
+class WebhookNotifier:
+    name = "webhook"
+
+    def __init__(self, url: str, timeout: float = 10.0):
+        self.url, self.timeout = url, timeout
+
+    def __repr__(self) -> str:  # the URL of a Slack webhook is a secret
+        return "WebhookNotifier(<url>)"
+
+    def send(self, action: str, notice: dict) -> str:
+        if action not in VERB:
+            raise Refused(f"unknown action {action!r}")
+        text = f"{ICON[action]} [{notice.get('priority', '')}] {VERB[action]}: {notice['message']}"
+        if notice.get("runbook"):
+            text += f" (runbook: {notice['runbook']})"
+        body = {"text": text, "airflow_monitor": {"action": action, **{k: v for k, v in notice.items()
+                                                                        if k != "responders"}}}
+        request("POST", self.url, body, None, self.timeout)
+        return ""

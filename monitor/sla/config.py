@@ -1,0 +1,319 @@
+"""The SLA watcher's YAML config: which DAGs to watch, their rules, where to page.
+
+Every mistake is a SLAConfigError whose message names the place in the file, in one line.
+Secrets (Airflow password or token, OpsGenie and Datadog keys, webhook URL) are read from a
+file or the environment, never from the YAML itself.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from monitor.config import ConfigError, read_secret
+from monitor.durations import parse_duration
+from monitor.sla import windows
+from monitor.sla.rules import KINDS, PRIORITIES, Dag, Rule
+
+RESPONDER_TYPES = ("team", "user", "escalation", "schedule")
+OPSGENIE_URLS = {
+    "us": "https://api.opsgenie.com",
+    "eu": "https://api.eu.opsgenie.com",
+    "jsm": "https://api.atlassian.com/jsm/ops/integration",  # Jira Service Management, same body
+}
+
+
+class SLAConfigError(ConfigError):
+    pass
+
+
+@dataclass(frozen=True)
+class Watch:
+    """One `watch:` entry: a selector (dag_id, glob or Airflow tag) and its rules."""
+
+    selector: str  # dag_id | match | tag
+    value: str
+    rules: tuple[Rule, ...]
+
+    def selects(self, dag: Dag) -> bool:
+        if self.selector == "dag_id":
+            return dag.dag_id == self.value
+        if self.selector == "match":
+            return fnmatch.fnmatchcase(dag.dag_id, self.value)
+        return self.value in dag.tags
+
+
+@dataclass
+class AirflowAccess:
+    url: str = "http://localhost:8080"
+    username: str = ""
+    password: str | None = None
+    token: str | None = None
+    timeout: float = 10.0
+    verify_tls: bool = True
+
+
+@dataclass
+class OpsGenie:
+    api_key: str
+    url: str
+    source: str = "airflow-monitor"
+    heartbeat: str = ""
+
+
+@dataclass
+class DatadogNotify:
+    api_key: str
+    api_url: str
+    service_check: str = "airflow.sla"
+    tags: tuple[str, ...] = ()
+
+
+@dataclass
+class SLAConfig:
+    airflow: AirflowAccess
+    watches: tuple[Watch, ...]
+    interval: float = 60.0
+    state_file: str = "airflow-monitor-sla.sqlite"
+    blind_after: int = 3
+    blind_priority: str = "P2"
+    blind_responders: tuple = ()
+    renotify: float = 0.0
+    lookback: float = 7 * 86400.0
+    metrics_listen: str = ":9103"
+    opsgenie: OpsGenie | None = None
+    datadog: DatadogNotify | None = None
+    webhook: str | None = None
+    source: str = ""  # the file it came from, for messages
+
+    def rules_for(self, dag: Dag) -> list[Rule]:
+        """The rules watching a DAG; a rule name already taken by an earlier entry is skipped."""
+        out: dict[str, Rule] = {}
+        for w in self.watches:
+            if w.selects(dag):
+                for r in w.rules:
+                    out.setdefault(r.name, r)
+        return list(out.values())
+
+    def explicit_dag_ids(self) -> set[str]:
+        return {w.value for w in self.watches if w.selector == "dag_id"}
+
+
+def _map(v, where: str) -> dict:
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise SLAConfigError(f"{where} must be a mapping")
+    return v
+
+
+def _only(d: dict, allowed: set[str], where: str) -> None:
+    extra = sorted(set(d) - allowed)
+    if extra:
+        raise SLAConfigError(f"{where}: unknown setting {extra[0]!r} (known: {', '.join(sorted(allowed))})")
+
+
+def _duration(v, where: str) -> float:
+    try:
+        s = parse_duration(v)
+    except ValueError as e:
+        raise SLAConfigError(f"{where}: {e}") from None
+    if s < 0:
+        raise SLAConfigError(f"{where}: must not be negative")
+    return s
+
+
+def _priority(v, where: str) -> str:
+    p = str(v).upper()
+    if p not in PRIORITIES:
+        raise SLAConfigError(f"{where}: priority must be one of P1..P5, not {v!r}")
+    return p
+
+
+def _responders(v, where: str) -> tuple[tuple[str, str, str], ...]:
+    """'team-name' or {type: team|user|escalation|schedule, name|id|username: ...}."""
+    if v is None:
+        return ()
+    if not isinstance(v, list):
+        raise SLAConfigError(f"{where}: responders must be a list")
+    out = []
+    for i, r in enumerate(v):
+        if isinstance(r, str) and r:
+            out.append(("team", "name", r))
+            continue
+        if not isinstance(r, dict) or r.get("type") not in RESPONDER_TYPES:
+            raise SLAConfigError(f"{where}.responders[{i}]: a team name, or a mapping with type "
+                                 f"({'/'.join(RESPONDER_TYPES)}) and name, id or username")
+        keys = [k for k in ("id", "name", "username") if r.get(k)]
+        if len(keys) != 1 or set(r) - {"type", *keys}:
+            raise SLAConfigError(f"{where}.responders[{i}]: needs exactly one of id, name, username")
+        out.append((r["type"], keys[0], str(r[keys[0]])))
+    return tuple(out)
+
+
+def _tags(v, where: str) -> tuple[str, ...]:
+    if v is None:
+        return ()
+    if not isinstance(v, list) or not all(isinstance(t, str | int | float) for t in v):
+        raise SLAConfigError(f"{where}: tags must be a list of strings")
+    return tuple(str(t) for t in v)
+
+
+_META = {"name", "priority", "responders", "tags", "runbook"}
+
+
+def _rule(raw, where: str, inherited: dict) -> Rule:
+    raw = _map(raw, where)
+    kinds = [k for k in KINDS if k in raw]
+    if len(kinds) != 1:
+        raise SLAConfigError(f"{where}: a rule needs exactly one of {', '.join(KINDS)}")
+    kind = kinds[0]
+    _only(raw, _META | {kind} | ({"timezone"} if kind == "deadline" else set()), where)
+    meta = {**inherited, **{k: raw[k] for k in _META if k in raw}}
+    common = dict(
+        name=str(meta.get("name") or kind),
+        kind=kind,
+        priority=_priority(meta.get("priority", "P3"), where),
+        responders=_responders(meta.get("responders"), where),
+        tags=_tags(meta.get("tags"), where),
+        runbook=str(meta.get("runbook") or ""),
+    )
+    if kind == "deadline":
+        tz_name = str(raw.get("timezone") or "UTC")
+        try:
+            cron = windows.check_cron(raw[kind])
+            tz = windows.zone(tz_name)
+        except windows.WindowError as e:
+            raise SLAConfigError(f"{where}: {e}") from None
+        return Rule(cron=cron, tz=tz, tz_name=tz_name, **common)
+    seconds = _duration(raw[kind], f"{where}.{kind}")
+    if kind != "from_schedule" and seconds <= 0:
+        raise SLAConfigError(f"{where}.{kind}: must be more than 0")
+    return Rule(seconds=seconds, **common)
+
+
+def _watch(raw, where: str, defaults: dict) -> Watch:
+    raw = _map(raw, where)
+    sels = [k for k in ("dag_id", "match", "tag") if k in raw]
+    if len(sels) != 1 or not raw[sels[0]]:
+        raise SLAConfigError(f"{where}: needs exactly one of dag_id, match (a glob) or tag")
+    _only(raw, {sels[0], "rules", *_META - {"name"}}, where)
+    inherited = {**defaults, **{k: raw[k] for k in _META - {"name"} if k in raw}}
+    rules_raw = raw.get("rules")
+    if not isinstance(rules_raw, list) or not rules_raw:
+        raise SLAConfigError(f"{where}: needs a non-empty list of rules")
+    rules = tuple(_rule(r, f"{where}.rules[{i}]", inherited) for i, r in enumerate(rules_raw))
+    names = [r.name for r in rules]
+    dup = next((n for n in names if names.count(n) > 1), None)
+    if dup:
+        raise SLAConfigError(f"{where}: two rules are named {dup!r}; give each a distinct name")
+    return Watch(sels[0], str(raw[sels[0]]), rules)
+
+
+def _secret(sec: dict, key: str, env: tuple[str, ...], where: str) -> str | None:
+    if key in sec:
+        raise SLAConfigError(f"{where}.{key}: secrets are not read from the config file; "
+                             f"use {key}_file or ${env[0]}")
+    return read_secret(env, str(sec.get(f"{key}_file") or ""))
+
+
+def parse(doc: dict, source: str = "config", airflow_url: str | None = None) -> SLAConfig:
+    doc = _map(doc, source)
+    _only(doc, {"airflow", "watcher", "notify", "defaults", "watch", "bridge"}, source)
+    a = _map(doc.get("airflow"), "airflow")
+    _only(a, {"url", "username", "password_file", "token_file", "timeout", "verify_tls", "password", "token"},
+          "airflow")
+    airflow = AirflowAccess(
+        url=(airflow_url or os.environ.get("AIRFLOW_MONITOR_AIRFLOW_URL") or str(a.get("url") or
+             AirflowAccess.url)).rstrip("/"),
+        username=str(a.get("username") or os.environ.get("AIRFLOW_MONITOR_AIRFLOW_USERNAME") or ""),
+        password=_secret(a, "password", ("AIRFLOW_MONITOR_AIRFLOW_PASSWORD",), "airflow"),
+        token=_secret(a, "token", ("AIRFLOW_MONITOR_AIRFLOW_TOKEN",), "airflow"),
+        timeout=_duration(a.get("timeout", 10), "airflow.timeout"),
+        verify_tls=bool(a.get("verify_tls", True)),
+    )
+    if not airflow.token and not (airflow.username and airflow.password):
+        raise SLAConfigError("airflow: give username and a password (password_file or "
+                             "$AIRFLOW_MONITOR_AIRFLOW_PASSWORD), or a token (token_file or "
+                             "$AIRFLOW_MONITOR_AIRFLOW_TOKEN)")
+
+    w = _map(doc.get("watcher"), "watcher")
+    _only(w, {"interval", "state_file", "blind_after", "blind_priority", "blind_responders", "renotify",
+              "lookback", "metrics_listen"}, "watcher")
+    try:
+        blind_after = int(w.get("blind_after", 3))
+    except (TypeError, ValueError):
+        raise SLAConfigError("watcher.blind_after: must be a whole number of cycles") from None
+    if blind_after < 1:
+        raise SLAConfigError("watcher.blind_after: must be at least 1")
+    interval = _duration(w.get("interval", 60), "watcher.interval")
+    if interval <= 0:
+        raise SLAConfigError("watcher.interval: must be more than 0")
+
+    n = _map(doc.get("notify"), "notify")
+    _only(n, {"opsgenie", "datadog", "webhook"}, "notify")
+    opsgenie = None
+    if n.get("opsgenie") is not None:
+        og = _map(n["opsgenie"], "notify.opsgenie")
+        _only(og, {"api_key_file", "api_key", "region", "url", "source", "heartbeat"}, "notify.opsgenie")
+        region = str(og.get("region") or "us").lower()
+        if region not in OPSGENIE_URLS:
+            raise SLAConfigError(f"notify.opsgenie.region: one of {', '.join(OPSGENIE_URLS)}, not {region!r}")
+        key = _secret(og, "api_key", ("AIRFLOW_MONITOR_OPSGENIE_API_KEY", "OPSGENIE_API_KEY"), "notify.opsgenie")
+        if not key:
+            raise SLAConfigError("notify.opsgenie: no API key (api_key_file or $AIRFLOW_MONITOR_OPSGENIE_API_KEY)")
+        opsgenie = OpsGenie(api_key=key, url=str(og.get("url") or OPSGENIE_URLS[region]).rstrip("/"),
+                            source=str(og.get("source") or "airflow-monitor"),
+                            heartbeat=str(og.get("heartbeat") or ""))
+    datadog = None
+    if n.get("datadog") is not None:
+        dd = _map(n["datadog"], "notify.datadog")
+        _only(dd, {"api_key_file", "api_key", "site", "api_url", "service_check", "tags"}, "notify.datadog")
+        key = _secret(dd, "api_key", ("AIRFLOW_MONITOR_DATADOG_API_KEY", "DD_API_KEY"), "notify.datadog")
+        if not key:
+            raise SLAConfigError("notify.datadog: no API key (api_key_file or $DD_API_KEY)")
+        site = str(dd.get("site") or "datadoghq.com")
+        datadog = DatadogNotify(api_key=key, api_url=str(dd.get("api_url") or f"https://api.{site}").rstrip("/"),
+                                service_check=str(dd.get("service_check") or "airflow.sla"),
+                                tags=_tags(dd.get("tags"), "notify.datadog.tags"))
+    webhook = None
+    if n.get("webhook") is not None:
+        wh = _map(n["webhook"], "notify.webhook")
+        _only(wh, {"url", "url_file"}, "notify.webhook")
+        webhook = str(wh.get("url") or "") or read_secret(("AIRFLOW_MONITOR_WEBHOOK_URL",),
+                                                          str(wh.get("url_file") or ""))
+        if not webhook or not webhook.startswith(("http://", "https://")):
+            raise SLAConfigError("notify.webhook: needs an http(s) url (url, url_file or $AIRFLOW_MONITOR_WEBHOOK_URL)")
+
+    defaults = _map(doc.get("defaults"), "defaults")
+    _only(defaults, _META - {"name"}, "defaults")
+    watch_raw = doc.get("watch")
+    if not isinstance(watch_raw, list) or not watch_raw:
+        raise SLAConfigError(f"{source}: 'watch' must be a non-empty list of DAG selectors with rules")
+    watches = tuple(_watch(x, f"watch[{i}]", defaults) for i, x in enumerate(watch_raw))
+    return SLAConfig(
+        airflow=airflow, watches=watches, interval=interval,
+        state_file=str(w.get("state_file") or SLAConfig.state_file), blind_after=blind_after,
+        blind_priority=_priority(w.get("blind_priority", "P2"), "watcher.blind_priority"),
+        blind_responders=_responders(w.get("blind_responders"), "watcher"),
+        renotify=_duration(w.get("renotify", 0), "watcher.renotify"),
+        lookback=_duration(w.get("lookback", "7d"), "watcher.lookback"),
+        metrics_listen=str(w.get("metrics_listen", ":9103")),
+        opsgenie=opsgenie, datadog=datadog, webhook=webhook, source=source,
+    )
+
+
+def load(path: str, airflow_url: str | None = None) -> SLAConfig:
+    import yaml
+
+    try:
+        doc = yaml.safe_load(Path(path).read_text())
+    except OSError as e:
+        raise SLAConfigError(f"cannot read SLA config {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" (line {mark.line + 1})" if mark else ""
+        raise SLAConfigError(f"SLA config {path} is not valid YAML{at}") from None
+    return parse(doc or {}, path, airflow_url)

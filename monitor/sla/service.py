@@ -1,0 +1,80 @@
+"""Build a watcher from config and run it on a schedule (APScheduler), alone or beside the bridge."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+from monitor.airflow.rest import AirflowRest
+from monitor.sla.config import SLAConfig
+from monitor.sla.state import State
+from monitor.sla.watcher import Watcher
+
+log = logging.getLogger(__name__)
+
+DELIVERY_EVERY = 2.0  # seconds between outbox passes (each notice keeps its own backoff)
+
+
+def notifiers(cfg: SLAConfig) -> list:
+    out: list = []
+    if cfg.opsgenie:
+        from monitor.alerting.opsgenie import OpsGenieNotifier
+
+        out.append(OpsGenieNotifier(cfg.opsgenie.url, cfg.opsgenie.api_key, cfg.opsgenie.source,
+                                    cfg.opsgenie.heartbeat))
+    if cfg.datadog:
+        from monitor.alerting.datadog import DatadogNotifier
+
+        out.append(DatadogNotifier(cfg.datadog.api_url, cfg.datadog.api_key, cfg.datadog.service_check,
+                                   cfg.datadog.tags))
+    if cfg.webhook:
+        from monitor.alerting.webhook import WebhookNotifier
+
+        out.append(WebhookNotifier(cfg.webhook))
+    return out
+
+
+def build(cfg: SLAConfig) -> Watcher:
+    a = cfg.airflow
+    rest = AirflowRest(a.url, a.username, a.password, a.token, a.timeout, a.verify_tls)
+    return Watcher(cfg, rest, State(cfg.state_file), notifiers(cfg))
+
+
+class Schedule:
+    """The watcher cycle every `interval` and the outbox every few seconds, in background threads."""
+
+    def __init__(self, watcher: Watcher):
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        self.watcher = watcher
+        self.scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1})
+        self.scheduler.add_job(self._cycle, "interval", seconds=watcher.cfg.interval, id="sla-cycle",
+                               next_run_time=datetime.now().astimezone())
+        self.scheduler.add_job(self._deliver, "interval", seconds=DELIVERY_EVERY, id="sla-delivery",
+                               next_run_time=datetime.now().astimezone() + timedelta(seconds=DELIVERY_EVERY))
+        self.scheduler.add_job(self._prune, "interval", hours=6, id="sla-prune")
+
+    def _cycle(self) -> None:
+        try:
+            self.watcher.cycle()
+        except Exception:  # a bug must not stop the schedule; it is logged with its traceback
+            log.exception("SLA cycle failed")
+
+    def _deliver(self) -> None:
+        try:
+            self.watcher.delivery.drain()
+        except Exception:
+            log.exception("SLA delivery failed")
+
+    def _prune(self) -> None:
+        import time
+
+        self.watcher.state.prune(time.time() - 30 * 86400)
+
+    def start(self) -> None:
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)
+        self.scheduler.start()
+
+    def stop(self) -> None:
+        self.scheduler.shutdown(wait=True)
+        self.watcher.state.close()

@@ -1,0 +1,190 @@
+"""Alert state and the notification outbox, in one embedded SQLite file.
+
+An alert is keyed by (dag_id, rule). Opening or closing it and queueing the notifications
+that say so happen in one transaction, so a crash or restart can neither page twice nor
+forget to page: the outbox is drained by the delivery loop until each notifier accepted.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS alert (
+    dag_id TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    status TEXT NOT NULL,            -- open | closed
+    reason TEXT NOT NULL,
+    message TEXT NOT NULL,
+    priority TEXT NOT NULL,
+    opened_at REAL NOT NULL,
+    closed_at REAL,
+    notified_at REAL NOT NULL,
+    PRIMARY KEY (dag_id, rule)
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    notifier TEXT NOT NULL,
+    action TEXT NOT NULL,            -- open | close | remind
+    dag_id TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    payload TEXT NOT NULL,           -- JSON: the Notice
+    created_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at REAL NOT NULL,
+    last_error TEXT NOT NULL DEFAULT '',
+    done_at REAL,
+    dead INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (notifier, done_at, id);
+"""
+
+
+@dataclass
+class AlertRow:
+    dag_id: str
+    rule: str
+    status: str
+    reason: str
+    message: str
+    priority: str
+    opened_at: float
+    closed_at: float | None
+    notified_at: float
+
+
+@dataclass
+class OutboxItem:
+    id: int
+    notifier: str
+    action: str
+    dag_id: str
+    rule: str
+    payload: dict
+    attempts: int
+
+
+class State:
+    def __init__(self, path: str):
+        if path != ":memory:":
+            Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.lock = threading.Lock()
+        self.db = sqlite3.connect(str(Path(path).expanduser()) if path != ":memory:" else path,
+                                  check_same_thread=False, isolation_level=None, timeout=10)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # ------------------------------------------------------------------ alerts
+    def alerts(self, status: str | None = None) -> dict[tuple[str, str], AlertRow]:
+        q = "SELECT dag_id, rule, status, reason, message, priority, opened_at, closed_at, notified_at FROM alert"
+        args: tuple = ()
+        if status:
+            q, args = q + " WHERE status = ?", (status,)
+        with self.lock:
+            rows = self.db.execute(q, args).fetchall()
+        return {(r[0], r[1]): AlertRow(*r) for r in rows}
+
+    def open(self, dag_id: str, rule: str, reason: str, message: str, priority: str,
+             notices: list[tuple[str, dict]], now: float | None = None) -> bool:
+        """Open an alert and queue its notices, unless it is open already. True if opened."""
+        now = time.time() if now is None else now
+        with self.lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self.db.execute("SELECT status FROM alert WHERE dag_id=? AND rule=?", (dag_id, rule)).fetchone()
+                if row and row[0] == "open":
+                    self.db.execute("COMMIT")
+                    return False
+                self.db.execute(
+                    "INSERT INTO alert VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(dag_id, rule) DO UPDATE SET "
+                    "status='open', reason=excluded.reason, message=excluded.message, priority=excluded.priority, "
+                    "opened_at=excluded.opened_at, closed_at=NULL, notified_at=excluded.notified_at",
+                    (dag_id, rule, "open", reason, message, priority, now, None, now))
+                self._queue(dag_id, rule, "open", notices, now)
+                self.db.execute("COMMIT")
+                return True
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+
+    def update(self, dag_id: str, rule: str, reason: str, message: str) -> None:
+        """A still-open alert whose reason changed: record it, page nobody."""
+        with self.lock:
+            self.db.execute("UPDATE alert SET reason=?, message=? WHERE dag_id=? AND rule=? AND status='open'",
+                            (reason, message, dag_id, rule))
+
+    def remind(self, dag_id: str, rule: str, notices: list[tuple[str, dict]], now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        with self.lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute("UPDATE alert SET notified_at=? WHERE dag_id=? AND rule=?", (now, dag_id, rule))
+            self._queue(dag_id, rule, "remind", notices, now)
+            self.db.execute("COMMIT")
+
+    def resolve(self, dag_id: str, rule: str, notices: list[tuple[str, dict]], now: float | None = None) -> bool:
+        now = time.time() if now is None else now
+        with self.lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            cur = self.db.execute("UPDATE alert SET status='closed', closed_at=? WHERE dag_id=? AND rule=? "
+                                  "AND status='open'", (now, dag_id, rule))
+            if cur.rowcount:
+                self._queue(dag_id, rule, "close", notices, now)
+            self.db.execute("COMMIT")
+            return bool(cur.rowcount)
+
+    def _queue(self, dag_id: str, rule: str, action: str, notices: list[tuple[str, dict]], now: float) -> None:
+        self.db.executemany(
+            "INSERT INTO outbox (notifier, action, dag_id, rule, payload, created_at, next_at) VALUES (?,?,?,?,?,?,?)",
+            [(name, action, dag_id, rule, json.dumps(payload), now, now) for name, payload in notices])
+
+    # ------------------------------------------------------------------ outbox
+    def pending(self, notifier: str, now: float | None = None, limit: int = 100) -> list[OutboxItem]:
+        """Undelivered items of one notifier in order, if the oldest is due (order is kept)."""
+        now = time.time() if now is None else now
+        with self.lock:
+            rows = self.db.execute(
+                "SELECT id, notifier, action, dag_id, rule, payload, attempts, next_at FROM outbox "
+                "WHERE notifier=? AND done_at IS NULL ORDER BY id LIMIT ?", (notifier, limit)).fetchall()
+        if not rows or rows[0][7] > now:
+            return []
+        return [OutboxItem(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6]) for r in rows]
+
+    def delivered(self, item_id: int, now: float | None = None) -> None:
+        with self.lock:
+            self.db.execute("UPDATE outbox SET done_at=?, attempts=attempts+1, last_error='' WHERE id=?",
+                            (time.time() if now is None else now, item_id))
+
+    def failed(self, item_id: int, error: str, retry_at: float | None) -> None:
+        """A failed attempt; retry_at None means the notifier refused it for good (kept, marked dead)."""
+        with self.lock:
+            if retry_at is None:
+                self.db.execute("UPDATE outbox SET attempts=attempts+1, last_error=?, dead=1, done_at=? WHERE id=?",
+                                (error[:500], time.time(), item_id))
+            else:
+                self.db.execute("UPDATE outbox SET attempts=attempts+1, last_error=?, next_at=? WHERE id=?",
+                                (error[:500], retry_at, item_id))
+
+    def backlog(self) -> dict[str, int]:
+        with self.lock:
+            rows = self.db.execute("SELECT notifier, count(*) FROM outbox WHERE done_at IS NULL GROUP BY notifier")
+            return dict(rows.fetchall())
+
+    def dead_letters(self) -> list[tuple[str, str, str, str, str]]:
+        with self.lock:
+            return self.db.execute("SELECT notifier, action, dag_id, rule, last_error FROM outbox WHERE dead=1 "
+                                   "ORDER BY id").fetchall()
+
+    def prune(self, older_than: float) -> None:
+        """Forget delivered items and closed alerts older than a timestamp."""
+        with self.lock:
+            self.db.execute("DELETE FROM outbox WHERE done_at IS NOT NULL AND dead=0 AND done_at < ?", (older_than,))
+            self.db.execute("DELETE FROM alert WHERE status='closed' AND closed_at < ?", (older_than,))

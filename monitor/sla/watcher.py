@@ -1,0 +1,247 @@
+"""The watcher cycle: read Airflow -> evaluate every (DAG, rule) -> open/close alerts -> deliver.
+
+Requests per steady cycle: the DAG list (one per 100 DAGs) plus two batch requests for runs
+(finished since the last cycle, and still active). When Airflow cannot be read for
+`blind_after` cycles in a row, one "watcher blind" alert is opened instead of judging DAGs on
+stale knowledge; DAG alerts are left as they are until the watcher sees again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from monitor.airflow.rest import AirflowError
+from monitor.alerting.delivery import Delivery
+from monitor.sla import windows
+from monitor.sla.config import SLAConfig
+from monitor.sla.history import ACTIVE, RunHistory, overlap
+from monitor.sla.rules import Dag, Rule, Verdict, evaluate
+from monitor.sla.state import State
+
+log = logging.getLogger(__name__)
+
+BLIND = ("_watcher", "blind")
+
+
+@dataclass
+class Judgement:
+    dag: Dag
+    rule: Rule
+    verdict: Verdict
+
+
+@dataclass
+class CycleStats:
+    cycles: int = 0
+    errors: int = 0
+    consecutive_errors: int = 0
+    last_error: str = ""
+    last_duration: float = 0.0
+    last_requests: int = 0
+    last_ok_at: float = 0.0
+    opened: int = 0
+    resolved: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def alias(dag_id: str, rule: str) -> str:
+    return f"airflow-sla:{dag_id}:{rule}"
+
+
+class Watcher:
+    def __init__(self, cfg: SLAConfig, rest, state: State, notifiers: list):
+        self.cfg, self.rest, self.state = cfg, rest, state
+        self.notifiers = notifiers
+        self.delivery = Delivery(state, notifiers)
+        self.history = RunHistory()
+        self.judgements: dict[tuple[str, str], Judgement] = {}
+        self.stats = CycleStats()
+        self._watermark: datetime | None = None
+        self._lock = threading.Lock()  # one cycle at a time
+
+    # ------------------------------------------------------------------ reading Airflow
+    def _lookback(self, rules: list[Rule], now: datetime) -> timedelta:
+        need = timedelta(seconds=self.cfg.lookback)
+        for r in rules:
+            if r.kind == "max_age":
+                need = max(need, timedelta(seconds=r.seconds))
+            elif r.kind == "deadline":
+                start, _ = windows.last_deadlines(r.cron, r.tz, now)
+                need = max(need, now - start + timedelta(days=1))
+        return need
+
+    def _read(self, now: datetime) -> dict[str, tuple[Dag, list[Rule]]]:
+        watched: dict[str, tuple[Dag, list[Rule]]] = {}
+        for dag in self.rest.dags():
+            rules = self.cfg.rules_for(dag)
+            if rules:
+                watched[dag.dag_id] = (dag, rules)
+        ids = set(watched)
+        self.history.forget(ids)
+        new = sorted(i for i in ids if not self.history.known(i))
+        old = sorted(ids - set(new))
+        seen: set[tuple[str, str]] = set()
+        if new:
+            since = now - self._lookback([r for i in new for r in watched[i][1]], now)
+            for run in self.rest.runs(new, end_date_gte=since):
+                self.history.add(run)
+                seen.add((run.dag_id, run.run_id))
+        if old:
+            since = (self._watermark or now) - overlap()
+            for run in self.rest.runs(old, end_date_gte=since):
+                self.history.add(run)
+                seen.add((run.dag_id, run.run_id))
+        for run in self.rest.runs(sorted(ids), states=list(ACTIVE)):
+            self.history.add(run)
+            seen.add((run.dag_id, run.run_id))
+        self.history.settle_active(ids, seen)
+        for dag_id in new:
+            # older than the look-back: one request per such DAG, on its first cycle only
+            if not self.history.has_success(dag_id):
+                last = self.rest.latest_run(dag_id, state="success", order_by="-end_date")
+                self.history.note_last_success(dag_id, last.end_date if last else None)
+                if last is not None and not self.history.has_runs(dag_id):
+                    self.history.add(last)
+            if not self.history.has_runs(dag_id):
+                latest = self.rest.latest_run(dag_id)
+                if latest is not None:
+                    self.history.add(latest)
+                self.history.note_ever_ran(dag_id, latest is not None)
+            self.history.track(dag_id)
+        self.history.prune(now - timedelta(seconds=self.cfg.lookback))
+        self._watermark = now
+        return watched
+
+    # ------------------------------------------------------------------ one cycle
+    def cycle(self, now: datetime | None = None, apply: bool = True) -> list[Judgement]:
+        """Read and judge; with apply, also open/close alerts and deliver. AirflowError is
+        handled here (blind) when applying, raised otherwise."""
+        with self._lock:
+            return self._cycle(now or datetime.now(UTC), apply)
+
+    def _cycle(self, now: datetime, apply: bool) -> list[Judgement]:
+        t0, r0 = time.perf_counter(), self.rest.requests + self.rest.token_requests
+        self.stats.cycles += 1
+        try:
+            watched = self._read(now)
+        except AirflowError as e:
+            if not apply:
+                raise
+            self._blind(str(e), now)
+            self.stats.last_duration = time.perf_counter() - t0
+            self.stats.last_requests = self.rest.requests + self.rest.token_requests - r0
+            self.delivery.drain()
+            return list(self.judgements.values())
+        judgements: dict[tuple[str, str], Judgement] = {}
+        for dag, rules in watched.values():
+            hist = self.history.history(dag.dag_id)
+            for rule in rules:
+                judgements[(dag.dag_id, rule.name)] = Judgement(dag, rule, evaluate(dag, hist, rule, now))
+        for dag_id in sorted(self.cfg.explicit_dag_ids() - set(watched)):
+            dag = Dag(dag_id)
+            for w in self.cfg.watches:
+                if w.selector == "dag_id" and w.value == dag_id:
+                    for rule in w.rules:
+                        judgements.setdefault((dag_id, rule.name), Judgement(dag, rule, Verdict(
+                            True, "not_found", f"DAG {dag_id} is not in Airflow (deleted, renamed or not parsed)")))
+        self.judgements = judgements
+        if not apply:
+            return list(judgements.values())
+        self._apply(now)
+        self.stats.consecutive_errors = 0
+        self.stats.last_error = ""
+        self.stats.last_ok_at = time.time()
+        self.stats.last_duration = time.perf_counter() - t0
+        self.stats.last_requests = self.rest.requests + self.rest.token_requests - r0
+        for n in self.notifiers:
+            if hasattr(n, "heartbeat"):
+                n.heartbeat()
+        self.delivery.drain()
+        return list(judgements.values())
+
+    # ------------------------------------------------------------------ alerts
+    def _notices(self, notice: dict) -> list[tuple[str, dict]]:
+        return [(n.name, notice) for n in self.notifiers]
+
+    def _notice(self, j: Judgement, now: datetime, note: str = "") -> dict:
+        dag_id, rule, v = j.dag.dag_id, j.rule, j.verdict
+        link = f"{self.cfg.airflow.url}/dags/{dag_id}"
+        window = rule.describe()
+        details = {"dag_id": dag_id, "rule": rule.name, "window": window, "reason": v.reason,
+                   "airflow": link, **({"runbook": rule.runbook} if rule.runbook else {}),
+                   **{k: str(x) for k, x in v.details.items()}}
+        desc = [v.message, f"Rule: {rule.name} ({window})", f"Airflow: {link}"]
+        if rule.runbook:
+            desc.append(f"Runbook: {rule.runbook}")
+        return {"alias": alias(dag_id, rule.name), "dag_id": dag_id, "rule": rule.name, "reason": v.reason,
+                "message": f"[SLA] {v.message}", "description": "\n".join(desc), "priority": rule.priority,
+                "responders": [list(r) for r in rule.responders], "tags": ["airflow-sla", *rule.tags],
+                "entity": dag_id, "runbook": rule.runbook, "details": details, "note": note,
+                "at": now.isoformat()}
+
+    def _apply(self, now: datetime) -> None:
+        ts = now.timestamp()
+        open_alerts = self.state.alerts("open")
+        if BLIND in open_alerts:
+            self._resolve_blind(now)
+        for key, j in self.judgements.items():
+            current = open_alerts.get(key)
+            if j.verdict.breached:
+                if current is None:
+                    if self.state.open(*key, j.verdict.reason, j.verdict.message, j.rule.priority,
+                                       self._notices(self._notice(j, now)), ts):
+                        self.stats.opened += 1
+                        log.warning("SLA breached: %s/%s: %s", *key, j.verdict.message)
+                else:
+                    if current.reason != j.verdict.reason or current.message != j.verdict.message:
+                        self.state.update(*key, j.verdict.reason, j.verdict.message)
+                    if self.cfg.renotify and ts - current.notified_at >= self.cfg.renotify:
+                        self.state.remind(*key, self._notices(self._notice(j, now, note="still breached: "
+                                                                           + j.verdict.message)), ts)
+            elif current is not None:
+                self._close(key, self._notice(j, now, note=f"resolved: {j.verdict.message}"), ts)
+        for key, row in open_alerts.items():
+            if key != BLIND and key not in self.judgements:
+                dag_id, rule = key
+                notice = {"alias": alias(dag_id, rule), "dag_id": dag_id, "rule": rule, "reason": "unwatched",
+                          "message": f"[SLA] {dag_id} is no longer watched by rule {rule}", "priority": row.priority,
+                          "note": "resolved: no longer watched (config changed or DAG removed)", "at": now.isoformat()}
+                self._close(key, notice, ts)
+
+    def _close(self, key: tuple[str, str], notice: dict, ts: float) -> None:
+        if self.state.resolve(*key, self._notices(notice), ts):
+            self.stats.resolved += 1
+            log.info("SLA resolved: %s/%s: %s", *key, notice["note"])
+
+    def _blind_notice(self, message: str, now: datetime, note: str = "") -> dict:
+        return {"alias": f"airflow-sla:watcher-blind:{self.cfg.airflow.url}", "dag_id": BLIND[0], "rule": BLIND[1],
+                "reason": "blind", "message": f"[SLA] watcher blind: {message}",
+                "description": f"The airflow-monitor SLA watcher cannot read Airflow at {self.cfg.airflow.url} "
+                               f"for {self.stats.consecutive_errors} cycles; DAG SLAs are not being judged.\n"
+                               f"Last error: {message}",
+                "priority": self.cfg.blind_priority, "responders": [list(r) for r in self.cfg.blind_responders],
+                "tags": ["airflow-sla", "watcher"], "entity": "airflow-monitor", "runbook": "",
+                "details": {"airflow": self.cfg.airflow.url, "error": message}, "note": note, "at": now.isoformat()}
+
+    def _blind(self, message: str, now: datetime) -> None:
+        self.stats.errors += 1
+        self.stats.consecutive_errors += 1
+        self.stats.last_error = message
+        log.error("cannot read Airflow (%d in a row): %s", self.stats.consecutive_errors, message)
+        if self.stats.consecutive_errors >= self.cfg.blind_after:
+            if self.state.open(*BLIND, "blind", message, self.cfg.blind_priority,
+                               self._notices(self._blind_notice(message, now)), now.timestamp()):
+                self.stats.opened += 1
+                log.error("watcher blind: alert opened")
+
+    def _resolve_blind(self, now: datetime) -> None:
+        notice = self._blind_notice("Airflow is readable again", now, note="resolved: the watcher sees Airflow again")
+        self._close(BLIND, notice, now.timestamp())
+
+    @property
+    def blind(self) -> bool:
+        return self.stats.consecutive_errors >= self.cfg.blind_after
