@@ -164,6 +164,14 @@ def _tags(v, where: str) -> tuple[str, ...]:
 _META = {"name", "priority", "responders", "tags", "runbook"}
 
 
+def _check_meta(d: dict, where: str) -> None:
+    """Validate inheritable settings where they are written, so errors point there."""
+    if "priority" in d:
+        _priority(d["priority"], where)
+    _responders(d.get("responders"), where)
+    _tags(d.get("tags"), f"{where}.tags")
+
+
 def _rule(raw, where: str, inherited: dict) -> Rule:
     raw = _map(raw, where)
     kinds = [k for k in KINDS if k in raw]
@@ -200,6 +208,7 @@ def _watch(raw, where: str, defaults: dict) -> Watch:
     if len(sels) != 1 or not raw[sels[0]]:
         raise SLAConfigError(f"{where}: needs exactly one of dag_id, match (a glob) or tag")
     _only(raw, {sels[0], "rules", *_META - {"name"}}, where)
+    _check_meta(raw, where)
     inherited = {**defaults, **{k: raw[k] for k in _META - {"name"} if k in raw}}
     rules_raw = raw.get("rules")
     if not isinstance(rules_raw, list) or not rules_raw:
@@ -289,6 +298,7 @@ def parse(doc: dict, source: str = "config", airflow_url: str | None = None) -> 
 
     defaults = _map(doc.get("defaults"), "defaults")
     _only(defaults, _META - {"name"}, "defaults")
+    _check_meta(defaults, "defaults")
     watch_raw = doc.get("watch")
     if not isinstance(watch_raw, list) or not watch_raw:
         raise SLAConfigError(f"{source}: 'watch' must be a non-empty list of DAG selectors with rules")

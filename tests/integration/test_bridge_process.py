@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import socket
-import threading
 import time
-import zlib
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+
+from tests.servers.datadog import DatadogServer
 
 pytestmark = pytest.mark.integration
 
@@ -96,54 +94,23 @@ def test_datadog_agent_receives_mapped_dogstatsd(bridge):
     assert points["airflow.dag.task.duration.count"][:2] == (1.0, "c")
 
 
-class FakeDatadogAPI(BaseHTTPRequestHandler):
-    """Datadog's documented POST /api/v1/series: DD-API-KEY header, 202 on success."""
-
-    fail_first = 2
-    received: list = []
-    keys: list = []
-
-    def log_message(self, *a):
-        pass
-
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        if self.headers.get("Content-Encoding") == "deflate":
-            body = zlib.decompress(body)
-        cls = type(self)
-        cls.keys.append(self.headers.get("DD-API-KEY"))
-        if cls.fail_first > 0:
-            cls.fail_first -= 1
-            code = 429 if cls.fail_first else 500
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.end_headers()
-            self.wfile.write(b'{"errors": ["try later"]}')
-            return
-        if self.path.startswith("/api/v1/series"):
-            cls.received.extend(json.loads(body)["series"])
-        self.send_response(202)
-        self.send_header("Content-Type", "application/json")
-        self.end_headers()
-        self.wfile.write(b'{"status": "ok"}')
-
-
 def test_datadog_agentless_retries_and_never_logs_the_key(bridge, tmp_path):
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), FakeDatadogAPI)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    srv = DatadogServer("s3cr3t-datadog-key")
+    srv.fail_next(1, 429)
+    srv.fail_next(1, 500)
     keyfile = tmp_path / "dd.key"
     keyfile.write_text("s3cr3t-datadog-key\n")
     b = bridge("--datadog", "api", "--datadog-api-key-file", str(keyfile), "--datadog-flush-interval", "0.5",
-               "--datadog-api-url", f"http://127.0.0.1:{srv.server_address[1]}", "--log-level", "DEBUG")
+               "--datadog-api-url", srv.url, "--log-level", "DEBUG")
     b.send_udp("airflow.ti.finish:1|c|#dag_id:d.x,task_id:g.t,state:success")
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and not any(s["metric"] == "airflow.ti.finish" for s in FakeDatadogAPI.received):
+    while time.monotonic() < deadline and not any(s["metric"] == "airflow.ti.finish" for s in srv.series):
         time.sleep(0.2)
-    srv.shutdown()
-    series = [s for s in FakeDatadogAPI.received if s["metric"] == "airflow.ti.finish"]
+    srv.close()
+    series = [s for s in srv.series if s["metric"] == "airflow.ti.finish"]
     assert len(series) == 1, "the count must arrive exactly once after the 429 and the 500"
     assert series[0]["type"] == "count" and series[0]["points"][0][1] == 1
     assert sorted(series[0]["tags"]) == ["dag_id:d.x", "state:success", "task_id:g.t"]
-    assert set(FakeDatadogAPI.keys) == {"s3cr3t-datadog-key"}
+    assert set(srv.keys) == {"s3cr3t-datadog-key"}
     b.stop()
     assert "s3cr3t" not in b.log.read_text()

@@ -1,0 +1,148 @@
+"""Alert state, the outbox and the notifiers, against local servers implementing the
+documented OpsGenie and Datadog APIs."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from monitor.alerting.datadog import DatadogNotifier
+from monitor.alerting.delivery import Delivery
+from monitor.alerting.opsgenie import OpsGenieNotifier
+from monitor.alerting.webhook import WebhookNotifier
+from monitor.sla.state import State
+from tests.servers.datadog import DatadogServer
+from tests.servers.opsgenie import OpsGenieServer
+
+
+def notice(dag="sales", rule="fresh", **kw):
+    return {"alias": f"airflow-sla:{dag}:{rule}", "dag_id": dag, "rule": rule, "reason": "stale",
+            "message": "[SLA] " + "sales has not succeeded within 4h " * 6, "description": "d", "priority": "P1",
+            "responders": [["team", "name", "sales"]], "tags": ["airflow-sla"], "entity": dag,
+            "runbook": "https://wiki/x", "details": {"dag_id": dag, "n": 3}, "note": "", **kw}
+
+
+@pytest.fixture
+def og():
+    s = OpsGenieServer("genie-key")
+    yield s
+    s.close()
+
+
+def drain_all(delivery, state, rounds=10):
+    for _ in range(rounds):
+        delivery.drain(now=float("inf"))
+        if not state.backlog():
+            return
+
+
+def test_open_once_across_restarts_then_close(tmp_path, og):
+    path = str(tmp_path / "state.sqlite")
+    st = State(path)
+    assert st.open("sales", "fresh", "stale", "m", "P1", [("opsgenie", notice())])
+    assert not st.open("sales", "fresh", "stale", "m", "P1", [("opsgenie", notice())])
+    st.close()
+    st = State(path)  # a restart
+    assert not st.open("sales", "fresh", "stale", "m", "P1", [("opsgenie", notice())])
+    d = Delivery(st, [OpsGenieNotifier(og.url, "genie-key")])
+    drain_all(d, st)
+    assert len(og.pages) == 1
+    page = og.pages[0]
+    assert page["alias"] == "airflow-sla:sales:fresh" and page["priority"] == "P1"
+    assert page["responders"] == [{"type": "team", "name": "sales"}]
+    assert len(page["message"]) <= 130 and page["details"] == {"dag_id": "sales", "n": "3"}
+    assert page["source"] == "airflow-monitor" and page["entity"] == "sales"
+    assert st.resolve("sales", "fresh", [("opsgenie", notice(note="resolved: ok"))])
+    assert not st.resolve("sales", "fresh", [("opsgenie", notice(note="resolved: ok"))])
+    drain_all(d, st)
+    assert og.closes == [("airflow-sla:sales:fresh", {"source": "airflow-monitor", "note": "resolved: ok"})]
+    assert og.open_aliases() == set()
+
+
+def test_429_and_500_then_delivered_once_in_order(tmp_path, og):
+    st = State(str(tmp_path / "s.sqlite"))
+    st.open("sales", "fresh", "stale", "m", "P1", [("opsgenie", notice())])
+    st.resolve("sales", "fresh", [("opsgenie", notice(note="resolved"))])
+    og.fail_next(2, 429)
+    og.fail_next(1, 503)
+    d = Delivery(st, [OpsGenieNotifier(og.url, "genie-key")])
+    d.drain(now=float("inf"))
+    assert og.pages == [] and st.backlog() == {"opsgenie": 2}
+    assert st.pending("opsgenie") == [], "a failed notice waits for its backoff"
+    drain_all(d, st)
+    assert len(og.pages) == 1 and len(og.closes) == 1
+    creates = [r for r in og.requests if r[1] == "/v2/alerts"]
+    assert len(creates) == 4, "three refused attempts, one accepted"
+    assert d.errors["opsgenie"] == 3 and d.sent[("opsgenie", "open")] == 1
+
+
+def test_a_wrong_key_is_retried_not_dropped(tmp_path, og):
+    st = State(str(tmp_path / "s.sqlite"))
+    st.open("sales", "fresh", "stale", "m", "P1", [("opsgenie", notice())])
+    Delivery(st, [OpsGenieNotifier(og.url, "wrong")]).drain(now=float("inf"))
+    assert st.backlog() == {"opsgenie": 1}
+    drain_all(Delivery(st, [OpsGenieNotifier(og.url, "genie-key")]), st)  # key fixed, process restarted
+    assert len(og.pages) == 1
+
+
+def test_a_refused_notice_is_kept_as_dead_letter_and_others_go_on(tmp_path, og):
+    st = State(str(tmp_path / "s.sqlite"))
+    st.open("a", "r", "stale", "m", "P1", [("opsgenie", notice("a", "r", message=""))])  # no message: 422
+    st.open("b", "r", "stale", "m", "P1", [("opsgenie", notice("b", "r"))])
+    drain_all(Delivery(st, [OpsGenieNotifier(og.url, "genie-key")]), st)
+    assert [p["alias"] for p in og.pages] == ["airflow-sla:b:r"]
+    (dead,) = st.dead_letters()
+    assert dead[:4] == ("opsgenie", "open", "a", "r") and "HTTP 422" in dead[4]
+
+
+def test_jsm_prefix(tmp_path, og):
+    st = State(str(tmp_path / "s.sqlite"))
+    st.open("sales", "fresh", "stale", "m", "P1", [("opsgenie", notice())])
+    drain_all(Delivery(st, [OpsGenieNotifier(og.url + "/jsm/ops/integration", "genie-key")]), st)
+    assert len(og.pages) == 1
+
+
+def test_datadog_event_and_service_check(tmp_path):
+    dd = DatadogServer("dd-key")
+    try:
+        st = State(str(tmp_path / "s.sqlite"))
+        n = DatadogNotifier(dd.url, "dd-key")
+        st.open("sales", "fresh", "stale", "m", "P1", [("datadog", notice())])
+        st.resolve("sales", "fresh", [("datadog", notice(note="resolved: back"))])
+        dd.fail_next(1, 500)
+        drain_all(Delivery(st, [n]), st)
+        assert [e["alert_type"] for e in dd.events] == ["error", "success"]
+        assert {e["aggregation_key"] for e in dd.events} == {"airflow-sla:sales:fresh"}
+        assert "dag_id:sales" in dd.events[0]["tags"] and "rule:fresh" in dd.events[0]["tags"]
+        assert [c["status"] for c in dd.checks] == [2, 0] and dd.checks[0]["check"] == "airflow.sla"
+        assert set(dd.keys) == {"dd-key"}
+    finally:
+        dd.close()
+
+
+def test_webhook_slack_compatible(tmp_path):
+    got = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_POST(self):
+            got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        st = State(str(tmp_path / "s.sqlite"))
+        st.open("sales", "fresh", "stale", "m", "P1", [("webhook", notice())])
+        drain_all(Delivery(st, [WebhookNotifier(f"http://127.0.0.1:{srv.server_address[1]}/hook")]), st)
+        (body,) = got
+        assert body["text"].startswith(":red_circle: [P1] SLA breached: [SLA] sales has not succeeded")
+        assert "runbook: https://wiki/x" in body["text"]
+        assert body["airflow_monitor"]["action"] == "open" and body["airflow_monitor"]["dag_id"] == "sales"
+    finally:
+        srv.shutdown()
