@@ -144,3 +144,16 @@ def postgres():
         return f"postgresql://{PG_USER}:{PG_PASSWORD}@127.0.0.1:5432/{name}"
 
     return database
+
+
+@pytest.fixture(scope="session")
+def airflow(venv, tmp_path_factory):
+    """One real Airflow 3.3 (SQLite, LocalExecutor, the test DAGs) for every test that only
+    needs an Airflow to read: started once per session."""
+    from tests.integration.airflow_harness import Airflow
+
+    af = Airflow(home=tmp_path_factory.mktemp("airflow-shared"), venv=venv,
+                 env_extra={"SLA_SLOW_SECONDS": "25"})
+    af.start()
+    yield af
+    af.stop()

@@ -1,0 +1,200 @@
+"""The SLA watcher as a user runs it: real Airflow 3.3 (API server + scheduler), the real CLI
+in a subprocess, and a local server implementing OpsGenie's documented Alert API."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.integration.airflow_harness import free_port
+from tests.servers.opsgenie import OpsGenieServer
+
+pytestmark = pytest.mark.integration
+
+KEY = "genie-test-key"
+
+
+@pytest.fixture
+def og():
+    s = OpsGenieServer(KEY)
+    yield s
+    s.close()
+
+
+def config(tmp: Path, airflow, og: OpsGenieServer, watch: list, **watcher) -> Path:
+    doc = {
+        "airflow": {"url": airflow.api_url, "username": "admin", "timeout": "3s"},
+        "watcher": {"state_file": str(tmp / "sla-state.sqlite"), "interval": "1s", **watcher},
+        "notify": {"opsgenie": {"url": og.url, "heartbeat": "airflow-sla-test"}},
+        "watch": watch,
+    }
+    path = tmp / "sla.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def env() -> dict:
+    return {**os.environ, "AIRFLOW_MONITOR_AIRFLOW_PASSWORD": "admin", "AIRFLOW_MONITOR_OPSGENIE_API_KEY": KEY}
+
+
+def sla(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "monitor.cli", "sla", *args], capture_output=True, text=True,
+                          env=env(), timeout=120)
+
+
+def alias(dag: str, rule: str) -> str:
+    return f"airflow-sla:{dag}:{rule}"
+
+
+def test_lifecycle_open_no_repeat_resolve(airflow, og, tmp_path):
+    slow = airflow.trigger("sla_slow")  # sleeps 25 s
+    runs = {d: airflow.trigger(d) for d in ("sla_ok", "sla_fail")}
+    assert airflow.wait_run("sla_ok", runs["sla_ok"]) == "success"
+    assert airflow.wait_run("sla_fail", runs["sla_fail"]) == "failed"
+    cfg = config(tmp_path, airflow, og, [
+        {"tag": "sla", "priority": "P2", "responders": ["data-platform"], "runbook": "https://runbooks/sla",
+         "rules": [{"max_age": "1h", "name": "fresh"}]},
+        {"dag_id": "sla_slow", "rules": [{"max_duration": "5s"}]},
+    ])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and airflow.api("GET", f"/dags/sla_slow/dagRuns/{slow}")["state"] != "running":
+        time.sleep(0.5)
+    time.sleep(6)
+
+    first = sla("check", "--once", "--config", str(cfg))
+    assert first.returncode == 1, first.stderr
+    assert {p["alias"] for p in og.pages} == {alias("sla_fail", "fresh"), alias("sla_never", "fresh"),
+                                             alias("sla_slow", "max_duration")}, first.stdout
+    fail = next(p for p in og.pages if p["alias"] == alias("sla_fail", "fresh"))
+    assert fail["priority"] == "P2" and fail["responders"] == [{"type": "team", "name": "data-platform"}]
+    assert fail["message"].startswith("[SLA] latest run of sla_fail failed")
+    assert fail["details"]["reason"] == "failed" and fail["details"]["runbook"] == "https://runbooks/sla"
+    assert fail["entity"] == "sla_fail" and fail["source"] == "airflow-monitor"
+    never = next(p for p in og.pages if p["alias"] == alias("sla_never", "fresh"))
+    assert never["details"]["reason"] == "never_run"
+    ok_row = next(line for line in first.stdout.splitlines() if line.startswith("sla_ok "))
+    assert ok_row.split()[2:4] == ["P2", "ok"], first.stdout
+    assert og.heartbeats == ["airflow-sla-test"]
+
+    # a second process on the same state (a restart, or cron): nobody is paged twice
+    again = sla("check", "--once", "--config", str(cfg))
+    assert again.returncode == 1
+    assert len(og.pages) == 3
+    assert len([r for r in og.requests if r[1] == "/v2/alerts"]) == 3
+
+    # fix the upstream problem and rerun: the alert is closed by alias
+    (airflow.home / "sla_fixed").write_text("yes")
+    assert airflow.wait_run("sla_fail", airflow.trigger("sla_fail")) == "success"
+    assert airflow.wait_run("sla_slow", slow, timeout=120) == "success"
+    third = sla("check", "--once", "--config", str(cfg))
+    assert third.returncode == 1, "sla_never is still breached"
+    assert {a for a, _ in og.closes} == {alias("sla_fail", "fresh"), alias("sla_slow", "max_duration")}
+    assert og.open_aliases() == {alias("sla_never", "fresh")}
+
+    status = sla("status", "--config", str(cfg), "--json")
+    assert status.returncode == 0, status.stderr
+    rows = {(r["dag_id"], r["rule"]): r for r in json.loads(status.stdout)}
+    assert rows[("sla_fail", "fresh")]["state"] == "ok" and rows[("sla_fail", "fresh")]["alert"] == "-"
+    assert rows[("sla_never", "fresh")]["state"] == "BREACHED"
+    assert rows[("sla_never", "fresh")]["alert"].startswith("open since")
+    assert rows[("sla_ok", "fresh")]["last_success"] != "never"
+    assert len(og.pages) == 3
+    (airflow.home / "sla_fixed").unlink()
+
+
+class Watcher:
+    """A long-running `airflow-monitor serve --sla-config` (or `sla run`) process."""
+
+    def __init__(self, tmp: Path, cfg: Path, serve: bool):
+        self.http = free_port()
+        self.log = tmp / f"watcher-{self.http}.log"
+        if serve:
+            cmd = ["serve", "--sla-config", str(cfg), "--statsd-udp", f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}",
+                   "--statsd-tcp", "", "--web-listen", f"127.0.0.1:{self.http}"]
+        else:
+            cmd = ["sla", "run", "--config", str(cfg), "--metrics-listen", f"127.0.0.1:{self.http}"]
+        self.proc = subprocess.Popen([sys.executable, "-m", "monitor.cli", *cmd], env=env(),
+                                     stdout=open(self.log, "wb"), stderr=subprocess.STDOUT)
+
+    def metrics(self) -> dict:
+        out = {}
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http}/metrics", timeout=5) as r:
+            for fam in text_string_to_metric_families(r.read().decode()):
+                for s in fam.samples:
+                    out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+        return out
+
+    def wait_metrics(self, pred, timeout=60.0):
+        deadline, last = time.monotonic() + timeout, None
+        while time.monotonic() < deadline:
+            try:
+                last = self.metrics()
+                if pred(last):
+                    return last
+            except OSError:
+                pass
+            time.sleep(0.3)
+        raise AssertionError(f"metrics condition not met; log: {self.log.read_text()[-3000:]}")
+
+    def stop(self) -> str:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=30)
+        log = self.log.read_text()
+        assert "Traceback" not in log, log[-3000:]
+        return log
+
+
+def test_outage_retry_blind_and_restart(airflow, og, tmp_path):
+    cfg = config(tmp_path, airflow, og, [{"dag_id": "sla_never", "rules": [{"max_age": "1h", "name": "hourly",
+                                                                            "priority": "P1"}]}], blind_after=2)
+    og.fail_next(4, 429)
+    og.fail_next(2, 500)
+    w = Watcher(tmp_path, cfg, serve=True)
+    try:
+        og.wait(lambda s: s.pages, timeout=90)
+        m = w.wait_metrics(lambda m: m.get(("airflow_sla_breached", (
+            ("dag_id", "sla_never"), ("priority", "P1"), ("reason", "never_run"), ("rule", "hourly")))) == 1)
+        assert ("airflow_monitor_bridge_lines", ()) in m or any(k[0].startswith("airflow_monitor_bridge") for k in m)
+        assert m[("airflow_monitor_sla_blind", ())] == 0
+        assert m[("airflow_monitor_sla_cycle_requests", ())] <= 3 + 1, "one DAG page, two run batches, token"
+        time.sleep(3)
+        assert [p["alias"] for p in og.pages] == [alias("sla_never", "hourly")], "paged once despite 429s and 500s"
+        assert og.pages[0]["priority"] == "P1"
+
+        # the API server stops answering: one "watcher blind" alert, DAG alerts untouched
+        pids = airflow.signal("airflow api_server", signal.SIGSTOP)
+        assert pids, "no API server process found"
+        try:
+            og.wait(lambda s: any("watcher-blind" in p["alias"] for p in s.pages), timeout=90)
+            time.sleep(4)
+            blind = [p for p in og.pages if "watcher-blind" in p["alias"]]
+            assert len(blind) == 1 and blind[0]["message"].startswith("[SLA] watcher blind")
+            assert og.closes == []
+            assert w.metrics()[("airflow_monitor_sla_blind", ())] == 1
+        finally:
+            for pid in pids:
+                os.kill(pid, signal.SIGCONT)
+        og.wait(lambda s: any("watcher-blind" in a for a, _ in s.closes), timeout=90)
+        assert og.open_aliases() == {alias("sla_never", "hourly")}
+    finally:
+        log = w.stop()
+    assert KEY not in log
+
+    # restart mid-breach, now as `sla run`: no second page
+    w = Watcher(tmp_path, cfg, serve=False)
+    try:
+        w.wait_metrics(lambda m: m.get(("airflow_monitor_sla_cycles_total", ()), 0) >= 3)
+    finally:
+        w.stop()
+    assert len([p for p in og.pages if p["alias"] == alias("sla_never", "hourly")]) == 1
