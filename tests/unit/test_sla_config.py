@@ -97,3 +97,17 @@ def test_file_errors(tmp_path):
     bad.write_text("watch: [\n  - dag_id: x\n  rules: oops: no\n")
     with pytest.raises(SLAConfigError, match=r"is not valid YAML \(line \d+\)"):
         load(str(bad))
+
+
+def test_the_shipped_example_is_valid(tmp_path):
+    from pathlib import Path
+
+    import yaml
+
+    doc = yaml.safe_load((Path(__file__).resolve().parents[2] / "examples" / "sla.yaml").read_text())
+    (tmp_path / "key").write_text("k")
+    doc["notify"]["opsgenie"]["api_key_file"] = str(tmp_path / "key")  # the example's path is a k8s secret
+    c = parse(doc)
+    assert [r.name for r in c.rules_for(Dag("sales_daily", tags=("tier-1",)))] == [
+        "by-six", "max_duration", "from_schedule"]
+    assert c.rules_for(Dag("sales_daily"))[0].responders == (("team", "name", "sales-data"),)
