@@ -10,7 +10,7 @@ def run(*args, **kw):
 def test_help_imports_nothing_heavy():
     code = ("import sys; sys.argv=['airflow-monitor','--help']\nfrom monitor import cli\n"
             "try:\n  cli.main(['--help'])\nexcept SystemExit:\n  pass\n"
-            "bad=[m for m in sys.modules if m.split('.')[0] in ('prometheus_client','datadog','airflow','yaml')]\n"
+            "bad=[m for m in sys.modules if m.split('.')[0] in ('prometheus_client','datadog','airflow','yaml','airflow_client','apscheduler','croniter')]\n"
             "print('HEAVY', bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
     assert "HEAVY []" in out
@@ -24,6 +24,11 @@ def test_bad_input_gives_one_line_error():
         (["serve", "--ttl", "soon"], "invalid duration"),
         (["serve", "--max-series-per-family", "many"], "max_series_per_family: invalid value"),
         (["serve", "--datadog", "api", "--statsd-udp", "127.0.0.1:0", "--statsd-tcp", ""], "API key"),
+        (["sla", "check"], "no SLA config"),
+        (["sla", "check", "--config", "/nonexistent.yaml"], "cannot read SLA config /nonexistent.yaml"),
+        (["sla", "status", "--config", "/etc/hostname"], "/etc/hostname must be a mapping"),
+        (["serve", "--sla-config", "/nonexistent.yaml", "--statsd-udp", "127.0.0.1:0", "--statsd-tcp", "",
+          "--web-listen", "127.0.0.1:0"], "cannot read SLA config"),
     ]:
         r = run(*args, env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"})
         assert r.returncode == 2, (args, r.stderr)

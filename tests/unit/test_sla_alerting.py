@@ -146,3 +146,13 @@ def test_webhook_slack_compatible(tmp_path):
         assert body["airflow_monitor"]["action"] == "open" and body["airflow_monitor"]["dag_id"] == "sales"
     finally:
         srv.shutdown()
+
+
+def test_jwt_expiry_is_read_from_the_token():
+    import base64
+
+    from monitor.airflow.rest import _jwt_expiry
+
+    payload = base64.urlsafe_b64encode(json.dumps({"sub": "admin", "exp": 1790000000}).encode()).rstrip(b"=")
+    assert _jwt_expiry(f"eyJhbGciOiJIUzUxMiJ9.{payload.decode()}.sig") == 1790000000
+    assert _jwt_expiry("not-a-jwt") is None
