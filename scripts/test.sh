@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q uv >/dev/null 2>&1 || true     # speeds up the Airflow venv; optional
 python3 -m pip install -q -e ".[test]"
+scripts/system-deps.sh                                   # prometheus, promtool, alertmanager, amtool
 echo "Airflow venv: $(scripts/airflow-venv.sh)"          # cached in ~/.cache/airflow-monitor
 ruff check monitor tests bench
 set +e

@@ -119,3 +119,21 @@ def datadog_names() -> set[str]:
         else:
             out.add(m.datadog)
     return out
+
+
+SERVICE_FILE = Path(__file__).with_name("service.yaml")
+
+
+def service_families() -> list[dict]:
+    """The service's own families (bridge and SLA watcher), from service.yaml."""
+    return yaml.safe_load(SERVICE_FILE.read_text())
+
+
+def service_series_names() -> set[str]:
+    """Every sample name of the service's own families (counters end in _total)."""
+    return {f["name"] + ("_total" if f["type"] == "counter" else "") for f in service_families()}
+
+
+def all_series_names() -> set[str]:
+    """What a dashboard or rule may name: Airflow's series through the bridge, and the service's own."""
+    return prometheus_series_names() | service_series_names()

@@ -17,6 +17,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from monitor import catalog
 from tests.integration.airflow_harness import free_port
 from tests.servers.opsgenie import OpsGenieServer
 
@@ -167,6 +168,13 @@ def test_outage_retry_blind_and_restart(airflow, og, tmp_path):
             ("dag_id", "sla_never"), ("priority", "P1"), ("reason", "never_run"), ("rule", "hourly")))) == 1)
         assert ("airflow_monitor_bridge_lines", ()) in m or any(k[0].startswith("airflow_monitor_bridge") for k in m)
         assert m[("airflow_monitor_sla_blind", ())] == 0
+        # the service's own series are exactly those monitor/catalog/service.yaml declares
+        # (a labelled family shows samples only once something happened: those may be absent)
+        families = [f for f in catalog.service_families() if f.get("only") in (None, "sla")]
+        seen = {name for name, _ in m if name.startswith(("airflow_monitor_", "airflow_sla_"))}
+        assert seen <= catalog.service_series_names(), seen - catalog.service_series_names()
+        assert {f["name"] + ("_total" if f["type"] == "counter" else "") for f in families
+                if not f.get("labels")} <= seen
         assert m[("airflow_monitor_sla_cycle_requests", ())] <= 3 + 1, "one DAG page, two run batches, token"
         time.sleep(3)
         assert [p["alias"] for p in og.pages] == [alias("sla_never", "hourly")], "paged once despite 429s and 500s"
