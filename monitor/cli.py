@@ -85,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--api-token-file", help="a JWT to use instead of user and password")
     probe.add_argument("--timeout", type=float, default=0.8, help="connect and statement timeout, seconds")
 
+    dash = sub.add_parser("dashboards", help="build the Grafana and Datadog dashboards from the catalog")
+    dash.add_argument("action", choices=["build"])
+    dash.add_argument("--output", help="root directory for dashboards/ and alerts/datadog/ (default: the repository)")
+    dash.add_argument("--check", action="store_true", help="exit 1 if the files there are stale, write nothing")
+
     cat = sub.add_parser("catalog", help="print the metric catalog (Airflow statsd -> Prometheus / Datadog)")
     cat.add_argument("--format", choices=["table", "markdown", "yaml"], default="table")
     return parser
@@ -111,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
             from monitor.sla.command import run as sla
 
             return sla(args)
+        if args.command == "dashboards":
+            from monitor.dashboards.command import build
+
+            return build(args)
         if args.command == "catalog":
             from monitor.catalog.command import show
 

@@ -1,0 +1,1 @@
+"""Dashboards as code: panel specs over the catalog, rendered for Grafana and Datadog."""
