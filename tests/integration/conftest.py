@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -146,14 +147,49 @@ def postgres():
     return database
 
 
-@pytest.fixture(scope="session")
-def airflow(venv, tmp_path_factory):
-    """One real Airflow 3.3 (SQLite, LocalExecutor, the test DAGs) for every test that only
-    needs an Airflow to read: started once per session."""
-    from tests.integration.airflow_harness import Airflow
+class Stack:
+    """One real Airflow 3.3 (SQLite, LocalExecutor, the test DAGs) emitting DogStatsD to one
+    `airflow-monitor serve --sla-config` (bridge + SLA watcher, Prometheus series only)."""
 
-    af = Airflow(home=tmp_path_factory.mktemp("airflow-shared"), venv=venv,
-                 env_extra={"SLA_SLOW_SECONDS": "25"})
-    af.start()
-    yield af
-    af.stop()
+    def __init__(self, tmp: Path, venv: Path):
+        from tests.integration.airflow_harness import Airflow, statsd_env
+
+        self.tmp = tmp
+        self.airflow = Airflow(home=tmp / "airflow", venv=venv, env_extra={"SLA_SLOW_SECONDS": "25"})
+        (tmp / "airflow-password").write_text("admin")
+        self.sla_config = tmp / "stack-sla.yaml"
+        self.sla_config.write_text(json.dumps({
+            "airflow": {"url": self.airflow.api_url, "username": "admin",
+                        "password_file": str(tmp / "airflow-password"), "timeout": "5s"},
+            "watcher": {"interval": "2s", "state_file": str(tmp / "stack-sla.sqlite"), "blind_after": 1000},
+            "watch": [{"tag": "sla", "rules": [{"max_age": "1h"}]},
+                      {"dag_id": "team.sales_daily", "rules": [{"max_age": "1h"}]}],
+        }))
+        self.bridge = BridgeProcess(tmp, "--sla-config", str(self.sla_config))
+        self.airflow.env_extra.update(statsd_env(self.bridge.udp, "datadog"))
+
+    def start(self) -> Stack:
+        self.airflow.start()
+        return self
+
+    def stop(self) -> None:
+        self.airflow.stop()
+        self.bridge.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(venv, tmp_path_factory):
+    """Started once per session; tests that only need an Airflow to read use `airflow`."""
+    st = Stack(tmp_path_factory.mktemp("stack"), venv)
+    try:
+        st.start()
+    except BaseException:
+        st.stop()
+        raise
+    yield st
+    st.stop()
+
+
+@pytest.fixture(scope="session")
+def airflow(stack):
+    return stack.airflow
