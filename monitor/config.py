@@ -60,18 +60,25 @@ def _coerce(name: str, typ, raw):
         raise ConfigError(f"{name}: invalid value {raw!r}") from None
 
 
+def read_yaml(path, what: str, error: type[Exception] = ConfigError):
+    """Parse a YAML file; an unreadable or invalid file raises `error` with a one-line reason."""
+    import yaml
+
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except OSError as e:
+        raise error(f"cannot read {what} {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" (line {mark.line + 1})" if mark else ""
+        raise error(f"{what} {path} is not valid YAML{at}") from None
+
+
 def load(cls, section: str, file: str | None, flags: dict) -> object:
     """Build a config dataclass from file section, environment and (non-None) flags."""
     values: dict = {}
     if file:
-        import yaml
-
-        try:
-            doc = yaml.safe_load(Path(file).read_text()) or {}
-        except OSError as e:
-            raise ConfigError(f"cannot read config file {file}: {e.strerror}") from None
-        except yaml.YAMLError:
-            raise ConfigError(f"config file {file} is not valid YAML") from None
+        doc = read_yaml(file, "config file") or {}
         sec = doc.get(section) or {}
         if not isinstance(sec, dict):
             raise ConfigError(f"config file {file}: '{section}' must be a mapping")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 
 from monitor.alerting import Refused, Retry
@@ -28,7 +29,7 @@ def request(method: str, url: str, body: dict | None = None, headers: dict | Non
     except urllib.error.HTTPError as e:
         text = e.read().decode(errors="replace")[:300].replace("\n", " ")
         after = e.headers.get("Retry-After") if e.headers else None
-        msg = f"HTTP {e.code} from {urllib.request.urlparse(url).netloc}: {text}"
+        msg = f"HTTP {e.code} from {urllib.parse.urlparse(url).netloc}: {text}"
         if e.code >= 500 or e.code in RETRY_STATUS:
             try:
                 wait = float(after) if after else None
@@ -38,7 +39,7 @@ def request(method: str, url: str, body: dict | None = None, headers: dict | Non
         raise Refused(msg) from None
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
-        raise Retry(f"cannot reach {urllib.request.urlparse(url).netloc}: {reason}") from None
+        raise Retry(f"cannot reach {urllib.parse.urlparse(url).netloc}: {reason}") from None
     try:
         return status, json.loads(raw) if raw else {}
     except ValueError:

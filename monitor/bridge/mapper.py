@@ -10,10 +10,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from monitor import catalog, durations
 from monitor.bridge.parse import Key, label_name
+from monitor.config import read_yaml
 
 # Airflow durations span milliseconds (scheduler loop) to hours (DAG runs).
 DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600,
@@ -145,14 +144,7 @@ def _expand(template: str, m: re.Match) -> str:
 
 def load_rules(path: str | Path, default_buckets: tuple[float, ...] = DEFAULT_BUCKETS) -> list[Rule]:
     """Read a statsd_exporter mapping file; raises MappingError with a one-line reason."""
-    try:
-        doc = yaml.safe_load(Path(path).read_text()) or {}
-    except OSError as e:
-        raise MappingError(f"cannot read mapping file {path}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise MappingError(f"mapping file {path} is not valid YAML{where}") from None
+    doc = read_yaml(path, "mapping file", MappingError) or {}
     if not isinstance(doc, dict):
         raise MappingError(f"mapping file {path}: top level must be a mapping with 'mappings:'")
     unknown = set(doc) - {"defaults", "mappings"}

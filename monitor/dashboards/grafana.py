@@ -6,8 +6,6 @@ import json
 
 from monitor.dashboards.panels import DAG_VAR, DAG_VAR_QUERY, OVERVIEW, PER_DAG, Panel, Row
 
-DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
-
 
 def _panel(spec: Panel):
     from grafana_foundation_sdk.builders import prometheus, stat, timeseries
@@ -28,7 +26,7 @@ def _panel(spec: Panel):
 
 def _dashboard(uid: str, title: str, description: str, rows: tuple[Row, ...], dag_variable: bool):
     from grafana_foundation_sdk.builders import dashboard
-    from grafana_foundation_sdk.models.dashboard import DataSourceRef
+    from grafana_foundation_sdk.models.dashboard import DataSourceRef, VariableRefresh
 
     d = (dashboard.Dashboard(title).uid(uid).description(description).tags(["airflow", "airflow-monitor"])
          .time("now-6h", "now").refresh("1m").timezone("browser").editable())
@@ -36,18 +34,12 @@ def _dashboard(uid: str, title: str, description: str, rows: tuple[Row, ...], da
     if dag_variable:
         d = d.with_variable(dashboard.QueryVariable(DAG_VAR).label("DAG")
                             .datasource(DataSourceRef(type_val="prometheus", uid="${datasource}"))
-                            .query(DAG_VAR_QUERY).refresh(dashboard_refresh_on_time_range()))
+                            .query(DAG_VAR_QUERY).refresh(VariableRefresh.ON_TIME_RANGE_CHANGED))
     for row in rows:
         d = d.with_row(dashboard.Row(row.title))
         for spec in row.panels:
             d = d.with_panel(_panel(spec))
     return d.build()
-
-
-def dashboard_refresh_on_time_range():
-    from grafana_foundation_sdk.models.dashboard import VariableRefresh
-
-    return VariableRefresh.ON_TIME_RANGE_CHANGED
 
 
 def render() -> dict[str, str]:

@@ -12,15 +12,20 @@ from dataclasses import dataclass, field
 from monitor import catalog
 
 
-def p(statsd_name: str, part: str = "") -> str:
+def _metric(statsd_name: str) -> catalog.Metric:
     for m in catalog.load():
         if m.name == statsd_name:
-            if m.type == "counter":
-                return m.prometheus + "_total"
-            if m.type == "timer":
-                return m.prometheus + (f"_{part}" if part else "")
-            return m.prometheus
+            return m
     raise KeyError(f"{statsd_name} is not in the catalog")
+
+
+def p(statsd_name: str, part: str = "") -> str:
+    m = _metric(statsd_name)
+    if m.type == "counter":
+        return m.prometheus + "_total"
+    if m.type == "timer":
+        return m.prometheus + (f"_{part}" if part else "")
+    return m.prometheus
 
 
 def svc(name: str) -> str:
@@ -31,18 +36,13 @@ def svc(name: str) -> str:
 
 def dd(statsd_name: str, suffix: str = "") -> str:
     """The Datadog name the bridge forwards for a catalog metric (timers: .avg, .95percentile ...)."""
-    for m in catalog.load():
-        if m.name == statsd_name:
-            return m.datadog + suffix
-    raise KeyError(f"{statsd_name} is not in the catalog")
+    return _metric(statsd_name).datadog + suffix
 
 
 def ddtag(statsd_name: str, label: str) -> str:
     """The Datadog tag the bridge sends for one of a catalog metric's Prometheus labels."""
-    for m in catalog.load():
-        if m.name == statsd_name:
-            return m.datadog_tag(m.labels.get(label) or m.optional_labels.get(label) or label)
-    raise KeyError(f"{statsd_name} is not in the catalog")
+    m = _metric(statsd_name)
+    return m.datadog_tag(m.labels.get(label) or m.optional_labels.get(label) or label)
 
 
 @dataclass(frozen=True)

@@ -82,7 +82,7 @@ def _print(rows: list[dict], as_json: bool, columns: tuple[str, ...]) -> None:
         print("  ".join(str(r[c]).ljust(widths[c]) for c in columns).rstrip())
 
 
-def _airflow_error(watcher, e) -> UserError:
+def _airflow_error(e) -> UserError:
     return UserError(f"cannot read Airflow: {e}")
 
 
@@ -95,7 +95,7 @@ def run(args) -> int:
         try:
             watcher.cycle(apply=False)
         except AirflowError as e:
-            raise _airflow_error(watcher, e) from None
+            raise _airflow_error(e) from None
         _print(_rows(watcher), args.json,
                ("dag_id", "rule", "window", "last_success", "state", "reason", "alert"))
         backlog = watcher.state.backlog()
@@ -108,7 +108,7 @@ def run(args) -> int:
     if action == "check":
         watcher.cycle()
         if watcher.stats.consecutive_errors:
-            raise _airflow_error(watcher, watcher.stats.last_error)
+            raise _airflow_error(watcher.stats.last_error)
         _print(_rows(watcher), args.json, ("dag_id", "rule", "priority", "state", "reason", "message"))
         backlog = watcher.state.backlog()
         if backlog:

@@ -10,9 +10,8 @@ from __future__ import annotations
 import fnmatch
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
-from monitor.config import ConfigError, read_secret
+from monitor.config import ConfigError, read_secret, read_yaml
 from monitor.durations import parse_duration
 from monitor.sla import windows
 from monitor.sla.rules import KINDS, PRIORITIES, Dag, Rule
@@ -316,14 +315,4 @@ def parse(doc: dict, source: str = "config", airflow_url: str | None = None) -> 
 
 
 def load(path: str, airflow_url: str | None = None) -> SLAConfig:
-    import yaml
-
-    try:
-        doc = yaml.safe_load(Path(path).read_text())
-    except OSError as e:
-        raise SLAConfigError(f"cannot read SLA config {path}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" (line {mark.line + 1})" if mark else ""
-        raise SLAConfigError(f"SLA config {path} is not valid YAML{at}") from None
-    return parse(doc or {}, path, airflow_url)
+    return parse(read_yaml(path, "SLA config", SLAConfigError) or {}, path, airflow_url)

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from monitor.sla.rules import History, Run
 
 ACTIVE = ("queued", "running")
+OVERLAP = timedelta(minutes=5)  # re-read before the previous cycle: a run's end_date can commit late
 
 
 class RunHistory:
@@ -85,8 +86,3 @@ class RunHistory:
 
     def last_success(self, dag_id: str) -> datetime | None:
         return self._last_success.get(dag_id)
-
-
-def overlap() -> timedelta:
-    """Re-read this much before the previous cycle: a run's end_date can commit late."""
-    return timedelta(minutes=5)

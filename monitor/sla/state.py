@@ -11,6 +11,7 @@ import json
 import sqlite3
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,6 +84,18 @@ class State:
     def close(self) -> None:
         self.db.close()
 
+    @contextmanager
+    def _tx(self):
+        """One write transaction under the lock; rolled back on any error."""
+        with self.lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+
     # ------------------------------------------------------------------ alerts
     def alerts(self, status: str | None = None) -> dict[tuple[str, str], AlertRow]:
         q = "SELECT dag_id, rule, status, reason, message, priority, opened_at, closed_at, notified_at FROM alert"
@@ -97,24 +110,17 @@ class State:
              notices: list[tuple[str, dict]], now: float | None = None) -> bool:
         """Open an alert and queue its notices, unless it is open already. True if opened."""
         now = time.time() if now is None else now
-        with self.lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                row = self.db.execute("SELECT status FROM alert WHERE dag_id=? AND rule=?", (dag_id, rule)).fetchone()
-                if row and row[0] == "open":
-                    self.db.execute("COMMIT")
-                    return False
-                self.db.execute(
-                    "INSERT INTO alert VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(dag_id, rule) DO UPDATE SET "
-                    "status='open', reason=excluded.reason, message=excluded.message, priority=excluded.priority, "
-                    "opened_at=excluded.opened_at, closed_at=NULL, notified_at=excluded.notified_at",
-                    (dag_id, rule, "open", reason, message, priority, now, None, now))
-                self._queue(dag_id, rule, "open", notices, now)
-                self.db.execute("COMMIT")
-                return True
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
+        with self._tx() as db:
+            row = db.execute("SELECT status FROM alert WHERE dag_id=? AND rule=?", (dag_id, rule)).fetchone()
+            if row and row[0] == "open":
+                return False
+            db.execute(
+                "INSERT INTO alert VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(dag_id, rule) DO UPDATE SET "
+                "status='open', reason=excluded.reason, message=excluded.message, priority=excluded.priority, "
+                "opened_at=excluded.opened_at, closed_at=NULL, notified_at=excluded.notified_at",
+                (dag_id, rule, "open", reason, message, priority, now, None, now))
+            self._queue(dag_id, rule, "open", notices, now)
+            return True
 
     def update(self, dag_id: str, rule: str, reason: str, message: str) -> None:
         """A still-open alert whose reason changed: record it, page nobody."""
@@ -124,21 +130,17 @@ class State:
 
     def remind(self, dag_id: str, rule: str, notices: list[tuple[str, dict]], now: float | None = None) -> None:
         now = time.time() if now is None else now
-        with self.lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            self.db.execute("UPDATE alert SET notified_at=? WHERE dag_id=? AND rule=?", (now, dag_id, rule))
+        with self._tx() as db:
+            db.execute("UPDATE alert SET notified_at=? WHERE dag_id=? AND rule=?", (now, dag_id, rule))
             self._queue(dag_id, rule, "remind", notices, now)
-            self.db.execute("COMMIT")
 
     def resolve(self, dag_id: str, rule: str, notices: list[tuple[str, dict]], now: float | None = None) -> bool:
         now = time.time() if now is None else now
-        with self.lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            cur = self.db.execute("UPDATE alert SET status='closed', closed_at=? WHERE dag_id=? AND rule=? "
-                                  "AND status='open'", (now, dag_id, rule))
+        with self._tx() as db:
+            cur = db.execute("UPDATE alert SET status='closed', closed_at=? WHERE dag_id=? AND rule=? "
+                             "AND status='open'", (now, dag_id, rule))
             if cur.rowcount:
                 self._queue(dag_id, rule, "close", notices, now)
-            self.db.execute("COMMIT")
             return bool(cur.rowcount)
 
     def _queue(self, dag_id: str, rule: str, action: str, notices: list[tuple[str, dict]], now: float) -> None:

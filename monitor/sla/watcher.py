@@ -18,7 +18,7 @@ from monitor.airflow.rest import AirflowError
 from monitor.alerting.delivery import Delivery
 from monitor.sla import windows
 from monitor.sla.config import SLAConfig
-from monitor.sla.history import ACTIVE, RunHistory, overlap
+from monitor.sla.history import ACTIVE, OVERLAP, RunHistory
 from monitor.sla.rules import Dag, Rule, Verdict, evaluate
 from monitor.sla.state import State
 
@@ -91,7 +91,7 @@ class Watcher:
                 self.history.add(run)
                 seen.add((run.dag_id, run.run_id))
         if old:
-            since = (self._watermark or now) - overlap()
+            since = (self._watermark or now) - OVERLAP
             for run in self.rest.runs(old, end_date_gte=since):
                 self.history.add(run)
                 seen.add((run.dag_id, run.run_id))
@@ -127,13 +127,18 @@ class Watcher:
         t0, r0 = time.perf_counter(), self.rest.requests + self.rest.token_requests
         self.stats.cycles += 1
         try:
+            return self._judge(now, apply)
+        finally:
+            self.stats.last_duration = time.perf_counter() - t0
+            self.stats.last_requests = self.rest.requests + self.rest.token_requests - r0
+
+    def _judge(self, now: datetime, apply: bool) -> list[Judgement]:
+        try:
             watched = self._read(now)
         except AirflowError as e:
             if not apply:
                 raise
             self._blind(str(e), now)
-            self.stats.last_duration = time.perf_counter() - t0
-            self.stats.last_requests = self.rest.requests + self.rest.token_requests - r0
             self.delivery.drain()
             return list(self.judgements.values())
         judgements: dict[tuple[str, str], Judgement] = {}
@@ -155,8 +160,6 @@ class Watcher:
         self.stats.consecutive_errors = 0
         self.stats.last_error = ""
         self.stats.last_ok_at = time.time()
-        self.stats.last_duration = time.perf_counter() - t0
-        self.stats.last_requests = self.rest.requests + self.rest.token_requests - r0
         for n in self.notifiers:
             if hasattr(n, "heartbeat"):
                 n.heartbeat()

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlparse
+
+from tests.servers.base import JsonServer
 
 PRIORITIES = {"P1", "P2", "P3", "P4", "P5"}
 RESPONDER_TYPES = {"team", "user", "escalation", "schedule"}
@@ -37,44 +37,16 @@ class Alert:
     notes: list = field(default_factory=list)
 
 
-class OpsGenieServer:
+class OpsGenieServer(JsonServer):
     def __init__(self, api_key: str = "test-genie-key"):
         self.api_key = api_key
-        self.lock = threading.Lock()
         self.alerts: list[Alert] = []
         self.requests: list[tuple[str, str, dict]] = []  # (method, path, body) of every request
         self.pages: list[dict] = []  # create requests that made a new alert (someone got paged)
         self.closes: list[tuple[str, dict]] = []  # (alias, body) of accepted closes of an open alert
         self.heartbeats: list[str] = []
         self.statuses: dict[str, dict] = {}
-        self._fail: list[int] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_GET(self):
-                server._handle(self, "GET")
-
-            def do_POST(self):
-                server._handle(self, "POST")
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-    def fail_next(self, n: int, status: int = 429) -> None:
-        with self.lock:
-            self._fail.extend([status] * n)
+        super().__init__()
 
     def open_aliases(self) -> set[str]:
         with self.lock:
@@ -95,24 +67,16 @@ class OpsGenieServer:
         raise TimeoutError(f"OpsGenie server: condition not met in {timeout}s; requests: {self.requests[-10:]}")
 
     # ------------------------------------------------------------------ HTTP
-    def _reply(self, h, status: int, body: dict) -> None:
-        data = json.dumps(body).encode()
-        h.send_response(status)
-        h.send_header("Content-Type", "application/json")
-        h.send_header("Content-Length", str(len(data)))
-        h.end_headers()
-        h.wfile.write(data)
-
     def _accepted(self, h, action: str, ok: bool, status_text: str, alert: Alert | None) -> None:
         rid = str(uuid.uuid4())
         self.statuses[rid] = {"success": ok, "isSuccess": ok, "action": action, "status": status_text,
                               "alertId": alert.id if alert else "", "alias": alert.alias if alert else ""}
-        self._reply(h, 202, {"result": "Request will be processed", "took": 0.01, "requestId": rid})
+        self.reply(h, 202, {"result": "Request will be processed", "took": 0.01, "requestId": rid})
 
     def _error(self, h, status: int, message: str) -> None:
-        self._reply(h, status, {"message": message, "took": 0.0, "requestId": str(uuid.uuid4())})
+        self.reply(h, status, {"message": message, "took": 0.0, "requestId": str(uuid.uuid4())})
 
-    def _handle(self, h, method: str) -> None:
+    def handle(self, h, method: str) -> None:
         url = urlparse(h.path)
         path = url.path
         if path.startswith("/jsm/ops/integration"):
@@ -125,8 +89,7 @@ class OpsGenieServer:
             return self._error(h, 400, "Could not parse JSON body")
         with self.lock:
             self.requests.append((method, path, body))
-            if self._fail:
-                status = self._fail.pop(0)
+            if (status := self.injected_failure()) is not None:
                 return self._error(h, status, "Rate limit exceeded" if status == 429 else "Internal error")
             if h.headers.get("Authorization") != f"GenieKey {self.api_key}":
                 return self._error(h, 401, "Could not authenticate")
@@ -140,11 +103,11 @@ class OpsGenieServer:
                 st = self.statuses.get(m.group(1))
                 if st is None:
                     return self._error(h, 404, "Request does not exist")
-                return self._reply(h, 200, {"data": st, "took": 0.0, "requestId": str(uuid.uuid4())})
+                return self.reply(h, 200, {"data": st, "took": 0.0, "requestId": str(uuid.uuid4())})
             m = re.fullmatch(r"/v2/heartbeats/([^/]+)/ping", path)
             if m:
                 self.heartbeats.append(unquote(m.group(1)))
-                return self._reply(h, 202, {"result": "PONG - Heartbeat received", "took": 0.0,
+                return self.reply(h, 202, {"result": "PONG - Heartbeat received", "took": 0.0,
                                             "requestId": str(uuid.uuid4())})
             return self._error(h, 404, f"No such endpoint {method} {path}")
 

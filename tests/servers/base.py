@@ -1,0 +1,59 @@
+"""A JSON HTTP server on a free local port, in a thread, with failure injection: the common
+part of the contract servers that stand in for SaaS APIs in the tests."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class JsonServer:
+    """Subclasses implement handle(handler, method); `self.lock` guards their state."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self._fail: list[int] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                server.handle(self, "GET")
+
+            def do_POST(self):
+                server.handle(self, "POST")
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def fail_next(self, n: int, status: int = 429) -> None:
+        """The next n requests get this status (429 or 5xx), like rate limiting or an outage."""
+        with self.lock:
+            self._fail.extend([status] * n)
+
+    def injected_failure(self) -> int | None:
+        """Call with the lock held: the status to fail this request with, if any."""
+        return self._fail.pop(0) if self._fail else None
+
+    def handle(self, h, method: str) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    def reply(h, status: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        h.send_response(status)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        h.wfile.write(data)
