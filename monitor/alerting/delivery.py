@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections import Counter
 
@@ -32,9 +33,20 @@ class Delivery:
         self.sent: Counter[tuple[str, str]] = Counter()  # (notifier, action) accepted
         self.errors: Counter[str] = Counter()  # notifier -> failed attempts
         self.dead: Counter[str] = Counter()
+        self._draining = threading.Lock()
 
     def drain(self, now: float | None = None) -> int:
-        """One pass over every notifier; returns how many notices were accepted."""
+        """One pass over every notifier; returns how many notices were accepted. The cycle and the
+        delivery loop both drain: a pass already under way makes another one a no-op, so no
+        notice is sent twice by two threads."""
+        if not self._draining.acquire(blocking=False):
+            return 0
+        try:
+            return self._drain(now)
+        finally:
+            self._draining.release()
+
+    def _drain(self, now: float | None) -> int:
         done = 0
         for name, notifier in self.notifiers.items():
             for item in self.state.pending(name, now):
