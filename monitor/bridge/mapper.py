@@ -210,13 +210,20 @@ def load_rules(path: str | Path, default_buckets: tuple[float, ...] = DEFAULT_BU
 _METRIC_TYPE = {"c": "counter", "g": "gauge", "s": "gauge", "ms": "observer", "h": "observer", "d": "observer"}
 
 
+def _family(name: str, kind: str) -> str:
+    """A Prometheus family name; a counter's `_total` is added on exposition, so a name that
+    already ends in it (`name: rows_total` in a mapping file) does not get a second one."""
+    name = sanitize_name(name)
+    return name[:-6] if kind == "counter" and name.endswith("_total") and len(name) > 6 else name
+
+
 def _user_target(rule: Rule, m: re.Match, key: Key) -> Target:
     if rule.action == "drop":
         return Target(family="", kind="drop", reason="drop_rule", form="user")
     labels = dict(key.tags)
     labels.update({k: _expand(v, m) for k, v in rule.labels.items()})
     return Target(
-        family=sanitize_name(_expand(rule.name, m)),
+        family=_family(_expand(rule.name, m), KIND[key.type]),
         kind=KIND[key.type],
         labels=tuple(sorted(labels.items())),
         help=rule.help,
@@ -250,7 +257,7 @@ class Mapper:
         if self.unmapped == "drop":
             return Target(family="", kind="drop", reason="unmapped", form="unmapped")
         return Target(
-            family=sanitize_name(key.name),
+            family=_family(key.name, KIND[key.type]),
             kind=KIND[key.type],
             labels=key.tags,
             help=f"statsd metric {key.name} (not in the Airflow catalog)",

@@ -35,10 +35,14 @@ def test_user_rules_win_and_support_statsd_exporter_features(tmp_path, harness):
             name: dagbag
             histogram_options:
               buckets: [5]
+          - match: team.*.rows
+            name: team_rows_total
+            labels: {table: "$1"}
     """)
     h = harness(mapper=Mapper(r))
     h.send("airflow.dag.d.t.duration:2000|ms", "airflow.pool.open_slots.p:4|g",
-           "airflow.ti_successes:1|c", "airflow.scheduler_heartbeat:1|c", "airflow.dagbag_size:3|g")
+           "airflow.ti_successes:1|c", "airflow.scheduler_heartbeat:1|c", "airflow.dagbag_size:3|g",
+           "team.orders.rows:5|c", "ops.jobs.total:2|c")
     assert h.value("my_task_seconds_bucket", dag="d", task="t", le="10.0") == 1
     assert h.value("my_task_seconds_bucket", dag="d", task="t", le="1.0") == 0
     assert h.value("pool_free", pool="p") == 4
@@ -46,6 +50,9 @@ def test_user_rules_win_and_support_statsd_exporter_features(tmp_path, harness):
     assert h.samples("airflow_scheduler_heartbeat_total") == {}
     assert h.ingest.stats.dropped["drop_rule"] == 1
     assert h.value("dagbag") == 3
+    # a counter named with _total (as statsd_exporter users write it) gets no second suffix
+    assert h.value("team_rows_total", table="orders") == 5 and h.samples("team_rows_total_total") == {}
+    assert h.value("ops_jobs_total") == 2 and h.samples("ops_jobs_total_total") == {}
     assert r[0].ttl == 600 and r[1].ttl == 30
 
 
