@@ -3,16 +3,14 @@ amtool, and every series they name is one the service can expose (monitor/catalo
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
 from monitor import catalog
+from tests.integration.tools import run, tool
 
 pytestmark = pytest.mark.integration
 
@@ -20,29 +18,13 @@ ALERTS = Path(__file__).resolve().parents[2] / "alerts"
 RULES = ALERTS / "prometheus" / "airflow-rules.yaml"
 
 
-def tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        msg = f"{name} is not installed (scripts/system-deps.sh installs it from Debian)"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return path
-
-
-def run(*cmd: str, cwd: Path | None = None) -> str:
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=cwd)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return r.stdout + r.stderr
-
-
 def test_promtool_checks_the_rules():
-    out = run(tool("promtool"), "check", "rules", str(RULES))
+    out = run(tool("promtool"), "check", "rules", str(RULES)).stdout
     assert "SUCCESS: 9 rules found" in out
 
 
 def test_promtool_unit_tests_fire_and_do_not_fire():
-    out = run(tool("promtool"), "test", "rules", "airflow-rules.test.yaml", cwd=ALERTS / "prometheus" / "tests")
+    out = run(tool("promtool"), "test", "rules", "airflow-rules.test.yaml", cwd=ALERTS / "prometheus" / "tests").stdout
     assert "SUCCESS" in out
 
 
@@ -68,5 +50,6 @@ def test_rules_name_only_series_the_service_exposes():
 
 
 def test_amtool_checks_the_alertmanager_example():
-    out = run(tool("amtool"), "check-config", str(ALERTS / "alertmanager" / "alertmanager.yml"))
+    r = run(tool("amtool"), "check-config", str(ALERTS / "alertmanager" / "alertmanager.yml"))
+    out = r.stdout + r.stderr
     assert "SUCCESS" in out

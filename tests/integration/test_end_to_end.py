@@ -8,8 +8,6 @@ Prometheus also loads alerts/prometheus/airflow-rules.yaml and must report the r
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import time
 import urllib.parse
@@ -21,6 +19,7 @@ import yaml
 
 from monitor.dashboards import grafana
 from tests.integration.airflow_harness import free_port
+from tests.integration.tools import tool
 
 pytestmark = pytest.mark.integration
 
@@ -31,12 +30,7 @@ PER_DAG = "sla_ok"  # the per-DAG dashboard is checked on a DAG that ran and suc
 
 class Prometheus:
     def __init__(self, tmp: Path, target: str):
-        binary = shutil.which("prometheus")
-        if binary is None:
-            msg = "prometheus is not installed (scripts/system-deps.sh installs it from Debian)"
-            if os.environ.get("CI"):
-                pytest.fail(msg)
-            pytest.skip(msg)
+        binary = tool("prometheus")
         self.port = free_port()
         cfg = tmp / "prometheus.yml"
         cfg.write_text(yaml.safe_dump({

@@ -7,11 +7,12 @@ import yaml
 
 from monitor.cli import build_parser
 
-PROBES = Path(__file__).resolve().parents[2] / "probes"
+REPO = Path(__file__).resolve().parents[2]
+SPECS = [*sorted((REPO / "probes").glob("*.yaml")), REPO / "helm" / "airflow-values.yaml"]
 
 
 def commands():
-    for f in sorted(PROBES.glob("*.yaml")):
+    for f in SPECS:
         doc = yaml.safe_load(f.read_text())
         stack = [doc]
         while stack:

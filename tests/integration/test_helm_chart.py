@@ -1,0 +1,254 @@
+"""helm/airflow-monitor rendered by a real helm: lint, Kubernetes schema validation, wiring
+between objects, the rules and dashboards it ships, and the rendered pod run as the kubelet would
+run it (its args, env from Secrets, config from the ConfigMap) against the session Airflow."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.integration.airflow_harness import free_port
+from tests.integration.tools import run, tool
+from tests.servers.opsgenie import OpsGenieServer
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "helm" / "airflow-monitor"
+K8S_VERSION = "1.31.0"
+SECRETS = {("airflow", "password"): "admin", ("opsgenie", "api-key"): "og-test-key"}
+
+
+def full_values(**extra) -> dict:
+    values = {
+        "bridge": {"config": {"datadog": "agent", "ttl": "1h"},
+                   "mapping": {"mappings": [{"match": "team.*.rows", "name": "team_rows_total",
+                                             "labels": {"table": "$1"}}]}},
+        "sla": {"enabled": True, "persistence": {"enabled": True},
+                "config": {"airflow": {"url": "http://airflow-api-server:8080", "username": "admin"},
+                           "notify": {"opsgenie": {"region": "eu"}},
+                           "watch": [{"tag": "sla", "rules": [{"max_age": "1h"}]}]}},
+        "secrets": {"airflowPassword": {"name": "airflow", "key": "password"},
+                    "opsgenieApiKey": {"name": "opsgenie", "key": "api-key"}},
+        "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+        "prometheusRule": {"enabled": True},
+        "grafanaDashboards": {"enabled": True},
+    }
+    for k, v in extra.items():
+        values[k] = {**values.get(k, {}), **v}
+    return values
+
+
+def template(tmp: Path, values: dict | None = None, ok: bool = True) -> subprocess.CompletedProcess:
+    args = [tool("helm"), "template", "mon", str(CHART), "--namespace", "monitoring"]
+    if values is not None:
+        (tmp / "values.yaml").write_text(yaml.safe_dump(values))
+        args += ["-f", str(tmp / "values.yaml")]
+    return run(*args, ok=ok)
+
+
+def objects(tmp: Path, values: dict | None = None) -> dict[str, dict]:
+    docs = [d for d in yaml.safe_load_all(template(tmp, values).stdout) if d]
+    return {d["kind"]: d for d in docs} | {f"{d['kind']}/{d['metadata']['name']}": d for d in docs}
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory) -> dict[str, dict]:
+    return objects(tmp_path_factory.mktemp("helm"), full_values())
+
+
+def test_helm_lint_strict_with_defaults_and_everything_on(tmp_path):
+    run(tool("helm"), "lint", "--strict", str(CHART))
+    (tmp_path / "v.yaml").write_text(yaml.safe_dump(full_values()))
+    run(tool("helm"), "lint", "--strict", str(CHART), "-f", str(tmp_path / "v.yaml"))
+
+
+def test_defaults_render_the_bridge_alone(tmp_path):
+    objs = objects(tmp_path)
+    assert set(k for k in objs if "/" not in k) == {"ServiceAccount", "ConfigMap", "Service", "Deployment"}
+    dep = objs["Deployment"]["spec"]
+    assert dep["template"]["spec"]["containers"][0]["args"] == ["serve", "--config=/etc/airflow-monitor/config.yaml"]
+    assert "strategy" not in dep
+
+
+def test_every_object_is_valid_kubernetes(rendered, tmp_path):
+    docs = [d for d in yaml.safe_load_all(template(tmp_path, full_values()).stdout) if d]
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds == sorted(["ServiceAccount", "ConfigMap", "ConfigMap", "Service", "Deployment",
+                            "PersistentVolumeClaim", "ServiceMonitor", "PrometheusRule"])
+    for doc in docs:
+        if doc["apiVersion"].startswith("monitoring.coreos.com"):
+            continue   # CRDs: checked field by field below
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_service_monitor_and_service_reach_the_pod(rendered):
+    svc, dep, sm = rendered["Service"], rendered["Deployment"], rendered["ServiceMonitor"]
+    pod = dep["spec"]["template"]
+    assert svc["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    assert dep["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    container_ports = {p["name"]: (p["containerPort"], p["protocol"]) for p in pod["spec"]["containers"][0]["ports"]}
+    for port in svc["spec"]["ports"]:
+        assert container_ports[port["targetPort"]] == (port["port"], port["protocol"])
+    assert {p["protocol"] for p in svc["spec"]["ports"] if p["port"] == 9125} == {"UDP", "TCP"}
+    assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    assert sm["spec"]["endpoints"][0]["port"] in {p["name"] for p in svc["spec"]["ports"]}
+    assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert sm["spec"]["namespaceSelector"]["matchNames"] == ["monitoring"]
+
+
+def test_the_pod_is_hardened_probed_and_sized(rendered):
+    pod = rendered["Deployment"]["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] > 0
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert c["livenessProbe"]["httpGet"] == {"path": "/-/healthy", "port": "metrics"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/-/ready", "port": "metrics"}
+    assert c["resources"]["requests"]["cpu"] and c["resources"]["limits"]["memory"]
+    assert rendered["Deployment"]["spec"]["strategy"] == {"type": "Recreate"}  # one watcher at a time
+    claim = next(v for v in pod["volumes"] if v["name"] == "state")["persistentVolumeClaim"]["claimName"]
+    assert claim == rendered["PersistentVolumeClaim"]["metadata"]["name"]
+
+
+def test_secrets_come_only_from_secret_references(rendered):
+    env = rendered["Deployment"]["spec"]["template"]["spec"]["containers"][0]["env"]
+    source = {e["name"]: e["valueFrom"] for e in env}
+    assert source["AIRFLOW_MONITOR_OPSGENIE_API_KEY"]["secretKeyRef"] == {"name": "opsgenie", "key": "api-key"}
+    assert source["AIRFLOW_MONITOR_AIRFLOW_PASSWORD"]["secretKeyRef"] == {"name": "airflow", "key": "password"}
+    assert source["AIRFLOW_MONITOR_DATADOG_HOST"]["fieldRef"]["fieldPath"] == "status.hostIP"
+    assert not any("value" in e for e in env)
+    config = rendered["ConfigMap/mon-airflow-monitor"]["data"]["config.yaml"]
+    assert not re.search(r"\b(password|api_key|token):", config)
+
+
+def test_prometheus_rule_ships_the_tested_rules(rendered, tmp_path):
+    spec = rendered["PrometheusRule"]["spec"]
+    assert spec == yaml.safe_load((REPO / "alerts" / "prometheus" / "airflow-rules.yaml").read_text())
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(spec))
+    assert "SUCCESS: 9 rules found" in run(tool("promtool"), "check", "rules", str(tmp_path / "rules.yaml")).stdout
+
+
+def test_grafana_dashboards_configmap_ships_the_built_dashboards(rendered):
+    cm = rendered["ConfigMap/mon-airflow-monitor-dashboards"]
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    built = {p.name: json.loads(p.read_text()) for p in (REPO / "dashboards" / "grafana").glob("*.json")}
+    assert {k: json.loads(v) for k, v in cm["data"].items()} == built
+
+
+def test_the_schema_stops_bad_values_before_anything_renders(tmp_path):
+    r = template(tmp_path, full_values(service={"statsdPort": 70000}), ok=False)
+    assert r.returncode != 0 and "statsdPort" in r.stderr
+    r = template(tmp_path, full_values(bridge={"config": {"web_listen": ":80"}}), ok=False)
+    assert r.returncode != 0 and "web_listen" in r.stderr
+
+
+def test_the_airflow_chart_snippet_names_this_chart_and_real_airflow_options(venv, tmp_path):
+    snippet = yaml.safe_load((REPO / "helm" / "airflow-values.yaml").read_text())
+    metrics = snippet["config"]["metrics"]
+    options = yaml.safe_load(next(venv.glob("lib/python*/site-packages/airflow/config_templates/config.yml"))
+                             .read_text())["metrics"]["options"]
+    assert set(metrics) <= set(options), set(metrics) - set(options)
+    out = run(tool("helm"), "template", "airflow-monitor", str(CHART), "--namespace", "monitoring").stdout
+    svc = next(d for d in yaml.safe_load_all(out) if d and d["kind"] == "Service")
+    assert metrics["statsd_host"] == f"{svc['metadata']['name']}.monitoring.svc"
+    assert metrics["statsd_port"] == next(p["port"] for p in svc["spec"]["ports"] if p["protocol"] == "UDP")
+
+
+def scrape(port: int) -> dict[str, dict]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return {f.name: {tuple(sorted(s.labels.items())): s.value for s in f.samples
+             if not s.name.endswith("_created")}
+            for f in text_string_to_metric_families(text)}
+
+
+@pytest.fixture
+def opsgenie():
+    server = OpsGenieServer(SECRETS[("opsgenie", "api-key")])
+    yield server
+    server.close()
+
+
+def test_the_rendered_pod_runs_the_bridge_and_the_watcher(airflow, opsgenie, tmp_path):
+    """Do what the kubelet does with the rendered Deployment: mount the ConfigMap, set env from the
+    Secrets, run the container's args with our CLI; then send statsd, read /metrics, see the page."""
+    statsd, metrics = free_port(socket.SOCK_DGRAM), free_port()
+    values = full_values(service={"statsdPort": statsd, "metricsPort": metrics})
+    values["sla"]["config"]["airflow"]["url"] = airflow.api_url
+    values["sla"]["config"]["notify"]["opsgenie"]["url"] = opsgenie.url
+    values["sla"]["config"]["watcher"] = {"interval": "2s"}
+    values["bridge"]["config"] = {"ttl": "1h"}
+    objs = objects(tmp_path, values)
+    pod = objs["Deployment"]["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    mounts = {m["name"]: tmp_path / m["name"] for m in c["volumeMounts"]}
+    for path in mounts.values():
+        path.mkdir()
+    for name, text in objs["ConfigMap/mon-airflow-monitor"]["data"].items():
+        (mounts["config"] / name).write_text(relocate(text, c, mounts))
+    env = {e["name"]: SECRETS[(e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])]
+           for e in c["env"]}
+    args = [relocate(a, c, mounts) for a in c["args"]]
+    log = tmp_path / "pod.log"
+    proc = subprocess.Popen([sys.executable, "-m", "monitor.cli", *args], stdout=open(log, "wb"),
+                            stderr=subprocess.STDOUT, env={**os.environ, **env})
+    try:
+        wait(lambda: get(metrics, c["readinessProbe"]["httpGet"]["path"]) == 200, log, proc)
+        assert get(metrics, c["livenessProbe"]["httpGet"]["path"]) == 200
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.sendto(b"airflow.dagrun.duration.success:1200|ms|#dag_id:helm_dag\nteam.orders.rows:5|c",
+                     ("127.0.0.1", statsd))
+        got = wait(lambda: (m := scrape(metrics)).get("team_rows") and m.get("airflow_monitor_sla_cycles") and m,
+                   log, proc)
+        assert got["team_rows"] == {(("table", "orders"),): 5.0}        # the chart's mapping file is used
+        assert any(dict(k).get("dag_id") == "helm_dag" for k in got["airflow_dagrun_duration"])
+        assert sum(got["airflow_monitor_sla_cycles"].values()) >= 1     # the watcher reads the real Airflow
+        assert sum(got.get("airflow_monitor_sla_cycle_errors", {(): 0}).values()) == 0, log.read_text()
+        assert (mounts["state"] / "sla.sqlite").exists()                 # alert state on the state volume
+        # the OpsGenie key from the Secret authenticates; a DAG that never ran is paged, once
+        opsgenie.wait(lambda og: any(p["alias"] == "airflow-sla:sla_never:max_age" for p in og.pages))
+        aliases = [p["alias"] for p in opsgenie.pages]
+        assert len(aliases) == len(set(aliases)) and all(a.startswith("airflow-sla:sla_") for a in aliases)
+        assert "og-test-key" not in log.read_text()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def relocate(text: str, container: dict, mounts: dict[str, Path]) -> str:
+    """Mount paths (/etc/airflow-monitor/...) to the test's directories, in one pass."""
+    to = {m["mountPath"]: str(mounts[m["name"]]) for m in container["volumeMounts"]}
+    pattern = "|".join(re.escape(p) for p in sorted(to, key=len, reverse=True))
+    return re.sub(rf"(?<![\w/])({pattern})(?=/|$|\s)", lambda m: to[m.group(1)], text, flags=re.M)
+
+
+def get(port: int, path: str) -> int | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+            return r.status
+    except OSError:
+        return None
+
+
+def wait(pred, log: Path, proc: subprocess.Popen, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        result = pred()
+        if result:
+            return result
+        time.sleep(0.3)
+    raise AssertionError(f"not seen (exit code {proc.poll()}); pod log:\n{log.read_text()}")
