@@ -1,0 +1,1 @@
+"""`scripts/demo.sh`: airflow-monitor on a real local Airflow, narrated in the terminal."""
