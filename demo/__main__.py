@@ -4,8 +4,9 @@ narrated in the terminal. Run `scripts/demo.sh` (it builds the Airflow venv on f
 
 Story: three DAGs run (demo_ok succeeds, demo_fail fails, demo_late runs past its 10 s budget);
 metrics arrive; the watcher pages for demo_fail and demo_late (and for demo_ok if it looks before
-demo_ok's first run ends) and resolves each once it is met again; then the executor is frozen so a task sits queued: the probe fails while
-`airflow jobs check` still says the scheduler is alive; the executor thaws and the probe recovers.
+demo_ok's first run ends) and resolves each once it is met again; then the executor is frozen so
+a task sits queued: the probe fails while `airflow jobs check` still says the scheduler is alive;
+the executor thaws and the probe recovers.
 """
 
 from __future__ import annotations
