@@ -194,7 +194,10 @@ def run(args) -> int:
         if args.keep:
             say(f"still running; Airflow {airflow.api_url}, metrics http://127.0.0.1:{bridge.http}/metrics. "
                 "Ctrl-C stops everything.")
-            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+            stop = {signal.SIGINT, signal.SIGTERM}
+            signal.pthread_sigmask(signal.SIG_BLOCK, stop)   # sigwait takes them instead of a handler
+            signal.sigwait(stop)
+            print()
     except KeyboardInterrupt:
         missing.append("interrupted")
     finally:
