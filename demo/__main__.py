@@ -13,23 +13,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import queue
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-
-from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from tests.integration.airflow_harness import Airflow, airflow_venv, free_port, statsd_env  # noqa: E402
+from tests.integration.bridge_process import BridgeProcess  # noqa: E402
+from tests.servers.webhook import WebhookServer  # noqa: E402
 
 DAGS = ("demo_ok", "demo_fail", "demo_late")
 EXPECTED_RUNS = {"demo_ok": "success", "demo_fail": "failed", "demo_late": "success"}
@@ -45,85 +40,22 @@ class Narrator:
         print(stamp + msg, flush=True)
 
 
-class Chat:
-    """A local Slack-style webhook: where the SLA watcher's pages land in this demo."""
-
-    def __init__(self):
-        self.messages: queue.Queue[dict] = queue.Queue()
-        inbox = self.messages
-
-        class Hook(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_POST(self):
-                inbox.put(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                self.send_response(200)
-                self.end_headers()
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-
-    def drain(self) -> list[dict]:
-        out = []
-        while not self.messages.empty():
-            out.append(self.messages.get())
-        return out
-
-
-class Bridge:
-    """`airflow-monitor serve --sla-config`: the bridge and the SLA watcher in one process."""
-
-    def __init__(self, tmp: Path, sla_config: Path):
-        self.udp, self.http = free_port(socket.SOCK_DGRAM), free_port()
-        self.log = tmp / "airflow-monitor.log"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "monitor.cli", "serve", "--statsd-udp", f"127.0.0.1:{self.udp}",
-             "--statsd-tcp", "", "--web-listen", f"127.0.0.1:{self.http}", "--sla-config", str(sla_config)],
-            stdout=open(self.log, "wb"), stderr=subprocess.STDOUT, cwd=REPO)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"airflow-monitor serve exited:\n{self.log.read_text()}")
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{self.http}/-/ready", timeout=1)
-                return
-            except OSError:
-                time.sleep(0.2)
-        raise SystemExit(f"airflow-monitor serve not ready:\n{self.log.read_text()}")
-
-    def metrics(self) -> dict[str, list]:
-        """family -> its samples (name, labels, value), from a real scrape."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.http}/metrics", timeout=5) as r:
-            text = r.read().decode()
-        return {f.name: [s for s in f.samples if not s.name.endswith("_created")]
-                for f in text_string_to_metric_families(text)}
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-
-def total(fams: dict, family: str, **labels) -> float:
+def total(scrape: dict, family: str, **labels) -> float:
     """A counter's total, a histogram's count or a gauge's value, summed over matching series."""
-    names = {family, family + "_total", family + "_count"}
-    return sum(s.value for s in fams.get(family, ())
-               if s.name in names and all(s.labels.get(k) == v for k, v in labels.items()))
+    return sum(v for name in (family, family + "_total", family + "_count") for k, v in scrape.get(name, {}).items()
+               if all(dict(k).get(lk) == lv for lk, lv in labels.items()))
 
 
-def metrics_line(fams: dict) -> str:
-    airflow = {n: s for n, s in fams.items() if n.startswith("airflow_") and not n.startswith(
-        ("airflow_monitor_", "airflow_sla_"))}
-    series = sum(len({tuple(sorted((k, v) for k, v in s.labels.items() if k != "le")) for s in samples})
-                 for samples in airflow.values())
-    return (f"metrics: {len(airflow)} Airflow families, {series} series on /metrics; "
-            f"scheduler heartbeats {total(fams, 'airflow_scheduler_heartbeat'):.0f}, "
-            f"tasks ok {total(fams, 'airflow_ti_successes'):.0f} / failed {total(fams, 'airflow_ti_failures'):.0f}, "
-            f"DAG runs timed {total(fams, 'airflow_dagrun_duration'):.0f}")
+def metrics_line(scrape: dict) -> str:
+    airflow = {name: series for name, series in scrape.items() if name.startswith("airflow_")
+               and not name.startswith(("airflow_monitor_", "airflow_sla_"))
+               and not name.endswith(("_bucket", "_sum", "_created"))}
+    families = {name.removesuffix("_total").removesuffix("_count") for name in airflow}
+    return (f"metrics: {len(families)} Airflow families, {sum(map(len, airflow.values()))} series on /metrics; "
+            f"scheduler heartbeats {total(scrape, 'airflow_scheduler_heartbeat'):.0f}, "
+            f"tasks ok {total(scrape, 'airflow_ti_successes'):.0f}"
+            f" / failed {total(scrape, 'airflow_ti_failures'):.0f}, "
+            f"DAG runs timed {total(scrape, 'airflow_dagrun_duration'):.0f}")
 
 
 def probe(airflow: Airflow, *extra: str) -> tuple[int, dict, float]:
@@ -148,7 +80,7 @@ def run(args) -> int:
     say = Narrator()
     tmp = Path(tempfile.mkdtemp(prefix="airflow-monitor-demo-"))
     venv = airflow_venv()
-    chat = Chat()
+    chat = WebhookServer()   # where the SLA watcher's pages land in this demo
     (tmp / "airflow-password").write_text("admin")
     api_port = free_port()
     sla_config = tmp / "sla.yaml"
@@ -156,14 +88,14 @@ def run(args) -> int:
         "airflow": {"url": f"http://127.0.0.1:{api_port}", "username": "admin",
                     "password_file": str(tmp / "airflow-password"), "timeout": "5s"},
         "watcher": {"interval": "3s", "state_file": str(tmp / "sla.sqlite"), "blind_after": 1000},
-        "notify": {"webhook": {"url": chat.url}},
+        "notify": {"webhook": {"url": chat.hook_url}},
         "watch": [
             {"dag_id": "demo_ok", "rules": [{"name": "fresh", "max_age": "1h"}]},
             {"dag_id": "demo_fail", "priority": "P2", "rules": [{"name": "fresh", "max_age": "1h"}]},
             {"dag_id": "demo_late", "rules": [{"name": "budget", "max_duration": LATE_BUDGET}]},
         ],
     }, indent=2))
-    bridge = Bridge(tmp, sla_config)
+    bridge = BridgeProcess(tmp, "--sla-config", str(sla_config))   # bridge and SLA watcher in one process
     airflow = Airflow(home=tmp / "airflow", venv=venv, dags_folder=REPO / "demo" / "dags", api_port=api_port,
                       env_extra={**statsd_env(bridge.udp, "datadog"), "DEMO_LATE_SECONDS": str(args.late_seconds)})
     print("airflow-monitor demo: real Airflow 3.3.2 -> statsd -> bridge (+ SLA watcher) -> /metrics and pages",
@@ -177,14 +109,14 @@ def run(args) -> int:
         for dag in DAGS:
             airflow.wait_dag(dag)
         say(f"Airflow is up at {airflow.api_url} (admin/admin); DAGs {', '.join(DAGS)} parsed")
-        say(metrics_line(bridge.metrics()))
+        say(metrics_line(bridge.scrape()))
         code, out, ms = probe(airflow)
         say(f"probe scheduler: {verdict(code, out, ms)}")
         runs = {dag: airflow.trigger(dag) for dag in DAGS}
         say(f"triggered {', '.join(DAGS)} (demo_late sleeps {args.late_seconds}s; its budget is {LATE_BUDGET})")
         missing = watch_runs(say, airflow, bridge, chat, runs, args.timeout)
         missing += stuck_queue(say, airflow, venv)
-        for msg in chat.drain():
+        for msg in chat.take():
             say(chat_line(msg))
         say("sla status:")
         status = subprocess.run([sys.executable, "-m", "monitor.cli", "sla", "status", "--config", str(sla_config)],
@@ -204,7 +136,7 @@ def run(args) -> int:
         say("stopping Airflow and the bridge")
         airflow.stop()
         bridge.stop()
-        chat.server.shutdown()
+        chat.close()
     if missing:
         say(f"demo incomplete: {'; '.join(missing)} (logs in {tmp})")
         return 1
@@ -212,7 +144,8 @@ def run(args) -> int:
     return 0
 
 
-def watch_runs(say, airflow: Airflow, bridge: Bridge, chat: Chat, runs: dict[str, str], timeout: float) -> list[str]:
+def watch_runs(say, airflow: Airflow, bridge: BridgeProcess, chat: WebhookServer, runs: dict[str, str],
+               timeout: float) -> list[str]:
     """Narrate until every run ended and the pages it should cause arrived (open + close for
     demo_late, open for demo_fail); return what did not happen in time."""
     states: dict[str, str] = {}
@@ -228,16 +161,16 @@ def watch_runs(say, airflow: Airflow, bridge: Bridge, chat: Chat, runs: dict[str
             if state in ("success", "failed"):
                 states[dag] = state
                 say(f"run {dag}: {state}")
-        for msg in chat.drain():
+        for msg in chat.take():
             seen.add((msg["airflow_monitor"]["action"], msg["airflow_monitor"]["dag_id"]))
             say(chat_line(msg))
         if time.monotonic() - last_metrics >= 10:
             last_metrics = time.monotonic()
-            say(metrics_line(bridge.metrics()))
+            say(metrics_line(bridge.scrape()))
         if len(states) == len(runs) and want <= seen:
             break
         time.sleep(1)
-    fams = bridge.metrics()
+    fams = bridge.scrape()
     for dag, state in sorted(states.items()):
         n = total(fams, "airflow_dagrun_duration", dag_id=dag, state=state)
         say(f'airflow_dagrun_duration_count{{dag_id="{dag}",state="{state}"}} = {n:.0f}', indent=True)

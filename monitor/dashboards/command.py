@@ -35,7 +35,7 @@ def rendered(root: Path = DEFAULT_DIR) -> dict[str, str]:
 
 def build(args) -> int:
     out = Path(args.output) if args.output else DEFAULT_DIR
-    files = rendered(DEFAULT_DIR)
+    files = rendered()
     if args.check:
         stale = [name for name, text in files.items()
                  if not (out / name).exists() or (out / name).read_text() != text]

@@ -4,92 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.airflow_harness import airflow_venv, free_port
+from tests.integration.airflow_harness import airflow_venv
+from tests.integration.bridge_process import BridgeProcess
 
 pytestmark = pytest.mark.integration
-
-
-class BridgeProcess:
-    """A real `airflow-monitor serve` on free ports."""
-
-    def __init__(self, tmp: Path, *args: str, env: dict | None = None):
-        self.udp = free_port(socket.SOCK_DGRAM)
-        self.tcp = free_port()
-        self.http = free_port()
-        self.unix = str(tmp / "statsd.sock")
-        self.log = tmp / f"bridge-{self.http}.log"
-        cmd = [sys.executable, "-m", "monitor.cli", "serve",
-               "--statsd-udp", f"127.0.0.1:{self.udp}", "--statsd-tcp", f"127.0.0.1:{self.tcp}",
-               "--statsd-unix", self.unix, "--web-listen", f"127.0.0.1:{self.http}", *args]
-        self.proc = subprocess.Popen(cmd, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(env or {})})
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"bridge exited: {self.log.read_text()}")
-            try:
-                if self.get("/-/ready")[0] == 200:
-                    return
-            except OSError:
-                time.sleep(0.1)
-        raise TimeoutError(self.log.read_text())
-
-    def get(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http}{path}", timeout=5) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode()
-
-    def post(self, path: str) -> tuple[int, str]:
-        req = urllib.request.Request(f"http://127.0.0.1:{self.http}{path}", data=b"", method="POST")
-        try:
-            with urllib.request.urlopen(req, timeout=5) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode()
-
-    def send_udp(self, *lines: str | bytes) -> None:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            for line in lines:
-                s.sendto(line.encode() if isinstance(line, str) else line, ("127.0.0.1", self.udp))
-
-    def scrape(self) -> dict[str, dict[tuple, float]]:
-        """sample name -> {sorted label items: value}"""
-        out: dict[str, dict[tuple, float]] = {}
-        for fam in text_string_to_metric_families(self.get("/metrics")[1]):
-            for s in fam.samples:
-                out.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
-        return out
-
-    def wait_for(self, pred, timeout: float = 10.0):
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
-            last = self.scrape()
-            if pred(last):
-                return last
-            time.sleep(0.1)
-        raise AssertionError(f"condition not met within {timeout}s; last scrape had {sorted(last or {})[:60]}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
 
 
 @pytest.fixture

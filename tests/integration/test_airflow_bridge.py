@@ -17,7 +17,7 @@ import pytest
 
 from monitor import catalog
 from tests.integration.airflow_harness import REPO, Airflow, statsd_env
-from tests.integration.conftest import BridgeProcess
+from tests.integration.bridge_process import BridgeProcess
 
 pytestmark = pytest.mark.integration
 DAG = "team.sales_daily"

@@ -5,21 +5,17 @@ run it (its args, env from Secrets, config from the ConfigMap) against the sessi
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import kubernetes_validate
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.airflow_harness import free_port
+from tests.integration.bridge_process import BridgeProcess
 from tests.integration.tools import run, tool
 from tests.servers.opsgenie import OpsGenieServer
 
@@ -168,14 +164,6 @@ def test_the_airflow_chart_snippet_names_this_chart_and_real_airflow_options(ven
     assert metrics["statsd_port"] == next(p["port"] for p in svc["spec"]["ports"] if p["protocol"] == "UDP")
 
 
-def scrape(port: int) -> dict[str, dict]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    return {f.name: {tuple(sorted(s.labels.items())): s.value for s in f.samples
-             if not s.name.endswith("_created")}
-            for f in text_string_to_metric_families(text)}
-
-
 @pytest.fixture
 def opsgenie():
     server = OpsGenieServer(SECRETS[("opsgenie", "api-key")])
@@ -203,30 +191,26 @@ def test_the_rendered_pod_runs_the_bridge_and_the_watcher(airflow, opsgenie, tmp
     env = {e["name"]: SECRETS[(e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])]
            for e in c["env"]}
     args = [relocate(a, c, mounts) for a in c["args"]]
-    log = tmp_path / "pod.log"
-    proc = subprocess.Popen([sys.executable, "-m", "monitor.cli", *args], stdout=open(log, "wb"),
-                            stderr=subprocess.STDOUT, env={**os.environ, **env})
+    pod_proc = BridgeProcess.command(tmp_path, args, udp=statsd, http=metrics, env=env,
+                                     ready=c["readinessProbe"]["httpGet"]["path"])
     try:
-        wait(lambda: get(metrics, c["readinessProbe"]["httpGet"]["path"]) == 200, log, proc)
-        assert get(metrics, c["livenessProbe"]["httpGet"]["path"]) == 200
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.sendto(b"airflow.dagrun.duration.success:1200|ms|#dag_id:helm_dag\nteam.orders.rows:5|c",
-                     ("127.0.0.1", statsd))
-        got = wait(lambda: (m := scrape(metrics)).get("team_rows") and m.get("airflow_monitor_sla_cycles") and m,
-                   log, proc)
-        assert got["team_rows"] == {(("table", "orders"),): 5.0}        # the chart's mapping file is used
-        assert any(dict(k).get("dag_id") == "helm_dag" for k in got["airflow_dagrun_duration"])
-        assert sum(got["airflow_monitor_sla_cycles"].values()) >= 1     # the watcher reads the real Airflow
-        assert sum(got.get("airflow_monitor_sla_cycle_errors", {(): 0}).values()) == 0, log.read_text()
+        assert pod_proc.get(c["livenessProbe"]["httpGet"]["path"])[0] == 200
+        pod_proc.send_udp("airflow.dagrun.duration.success:1200|ms|#dag_id:helm_dag\nteam.orders.rows:5|c")
+        got = pod_proc.wait_for(lambda m: "team_rows_total" in m and "airflow_monitor_sla_cycles_total" in m,
+                                timeout=30)
+        assert got["team_rows_total"] == {(("table", "orders"),): 5.0}   # the chart's mapping file is used
+        assert any(dict(k).get("dag_id") == "helm_dag" for k in got["airflow_dagrun_duration_count"])
+        assert sum(got["airflow_monitor_sla_cycles_total"].values()) >= 1     # the watcher reads the real Airflow
+        errors = got.get("airflow_monitor_sla_cycle_errors_total", {(): 0})
+        assert sum(errors.values()) == 0, pod_proc.log.read_text()
         assert (mounts["state"] / "sla.sqlite").exists()                 # alert state on the state volume
         # the OpsGenie key from the Secret authenticates; a DAG that never ran is paged, once
         opsgenie.wait(lambda og: any(p["alias"] == "airflow-sla:sla_never:max_age" for p in og.pages))
         aliases = [p["alias"] for p in opsgenie.pages]
         assert len(aliases) == len(set(aliases)) and all(a.startswith("airflow-sla:sla_") for a in aliases)
-        assert "og-test-key" not in log.read_text()
+        assert "og-test-key" not in pod_proc.log.read_text()
     finally:
-        proc.terminate()
-        proc.wait(10)
+        pod_proc.stop()
 
 
 def relocate(text: str, container: dict, mounts: dict[str, Path]) -> str:
@@ -234,21 +218,3 @@ def relocate(text: str, container: dict, mounts: dict[str, Path]) -> str:
     to = {m["mountPath"]: str(mounts[m["name"]]) for m in container["volumeMounts"]}
     pattern = "|".join(re.escape(p) for p in sorted(to, key=len, reverse=True))
     return re.sub(rf"(?<![\w/])({pattern})(?=/|$|\s)", lambda m: to[m.group(1)], text, flags=re.M)
-
-
-def get(port: int, path: str) -> int | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
-            return r.status
-    except OSError:
-        return None
-
-
-def wait(pred, log: Path, proc: subprocess.Popen, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
-        result = pred()
-        if result:
-            return result
-        time.sleep(0.3)
-    raise AssertionError(f"not seen (exit code {proc.poll()}); pod log:\n{log.read_text()}")

@@ -3,7 +3,6 @@ documented OpsGenie and Datadog APIs."""
 
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -14,6 +13,7 @@ from monitor.alerting.webhook import WebhookNotifier
 from monitor.sla.state import State
 from tests.servers.datadog import DatadogServer
 from tests.servers.opsgenie import OpsGenieServer
+from tests.servers.webhook import WebhookServer
 
 
 def notice(dag="sales", rule="fresh", **kw):
@@ -121,63 +121,40 @@ def test_datadog_event_and_service_check(tmp_path):
         dd.close()
 
 
-def hook_server(got: list, entered: threading.Event | None = None, release: threading.Event | None = None):
-    """A Slack-style webhook; with `release`, each request waits for it (a slow chat service)."""
-
-    class Hook(BaseHTTPRequestHandler):
-        def log_message(self, *a):
-            pass
-
-        def do_POST(self):
-            got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            if entered:
-                entered.set()
-            if release:
-                release.wait(10)
-            self.send_response(200)
-            self.end_headers()
-            self.wfile.write(b"ok")
-
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    return srv
-
-
 def test_two_threads_draining_at_once_send_a_notice_once(tmp_path):
     """The cycle and the delivery loop drain from different threads; a slow service must not make
     both send the same notice (a second chat message, a second Datadog event)."""
-    got, entered, release = [], threading.Event(), threading.Event()
-    srv = hook_server(got, entered, release)
+    srv = WebhookServer()
+    srv.hold()
     try:
         st = State(str(tmp_path / "s.sqlite"))
         st.open("sales", "fresh", "stale", "m", "P1", [("webhook", notice())])
-        d = Delivery(st, [WebhookNotifier(f"http://127.0.0.1:{srv.server_address[1]}/hook")])
+        d = Delivery(st, [WebhookNotifier(srv.hook_url)])
         first = threading.Thread(target=d.drain)
         first.start()
-        assert entered.wait(10)          # the first pass is inside the request
+        assert srv.entered.wait(10)      # the first pass is inside the request
         assert d.drain() == 0            # a second pass meanwhile sends nothing
-        release.set()
+        srv.release()
         first.join(10)
         drain_all(d, st)
-        assert len(got) == 1 and st.backlog() == {}
+        assert len(srv.messages) == 1 and st.backlog() == {}
     finally:
-        release.set()
-        srv.shutdown()
+        srv.release()
+        srv.close()
 
 
 def test_webhook_slack_compatible(tmp_path):
-    got = []
-    srv = hook_server(got)
+    srv = WebhookServer()
     try:
         st = State(str(tmp_path / "s.sqlite"))
         st.open("sales", "fresh", "stale", "m", "P1", [("webhook", notice())])
-        drain_all(Delivery(st, [WebhookNotifier(f"http://127.0.0.1:{srv.server_address[1]}/hook")]), st)
-        (body,) = got
+        drain_all(Delivery(st, [WebhookNotifier(srv.hook_url)]), st)
+        (body,) = srv.messages
         assert body["text"].startswith(":red_circle: [P1] SLA breached: [SLA] sales has not succeeded")
         assert "runbook: https://wiki/x" in body["text"]
         assert body["airflow_monitor"]["action"] == "open" and body["airflow_monitor"]["dag_id"] == "sales"
     finally:
-        srv.shutdown()
+        srv.close()
 
 
 def test_jwt_expiry_is_read_from_the_token():
