@@ -24,6 +24,8 @@ def _add_bridge_flags(p: argparse.ArgumentParser) -> None:
         "airflow_tags": "which twin counts: auto (learned), on (tagged), off (legacy names)",
         "ttl": "expire series not updated for this long (default 24h; 0 = never)",
         "max_series_per_family": "cardinality cap per metric family (default 10000)",
+        "max_series": "cap on all series together (default 500000)",
+        "cache_bytes": "memory budget of the mapper cache in bytes (default 67108864)",
         "buckets": "histogram buckets in seconds, comma separated",
         "unmapped": "what to do with non-Airflow metrics: export (default) or drop",
         "relay": "forward raw statsd packets to host:port",

@@ -27,6 +27,8 @@ class BridgeConfig:
     airflow_tags: str = "auto"  # auto | on | off
     ttl: str = "24h"
     max_series_per_family: int = 10000
+    max_series: int = 500_000  # all families together
+    cache_bytes: int = 64 << 20  # the mapper cache's memory budget
     buckets: list[float] = field(default_factory=list)  # empty: the built-in Airflow buckets
     unmapped: str = "export"  # export | drop
     max_packet: int = 65535

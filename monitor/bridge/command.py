@@ -20,7 +20,7 @@ def serve(args) -> int:
     try:
         cfg = load(BridgeConfig, "bridge", args.config, flags)
         bridge = Bridge(cfg)
-        bridge.start()
+        bridge.start(log_level=str(getattr(args, "log_level", "INFO")).upper())
     except (ConfigError, MappingError, OSError, ValueError) as e:
         raise UserError(str(e)) from None
     schedule = None

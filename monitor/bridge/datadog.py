@@ -99,35 +99,36 @@ class DatadogSink:
         """Points (name, type, value, tags) for what changed since the last collect."""
         points = []
         live = set()
-        for fam in list(self.store.families.values()):
-            for labels, s in list(fam.series.items()):
-                key = (fam.name, labels)
-                live.add(key)
-                name, tags, ms = self._names(fam.name, dict(labels))
-                if fam.kind == "gauge":
-                    points.append((name, "gauge", s[VALUE], tags))
-                elif fam.kind == "counter":
-                    prev = self.last.get(key, 0.0)
-                    delta = s[VALUE] - prev if s[VALUE] >= prev else s[VALUE]
-                    self.last[key] = s[VALUE]
-                    if delta:
-                        points.append((name, "count", delta, tags))
-                else:
-                    cur = (s[COUNT], s[VALUE], list(s[BUCKETS]))
-                    pc, ps, pb = self.last.get(key, (0.0, 0.0, [0.0] * len(cur[2])))
-                    if cur[0] < pc:  # series was recreated
-                        pc, ps, pb = 0.0, 0.0, [0.0] * len(cur[2])
-                    self.last[key] = cur
-                    dc = cur[0] - pc
-                    if dc <= 0:
-                        continue
-                    scale = 1000.0 if ms else 1.0
-                    db = [a - b for a, b in zip(cur[2], pb, strict=True)]
-                    points.append((name + ".count", "count", dc, tags))
-                    points.append((name + ".avg", "gauge", (cur[1] - ps) / dc * scale, tags))
-                    points.append((name + ".median", "gauge", _quantile(0.5, fam.buckets, db) * scale, tags))
-                    points.append((name + ".95percentile", "gauge",
-                                   _quantile(0.95, fam.buckets, db) * scale, tags))
+        V = self.store.vals
+        for fam, labels, b in self.store.items():
+            key = (fam.name, labels)
+            live.add(key)
+            name, tags, ms = self._names(fam.name, dict(labels))
+            value = V[b + VALUE]
+            if fam.kind == "gauge":
+                points.append((name, "gauge", value, tags))
+            elif fam.kind == "counter":
+                prev = self.last.get(key, 0.0)
+                delta = value - prev if value >= prev else value
+                self.last[key] = value
+                if delta:
+                    points.append((name, "count", delta, tags))
+            else:
+                cur = (V[b + COUNT], value, V[b + BUCKETS : b + BUCKETS + len(fam.buckets) + 1].tolist())
+                pc, ps, pb = self.last.get(key, (0.0, 0.0, [0.0] * len(cur[2])))
+                if cur[0] < pc:  # series was recreated
+                    pc, ps, pb = 0.0, 0.0, [0.0] * len(cur[2])
+                self.last[key] = cur
+                dc = cur[0] - pc
+                if dc <= 0:
+                    continue
+                scale = 1000.0 if ms else 1.0
+                db = [x - y for x, y in zip(cur[2], pb, strict=True)]
+                points.append((name + ".count", "count", dc, tags))
+                points.append((name + ".avg", "gauge", (cur[1] - ps) / dc * scale, tags))
+                points.append((name + ".median", "gauge", _quantile(0.5, fam.buckets, db) * scale, tags))
+                points.append((name + ".95percentile", "gauge",
+                               _quantile(0.95, fam.buckets, db) * scale, tags))
         for k in [k for k in self.last if k not in live]:
             del self.last[k]
         return points

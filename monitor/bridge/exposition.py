@@ -1,49 +1,113 @@
-"""Prometheus exposition of the store and of the bridge's own health, in prometheus-client's format."""
+"""Prometheus exposition of the store (StoreView) and of the bridge's own health (SelfCollector).
+
+StoreView is the readers' side of the store: it applies the store's journal (which families and
+series exist, where their slots are) and renders the text format straight from the shared
+array of values. It runs in the web process (monitor/bridge/web.py), so rendering hundreds of
+thousands of series never takes the GIL from the process that reads the sockets. Each series'
+label text is prepared once, when the series is created; a histogram series renders with one
+%-format over a per-family template.
+"""
 
 from __future__ import annotations
+
+from itertools import accumulate
 
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from monitor.bridge.store import BUCKETS, COUNT, VALUE, Store
-
 SELF = "airflow_monitor_bridge_"
+CHUNK = 2000  # series rendered per yielded piece
 
 
-def _labels(labels: tuple) -> dict[str, str]:
-    return dict(labels)
+def escape_value(v: str) -> str:
+    return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-class StoreCollector(Collector):
-    """Yields every family in the store at scrape time."""
+def escape_help(v: str) -> str:
+    return v.replace("\\", "\\\\").replace("\n", "\\n")
 
-    def __init__(self, store: Store):
-        self.store = store
 
-    def collect(self):
-        for fam in list(self.store.families.values()):
-            series = list(fam.series.items())
-            if fam.kind == "counter":
-                m = Metric(fam.name, fam.help, "counter")
-                for labels, s in series:
-                    m.add_sample(fam.name + "_total", _labels(labels), s[VALUE])
-            elif fam.kind == "gauge":
-                m = Metric(fam.name, fam.help, "gauge")
-                for labels, s in series:
-                    m.add_sample(fam.name, _labels(labels), s[VALUE])
+def label_text(labels: tuple[tuple[str, str], ...]) -> str:
+    """`a="x",b="y"` for a sorted labels tuple (no braces)."""
+    return ",".join(f'{k}="{escape_value(v)}"' for k, v in labels)
+
+
+class FamilyView:
+    __slots__ = ("name", "kind", "header", "series", "tmpl", "nb", "line")
+
+    def __init__(self, name: str, kind: str, help: str, buckets: tuple[float, ...]):
+        self.name, self.kind = name, kind
+        self.header = f"# HELP {name} {escape_help(help)}\n# TYPE {name} {kind}\n"
+        self.series: dict[int, str] = {}  # base -> label text
+        self.nb = len(buckets) + 1
+        if kind == "histogram":
+            les = [floatToGoString(b) for b in buckets] + ["+Inf"]
+            self.tmpl = "".join(f'{name}_bucket{{%sle="{le}"}} %r\n' for le in les) + \
+                f"{name}_sum%s %r\n{name}_count%s %r\n"
+        self.line = (name + "_total" if kind == "counter" else name) + "%s %r\n"
+
+
+class StoreView:
+    def __init__(self, vals: memoryview):
+        self.vals = vals
+        self.families: dict[str, FamilyView] = {}
+
+    def apply(self, records) -> None:
+        fams = self.families
+        for r in records:
+            op = r[0]
+            if op == "series":
+                lab = label_text(r[3])
+                fams[r[1]].series[r[2]] = lab
+            elif op == "drop":
+                fam = fams.get(r[1])
+                if fam is not None:
+                    fam.series.pop(r[2], None)
+                    if not fam.series:
+                        del fams[r[1]]
+            elif op == "family":
+                if r[1] not in fams:
+                    fams[r[1]] = FamilyView(r[1], r[2], r[3], r[4])
+            elif op == "reset":
+                fams.clear()
+
+    def series_count(self) -> int:
+        return sum(len(f.series) for f in list(self.families.values()))
+
+    def render(self):
+        """The store as text format, in str pieces of up to CHUNK series."""
+        V = self.vals
+        for fam in list(self.families.values()):
+            items = list(fam.series.items())
+            if not items:
+                continue
+            out = [fam.header]
+            if fam.kind == "histogram":
+                tmpl, nb = fam.tmpl, fam.nb
+                n2 = 2 * nb
+                for k, (b, lab) in enumerate(items, 1):
+                    cum = list(accumulate(V[b + 3 : b + 3 + nb].tolist()))
+                    if lab:
+                        args = [lab + ",", 0.0] * nb + ["{" + lab + "}", V[b + 1], "{" + lab + "}", cum[-1]]
+                    else:
+                        args = ["", 0.0] * nb + ["", V[b + 1], "", cum[-1]]
+                    args[1:n2:2] = cum
+                    out.append(tmpl % tuple(args))
+                    if k % CHUNK == 0:
+                        yield "".join(out)
+                        out = []
             else:
-                m = Metric(fam.name, fam.help, "histogram")
-                bounds = [floatToGoString(b) for b in fam.buckets] + ["+Inf"]
-                for labels, s in series:
-                    lab = _labels(labels)
-                    acc = 0.0
-                    for le, c in zip(bounds, list(s[BUCKETS]), strict=True):
-                        acc += c
-                        m.add_sample(fam.name + "_bucket", {**lab, "le": le}, acc)
-                    m.add_sample(fam.name + "_count", lab, s[COUNT])
-                    m.add_sample(fam.name + "_sum", lab, s[VALUE])
-            yield m
+                line = fam.line
+                for k, (b, lab) in enumerate(items, 1):
+                    out.append(line % ("{" + lab + "}" if lab else "", V[b + 1]))
+                    if k % CHUNK == 0:
+                        yield "".join(out)
+                        out = []
+            yield "".join(out)
+
+    def text(self) -> str:
+        return "".join(self.render())
 
 
 class SelfCollector(Collector):
@@ -83,6 +147,10 @@ class SelfCollector(Collector):
         yield f("mapper_cache_misses", "counter", "Mapper cache misses (line keys parsed and mapped).",
                 [({}, st.cache_misses)])
         yield f("mapper_cache_length", "gauge", "Entries in the mapper cache.", [({}, len(b.ingest.cache))])
+        yield f("mapper_cache_bytes", "gauge", "Estimated bytes held by the mapper cache (bounded by cache_bytes).",
+                [({}, b.ingest.cache_used)])
+        yield f("internal_errors", "counter", "Lines whose handling raised an unexpected error, by exception type.",
+                [({"type": t}, v) for t, v in list(st.internal_errors.items())])
         yield f("series", "gauge", "Series in the store.", [({}, b.store.count())])
         yield f("series_expired", "counter", "Series removed after their TTL.", [({}, st.series_expired)])
         yield f("mapping_rules", "gauge", "User mapping rules loaded.", [({}, len(b.ingest.mapper.rules))])

@@ -18,7 +18,8 @@ from __future__ import annotations
 import logging
 import time
 from bisect import bisect_left
-from collections import Counter
+from collections import Counter, deque
+from itertools import islice
 
 from monitor.bridge.mapper import Mapper, Target
 from monitor.bridge.parse import Key, ParseError, parse_key, parse_values
@@ -26,14 +27,16 @@ from monitor.bridge.store import Drop, Store
 
 log = logging.getLogger(__name__)
 
-# Cache entries are tuples, so that the hot path indexes instead of calling:
-#   (COUNTER, series, 1/rate, None, None, statsd type)
-#   (HIST,    series, unit scale, 1/rate (weight), buckets, statsd type)
-#   (GAUGE,   series, None, None, None, statsd type)
-#   (SET, series) | (DROP, reason) | (ERROR, reason) | (PENDING, target, key, metric name)
+# Cache entries are tuples, so that the hot path indexes instead of calling. `base` is where the
+# series' slots start in the store's shared array (see store.py for the layout):
+#   (COUNTER, base, 1/rate, None, None, statsd type)
+#   (HIST,    base, unit scale, 1/rate (weight), buckets, statsd type)
+#   (GAUGE,   base, None, None, None, statsd type)
+#   (SET, base) | (DROP, reason) | (ERROR, reason) | (PENDING, target, key, metric name)
 COUNTER, GAUGE, HIST, SET, DROP, ERROR, PENDING = range(7)
 _KIND = {"counter": COUNTER, "gauge": GAUGE, "histogram": HIST}
 PENDING_MAX_AGE = 1.0  # seconds a first legacy sample waits for its twin
+ENTRY_BYTES = 200  # what a cache entry costs beside its key (dict slot, tuple, floats), measured
 
 
 class Stats:
@@ -48,23 +51,32 @@ class Stats:
         self.cache_misses = 0
         self.unmapped = 0
         self.series_expired = 0
+        self.internal_errors: Counter[str] = Counter()  # by exception type
+
+
+def _const(kind: int, reason: str, _memo: dict = {}) -> tuple:  # noqa: B006 - a deliberate memo
+    """One shared tuple per (DROP|ERROR, reason): the cache holds many of them."""
+    return _memo.setdefault((kind, reason), (kind, reason))
 
 
 class Ingest:
     def __init__(self, mapper: Mapper, store: Store, *, airflow_tags: str = "auto",
-                 max_packet: int = 65535, cache_size: int = 200_000, relay=None) -> None:
+                 max_packet: int = 65535, cache_bytes: int = 64 << 20, relay=None) -> None:
         if airflow_tags not in ("auto", "on", "off"):
             raise ValueError("airflow_tags must be auto, on or off")
         self.mapper = mapper
         self.store = store
+        self.vals = store.vals
         self.stats = Stats()
         self.max_packet = max_packet
-        self.cache_size = cache_size
+        self.cache_bytes = cache_bytes
+        self.cache_used = 0
         self.relay = relay
         self.pinned = {"on": "tagged", "off": "plain"}.get(airflow_tags)
         self.mode: dict[str, str] = {}  # catalog metric name -> tagged | plain
-        self.pending: dict[str, list] = {}  # catalog metric name -> [(target, key, values, t)]
-        self.cache: dict[tuple[bytes, bytes], tuple] = {}
+        self.pending: dict[str, deque] = {}  # catalog metric name -> [(target, key, values, t)]
+        # raw line minus its value -> entry; a line's key is `name[tags]` + `|type...`
+        self.cache: dict[bytes, tuple] = {}
 
     # ------------------------------------------------------------------ hot path
     def handle(self, data: bytes, transport: str = "udp", now: float | None = None) -> None:
@@ -78,6 +90,7 @@ class Ingest:
         if now is None:
             now = time.monotonic()
         cache = self.cache
+        V = self.vals
         lines = data.split(b"\n") if b"\n" in data else (data,)
         for line in lines:
             if not line:
@@ -89,41 +102,41 @@ class Ingest:
                 if line.rstrip():
                     st.parse_errors["malformed_line"] += 1
                 continue
-            head = line[:i]
-            tail = line[j + 1 :]
-            e = cache.get((head, tail))
-            if e is None:
-                e = self._resolve(head, tail, now)
-            kind = e[0]
+            key = line[:i] + line[j:]
+            e = cache.get(key)
             vals = line[i + 1 : j]
             try:
+                if e is None:
+                    self._miss(line[:i], line[j + 1 :], key, vals, now)
+                    continue
+                kind = e[0]
                 if kind is COUNTER:
                     v = float(vals)
                     if not 0.0 <= v < 1e300:  # negative, nan or inf: the slow path says which
                         raise ValueError
-                    s = e[1]
-                    s[0] += v * e[2]
-                    s[1] = now
+                    b = e[1]
+                    V[b + 1] += v * e[2]
+                    V[b] = now
                 elif kind is HIST:
                     v = float(vals) * e[2]
                     if not -1e300 < v < 1e300:
                         raise ValueError
-                    s = e[1]
+                    b = e[1]
                     w = e[3]
-                    s[0] += v * w
-                    s[2] += w
-                    s[3][bisect_left(e[4], v)] += w
-                    s[1] = now
+                    V[b + 1] += v * w
+                    V[b + 2] += w
+                    V[b + 3 + bisect_left(e[4], v)] += w
+                    V[b] = now
                 elif kind is GAUGE:
                     v = float(vals)
                     if not -1e300 < v < 1e300:
                         raise ValueError
-                    s = e[1]
+                    b = e[1]
                     if vals[:1] in (b"+", b"-"):
-                        s[0] += v
+                        V[b + 1] += v
                     else:
-                        s[0] = v
-                    s[1] = now
+                        V[b + 1] = v
+                    V[b] = now
                 elif kind is DROP:
                     st.dropped[e[1]] += 1
                     continue
@@ -136,18 +149,56 @@ class Ingest:
             except ValueError:  # multi-value, nan/inf or garbage: take the careful path
                 self._slow(e, vals, now)
                 continue
+            except Exception as err:  # a bug must cost one line, never the process
+                self._internal(err)
+                continue
             st.samples[e[5]] += 1
 
     # ------------------------------------------------------------------ slow path
+    def _internal(self, err: Exception) -> None:
+        kind = type(err).__name__
+        if not self.stats.internal_errors[kind]:
+            log.exception("unexpected error handling a statsd line (logged once per kind): %s", err)
+        self.stats.internal_errors[kind] += 1
+
+    def _miss(self, head: bytes, tail: bytes, ckey: bytes, vals: bytes, now: float) -> None:
+        """A line whose key is not cached: check its value(s) before anything is created for it,
+        so that a rejected sample leaves no series behind; then resolve, cache and apply."""
+        st = self.stats
+        st.cache_misses += 1
+        try:
+            key = parse_key(head, tail)
+        except ParseError as err:
+            self._cache(ckey, _const(ERROR, err.reason))
+            st.parse_errors[err.reason] += 1
+            return
+        try:
+            values = parse_values(vals, key.type) if key.type != "s" else None
+        except ParseError as err:
+            st.parse_errors[err.reason] += 1
+            return
+        if values is not None and key.type == "c" and any(v < 0 for v, _ in values):
+            st.parse_errors["negative_counter"] += 1
+            return
+        e = self._resolve(key, ckey, now)
+        if e[0] is PENDING and values is None:  # a set under a legacy Airflow name: not Airflow's
+            st.dropped["conflict"] += 1
+        elif e[0] is PENDING:
+            self._pend(e[3], e[1], e[2], values, now)
+        elif e[0] is SET:
+            self._slow(e, vals, now)
+        else:
+            self._apply(e, values, now)
+
     def _slow(self, e: tuple, vals: bytes, now: float) -> None:
         st = self.stats
         kind = e[0]  # SET, PENDING, or a COUNTER/HIST/GAUGE line the hot path could not take
         if kind is SET:
-            s = e[1]
-            if len(s[2]) < 100_000:
-                s[2].add(vals)
-            s[0] = float(len(s[2]))
-            s[1] = now
+            members = self.store.sets.setdefault(e[1], set())
+            if len(members) < 100_000:
+                members.add(vals)
+            self.vals[e[1] + 1] = float(len(members))
+            self.vals[e[1]] = now
             st.samples["s"] += 1
             return
         if kind is PENDING:
@@ -168,36 +219,38 @@ class Ingest:
 
     def _apply(self, e: tuple, values: list[tuple[float, bool]], now: float) -> None:
         st = self.stats
-        kind, s = e[0], e[1]
+        kind = e[0]
+        if kind is DROP or kind is ERROR:
+            (st.dropped if kind is DROP else st.parse_errors)[e[1]] += len(values or ()) or 1
+            return
+        V, b = self.vals, e[1]
+        if kind is SET:  # a held-back legacy sample whose series turned out to be a set
+            st.dropped["conflict"] += 1
+            return
         for v, delta in values:
             if kind is COUNTER:
                 if v < 0:
                     st.parse_errors["negative_counter"] += 1
                     continue
-                s[0] += v * e[2]
+                V[b + 1] += v * e[2]
             elif kind is GAUGE:
-                s[0] = s[0] + v if delta else v
+                V[b + 1] = V[b + 1] + v if delta else v
             elif kind is HIST:
                 v *= e[2]
-                s[0] += v * e[3]
-                s[2] += e[3]
-                s[3][bisect_left(e[4], v)] += e[3]
-            s[1] = now
+                V[b + 1] += v * e[3]
+                V[b + 2] += e[3]
+                V[b + 3 + bisect_left(e[4], v)] += e[3]
+            V[b] = now
             st.samples[e[5]] += 1
 
-    def _resolve(self, head: bytes, tail: bytes, now: float) -> tuple:
-        """Parse and map a line's key once; cache what to do with its values."""
+    def _resolve(self, key: Key, ckey: bytes, now: float) -> tuple:
+        """Map a parsed key once; cache what to do with its values."""
         st = self.stats
-        st.cache_misses += 1
-        try:
-            key = parse_key(head, tail)
-        except ParseError as err:
-            return self._cache(head, tail, (ERROR, err.reason))
         target = self.mapper.map(key)
         if target.form == "unmapped":
             st.unmapped += 1
         if target.kind == "drop":
-            return self._cache(head, tail, (DROP, target.reason))
+            return self._cache(ckey, _const(DROP, target.reason))
         m = target.metric
         if m is not None and target.form in ("modern", "legacy", "twin"):
             mode = self.pinned or self.mode.get(m.name)
@@ -205,7 +258,7 @@ class Ingest:
                 self._set_mode(m.name, "tagged")
             elif target.form == "legacy":
                 if mode == "tagged":
-                    return self._cache(head, tail, (DROP, "legacy_twin"))
+                    return self._cache(ckey, _const(DROP, "legacy_twin"))
                 if mode is None:
                     return (PENDING, target, key, m.name)  # not cached: decided by its twin
             elif target.form == "twin":
@@ -213,34 +266,41 @@ class Ingest:
                     self._set_mode(m.name, "plain")
                     mode = "plain"
                 if mode == "plain":
-                    return self._cache(head, tail, (DROP, "tagless_twin"))
+                    return self._cache(ckey, _const(DROP, "tagless_twin"))
                 if mode is None:
                     # no legacy twin seen (legacy names off): keep it, ids unknown; decide later
                     return self._entry(target, key, now)
-        return self._cache(head, tail, self._entry(target, key, now))
+        return self._cache(ckey, self._entry(target, key, now))
 
     def _entry(self, target: Target, key: Key, now: float) -> tuple:
         try:
-            s = self.store.series(target.family, target.kind, target.labels, target.help,
-                                  target.buckets, target.ttl, now)
+            base = self.store.series(target.family, target.kind, target.labels, target.help,
+                                     target.buckets, target.ttl, now)
         except Drop as d:
-            return (DROP, d.reason)
+            return _const(DROP, d.reason)
         if key.type == "s":
-            if len(s) == 2:
-                s.append(set())
-            return (SET, s)
+            return (SET, base)
         kind = _KIND[target.kind]
         if kind is COUNTER:
-            return (COUNTER, s, 1.0 / key.rate, None, None, key.type)
+            return (COUNTER, base, 1.0 / key.rate, None, None, key.type)
         if kind is HIST:
-            return (HIST, s, target.scale, 1.0 / key.rate, target.buckets, key.type)
-        return (GAUGE, s, None, None, None, key.type)
+            return (HIST, base, target.scale, 1.0 / key.rate, target.buckets, key.type)
+        return (GAUGE, base, None, None, None, key.type)
 
-    def _cache(self, head: bytes, tail: bytes, entry: tuple) -> tuple:
-        if len(self.cache) >= self.cache_size:
-            self.cache.clear()
-        self.cache[(head, tail)] = entry
+    def _cache(self, ckey: bytes, entry: tuple) -> tuple:
+        """Cache an entry within the byte budget; when full, the oldest tenth goes."""
+        self.cache_used += len(ckey) + ENTRY_BYTES
+        if self.cache_used > self.cache_bytes and self.cache:
+            cache = self.cache
+            for k in list(islice(cache, max(1, len(cache) // 10))):
+                del cache[k]
+                self.cache_used -= len(k) + ENTRY_BYTES
+        self.cache[ckey] = entry
         return entry
+
+    def _clear_cache(self) -> None:
+        self.cache.clear()
+        self.cache_used = 0
 
     # ------------------------------------------------------------------ twin learning
     def _set_mode(self, mname: str, mode: str) -> None:
@@ -248,7 +308,7 @@ class Ingest:
             return
         log.info("metric %s: %s form is authoritative", mname, "tagged" if mode == "tagged" else "legacy")
         self.mode[mname] = mode
-        self.cache.clear()  # cached decisions for this metric's forms may change
+        self._clear_cache()  # cached decisions for this metric's forms may change
         for target, key, values, t in self.pending.pop(mname, ()):
             if mode == "plain":
                 self._apply(self._entry(target, key, t), values, t)
@@ -256,7 +316,7 @@ class Ingest:
                 self.stats.dropped["legacy_twin"] += len(values)
 
     def _pend(self, mname: str, target: Target, key: Key, values: list, now: float) -> None:
-        self.pending.setdefault(mname, []).append((target, key, values, now))
+        self.pending.setdefault(mname, deque()).append((target, key, values, now))
 
     def housekeeping(self, now: float | None = None) -> None:
         """Release legacy samples whose twin never came, and expire idle series."""
@@ -265,15 +325,22 @@ class Ingest:
         for mname in list(self.pending):
             waiting = self.pending[mname]
             while waiting and now - waiting[0][3] > PENDING_MAX_AGE:
-                target, key, values, t = waiting.pop(0)
-                self._apply(self._entry(target, key, t), values, t)
+                target, key, values, t = waiting.popleft()
+                try:
+                    self._apply(self._entry(target, key, t), values, t)
+                except Exception as err:
+                    self._internal(err)
             if not waiting:
                 self.pending.pop(mname, None)
-        expired = self.store.expire(now)
-        if expired:
-            self.stats.series_expired += expired
-            self.cache.clear()
+        freed = self.store.expire(now)
+        if freed:
+            self.stats.series_expired += len(freed)
+            # entries that point at a freed series must go before its slots are reused
+            dead = [k for k, e in self.cache.items() if e[0] <= SET and e[1] in freed]
+            for k in dead:
+                del self.cache[k]
+                self.cache_used -= len(k) + ENTRY_BYTES
 
     def reload(self, mapper: Mapper) -> None:
         self.mapper = mapper
-        self.cache.clear()
+        self._clear_cache()

@@ -1,24 +1,27 @@
-"""The bridge process: listeners -> ingest -> store -> /metrics, Datadog and relay.
+"""The bridge process: listeners -> ingest -> store -> /metrics (web process), Datadog and relay.
 
-HTTP: /metrics, /-/healthy, /-/ready, POST /-/reload. SIGHUP reloads the mapping file too;
-an invalid file is reported and the old mapping stays in force.
+This process reads the sockets and writes the store; a separate web process (web.py, fed by
+publisher.py) serves HTTP: /metrics, /-/healthy, /-/ready, POST /-/reload. SIGHUP reloads the
+mapping file too; an invalid file is reported and the old mapping stays in force.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
+import socket
+import sys
 import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
+from prometheus_client import CollectorRegistry, generate_latest
 
-from monitor.bridge.exposition import SelfCollector, StoreCollector
+from monitor.bridge.exposition import SelfCollector
 from monitor.bridge.ingest import Ingest
 from monitor.bridge.listener import Listeners, parse_address
+from monitor.bridge.publisher import WebProcess
 from monitor.bridge.mapper import (
     DEFAULT_BUCKETS,
     AirflowMapping,
@@ -45,7 +48,8 @@ class Bridge:
             ttl = parse_duration(cfg.ttl)
         except MappingError as e:
             raise ConfigError(f"ttl: {e}") from None
-        self.store = Store(default_ttl=ttl, max_series_per_family=cfg.max_series_per_family)
+        self.store = Store(default_ttl=ttl, max_series_per_family=cfg.max_series_per_family,
+                           max_series=cfg.max_series)
         self.reloads: Counter[str] = Counter()
         self.sinks: list = []
         relay = None
@@ -58,14 +62,16 @@ class Bridge:
                 raise ConfigError(f"relay: {e}") from None
             self.sinks.append(relay)
         self.ingest = Ingest(self._mapper(), self.store, airflow_tags=cfg.airflow_tags,
-                             max_packet=cfg.max_packet, relay=relay)
+                             max_packet=cfg.max_packet, cache_bytes=cfg.cache_bytes, relay=relay)
         if cfg.datadog != "none":
             self.sinks.append(self._datadog())
+        # what only this process knows (its own health, the SLA watcher's series); the store's
+        # series are rendered by the web process
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(StoreCollector(self.store))
         self.registry.register(SelfCollector(self))
         self.listeners: Listeners | None = None
-        self.http: ThreadingHTTPServer | None = None
+        self.web: WebProcess | None = None
+        self.http_sock: socket.socket | None = None
         self._stop = threading.Event()
         self._reload_requested = threading.Event()
         self.ready = False
@@ -103,26 +109,33 @@ class Bridge:
         return True, f"reloaded {len(mapper.rules)} rules"
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self) -> None:
+    def start(self, log_level: str = "INFO") -> None:
         cfg = self.cfg
-        self.listeners = Listeners(self.ingest, udp=cfg.statsd_udp or None, tcp=cfg.statsd_tcp or None,
-                                   unix=cfg.statsd_unix or None, rcvbuf=cfg.udp_rcvbuf)
-        host, port = parse_address(cfg.web_listen)
+        self.http_sock = _listen_http(cfg.web_listen)
+        self.web = WebProcess(self.store, self.http_sock, metrics=lambda: generate_latest(self.registry).decode(),
+                              ready=lambda: self.ready, reload=self.reload, log_level=log_level)
         try:
-            self.http = ThreadingHTTPServer((host, port), _handler(self))
-        except OSError as e:
-            self.listeners.close()
-            raise OSError(e.errno, f"cannot listen on {cfg.web_listen} (http): {e.strerror}") from None
-        self.http.daemon_threads = True
-        threading.Thread(target=self.http.serve_forever, name="http", daemon=True).start()
+            self.listeners = Listeners(self.ingest, udp=cfg.statsd_udp or None, tcp=cfg.statsd_tcp or None,
+                                       unix=cfg.statsd_unix or None, rcvbuf=cfg.udp_rcvbuf)
+        except OSError:
+            self.http_sock.close()
+            raise
+        self.web.start()
         for sink in self.sinks:
             if hasattr(sink, "start"):
                 sink.start()
+        # other threads here (control answers, Datadog, the SLA watcher) must give the GIL back
+        # to the socket reader fast: a small receive buffer holds only milliseconds of traffic
+        sys.setswitchinterval(0.001)
+        # what exists now (modules, config, mapper) lives as long as the process: keep it out of
+        # the cyclic GC's full passes, whose pauses a small receive buffer cannot absorb
+        gc.collect()
+        gc.freeze()
         self.ready = True
 
     @property
     def web_port(self) -> int:
-        return self.http.server_address[1]
+        return self.http_sock.getsockname()[1]
 
     def run(self) -> None:
         """Serve until stop() or SIGTERM/SIGINT; SIGHUP reloads the mapping."""
@@ -131,11 +144,14 @@ class Bridge:
             signal.signal(signal.SIGINT, lambda *_: self._stop.set())
             signal.signal(signal.SIGHUP, lambda *_: self._reload_requested.set())
         last = time.monotonic()
+        poll, pump = self.listeners.poll, self.web.pump
         while not self._stop.is_set():
-            self.listeners.poll(0.2)
+            poll(0.2)
+            pump()
             now = time.monotonic()
             if now - last >= 1.0:
                 self.ingest.housekeeping(now)
+                self.web.check()
                 last = now
             if self._reload_requested.is_set():
                 self._reload_requested.clear()
@@ -149,47 +165,27 @@ class Bridge:
         self.ready = False
         for sink in self.sinks:
             sink.close()
-        if self.http:
-            self.http.shutdown()
-            self.http.server_close()
+        if self.web:
+            self.web.close()
+        if self.http_sock:
+            self.http_sock.close()
         if self.listeners:
             self.listeners.close()
 
 
-def _handler(bridge: Bridge):
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args):  # no access log on stderr
-            pass
-
-        def _send(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def do_GET(self):
-            path = self.path.split("?", 1)[0]
-            if path == "/metrics":
-                encoder, ctype = choose_encoder(self.headers.get("Accept", ""))
-                self._send(200, encoder(bridge.registry), ctype)
-            elif path == "/-/healthy":
-                self._send(200, b"OK\n")
-            elif path == "/-/ready":
-                ok = bridge.ready
-                self._send(200 if ok else 503, b"OK\n" if ok else b"not ready\n")
-            elif path == "/":
-                self._send(200, b"airflow-monitor bridge: /metrics /-/healthy /-/ready POST /-/reload\n")
-            else:
-                self._send(404, b"not found\n")
-
-        def do_POST(self):
-            if self.path.split("?", 1)[0] == "/-/reload":
-                ok, msg = bridge.reload()
-                self._send(200 if ok else 500, (msg + "\n").encode())
-            else:
-                self._send(404, b"not found\n")
-
-        do_PUT = do_POST
-
-    return Handler
+def _listen_http(addr: str) -> socket.socket:
+    host, port = parse_address(addr)
+    try:
+        info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        s = socket.socket(info[0], socket.SOCK_STREAM)
+    except OSError as e:
+        raise OSError(e.errno, f"cannot listen on {addr} (http): {e.strerror}") from None
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind(info[4])
+        s.listen(128)
+    except OSError as e:
+        s.close()
+        raise OSError(e.errno, f"cannot listen on {addr} (http): {e.strerror}") from None
+    s.set_inheritable(True)
+    return s

@@ -1,21 +1,72 @@
-"""The series store: one value per (family, labels), written by ingest, read by the exporters.
+"""The series store: every series' numbers in one shared array of doubles, written only by ingest.
 
-Series are plain lists so that the ingest hot path updates them without a method call:
-  counter / gauge:  [value, last_seen]
-  histogram:        [sum, last_seen, count, bucket_counts]   (bucket_counts[i]: le buckets[i]; last: +Inf)
-Readers take snapshots with list(), which is atomic under the GIL; only ingest's thread writes.
+Values live in `Slots`, a memfd-backed array of float64 that the exposition process maps too, so
+a scrape reads them without the ingest process doing any work (no GIL shared with it). A series
+is a run of slots at `base`:
+  counter / gauge:  [last_seen, value]
+  histogram:        [last_seen, sum, count, bucket_0 .. bucket_n]   (per-bucket, last is +Inf)
+8-byte aligned doubles are written atomically on the platforms we run on; a reader may see a
+histogram mid-update (one bucket ahead of _count), so readers derive _count from the buckets.
+
+What the series are (family, labels, where their slots start) is told to readers through a
+journal: a list of records that the store appends and the bridge ships to the exposition
+process, in order: ("family", name, kind, help, buckets) | ("series", family, base, labels) |
+("drop", family, base). A freed run of slots is reused only after QUARANTINE seconds, by when
+every reader has applied the "drop" that freed it.
 """
 
 from __future__ import annotations
 
+import mmap
+import os
 from dataclasses import dataclass, field
+from itertools import islice
 
-VALUE, LAST_SEEN, COUNT, BUCKETS = 0, 1, 2, 3
+LAST_SEEN, VALUE, COUNT, BUCKETS = 0, 1, 2, 3  # offsets inside a series' run of slots
+QUARANTINE = 30.0  # seconds a freed run waits before reuse
 
 
 class Drop(Exception):
     def __init__(self, reason: str):
         self.reason = reason
+
+
+class Slots:
+    """A fixed-capacity array of doubles in shared memory (a memfd: no file system needed).
+
+    Capacity is reserved, not committed: pages count against memory only once written.
+    """
+
+    def __init__(self, capacity: int, fd: int | None = None):
+        self.capacity = capacity
+        size = max(mmap.PAGESIZE, capacity * 8)
+        if fd is None:
+            fd = os.memfd_create("airflow-monitor-series", 0)
+            os.ftruncate(fd, size)
+        self.fd = fd
+        self.map = mmap.mmap(fd, size)
+        self.vals = memoryview(self.map).cast("d")
+        self.top = 0  # next never-used slot
+        self.free: dict[int, list[tuple[float, int]]] = {}  # run length -> [(freed at, base)]
+
+    def alloc(self, n: int, now: float) -> int:
+        runs = self.free.get(n)
+        if runs and now - runs[0][0] >= QUARANTINE:
+            base = runs.pop(0)[1]
+        elif self.top + n <= self.capacity:
+            base, self.top = self.top, self.top + n
+        else:
+            raise Drop("series_cap")
+        self.vals[base : base + n] = memoryview(bytes(8 * n)).cast("d")
+        return base
+
+    def release(self, base: int, n: int, now: float) -> None:
+        self.free.setdefault(n, []).append((now, base))
+
+    def close(self) -> None:
+        self.vals.release()
+        self.map.close()
+        os.close(self.fd)
 
 
 @dataclass
@@ -24,47 +75,102 @@ class Family:
     kind: str  # counter | gauge | histogram
     help: str
     buckets: tuple[float, ...] = ()
-    series: dict[tuple[tuple[str, str], ...], list] = field(default_factory=dict)
-    ttl: dict[tuple[tuple[str, str], ...], float] = field(default_factory=dict)  # per-series override
+    series: dict[tuple[tuple[str, str], ...], int] = field(default_factory=dict)  # labels -> base
+    ttl: dict[int, float] = field(default_factory=dict)  # base -> per-series TTL override
+
+    @property
+    def width(self) -> int:
+        return 3 + len(self.buckets) + 1 if self.kind == "histogram" else 2
 
 
 class Store:
-    def __init__(self, default_ttl: float = 86400.0, max_series_per_family: int = 10000):
+    def __init__(self, default_ttl: float = 86400.0, max_series_per_family: int = 10000,
+                 max_series: int = 500_000, slots: Slots | None = None):
         self.default_ttl = default_ttl
         self.max_series = max_series_per_family
+        self.max_total = max_series
+        # room for max_series histograms of up to 28 buckets; reserved, not committed
+        self.slots = slots or Slots(max_series * 32)
+        self.vals = self.slots.vals
         self.families: dict[str, Family] = {}
+        self.sets: dict[int, set] = {}  # base -> members, for statsd sets (value = member count)
+        self.total = 0
+        self.journal: list[tuple] = []
+        self._scan = iter(())  # expiry walks the store a slice at a time
 
-    def series(self, family: str, kind: str, labels: tuple, help: str, buckets: tuple, ttl, now: float):
-        """The series list for (family, labels), created if new; raises Drop when it may not exist."""
+    def series(self, family: str, kind: str, labels: tuple, help: str, buckets: tuple, ttl, now: float) -> int:
+        """The base slot of (family, labels), created if new; raises Drop when it may not exist."""
         fam = self.families.get(family)
         if fam is None:
-            fam = self.families[family] = Family(family, kind, help or family, tuple(buckets))
+            fam = self.families[family] = Family(family, kind, help or family,
+                                                 tuple(buckets) if kind == "histogram" else ())
+            self.journal.append(("family", family, kind, fam.help, fam.buckets))
         elif fam.kind != kind or (kind == "histogram" and fam.buckets != tuple(buckets)):
             raise Drop("conflict")
-        s = fam.series.get(labels)
-        if s is None:
+        base = fam.series.get(labels)
+        if base is None:
             if len(fam.series) >= self.max_series:
                 raise Drop("cardinality_cap")
-            if kind == "histogram":
-                s = [0.0, now, 0.0, [0.0] * (len(fam.buckets) + 1)]
-            else:
-                s = [0.0, now]
-            fam.series[labels] = s
+            if self.total >= self.max_total:
+                raise Drop("series_cap")
+            base = self.slots.alloc(fam.width, now)
+            self.vals[base] = now
+            fam.series[labels] = base
+            self.total += 1
             if ttl is not None and ttl != self.default_ttl:
-                fam.ttl[labels] = ttl
-        return s
+                fam.ttl[base] = ttl
+            self.journal.append(("series", family, base, labels))
+        return base
 
-    def expire(self, now: float) -> int:
-        """Remove series not updated within their TTL (0 = never); returns how many."""
-        removed = 0
+    def snapshot_journal(self) -> list[tuple]:
+        """Records that rebuild every family and series from nothing (for a new reader)."""
+        out: list[tuple] = []
+        for fam in self.families.values():
+            out.append(("family", fam.name, fam.kind, fam.help, fam.buckets))
+            out.extend(("series", fam.name, base, labels) for labels, base in fam.series.items())
+        return out
+
+    def take_journal(self) -> list[tuple]:
+        j, self.journal = self.journal, []
+        return j
+
+    def _walk(self):
+        """(family name, labels) of every series, a family's keys copied only when reached."""
+        for name in list(self.families):
+            fam = self.families.get(name)
+            if fam is not None:
+                for labels in list(fam.series):
+                    yield name, labels
+
+    def expire(self, now: float, budget: int = 1000) -> set[int]:
+        """Remove series not updated within their TTL (0 = never), looking at up to `budget`
+        series per call so that a large store never holds ingest up; returns the freed bases."""
+        chunk = list(islice(self._scan, budget))
+        if len(chunk) < budget:  # this round is over: the next starts here
+            self._scan = self._walk()
+            chunk += islice(self._scan, budget - len(chunk))
+        vals, freed = self.vals, set()
+        for name, labels in chunk:
+            fam = self.families.get(name)
+            base = fam.series.get(labels) if fam is not None else None
+            if base is None:
+                continue
+            ttl = fam.ttl.get(base, self.default_ttl)
+            if ttl and now - vals[base + LAST_SEEN] > ttl:
+                del fam.series[labels]
+                fam.ttl.pop(base, None)
+                self.sets.pop(base, None)
+                self.slots.release(base, fam.width, now)
+                self.total -= 1
+                self.journal.append(("drop", fam.name, base))
+                freed.add(base)
+        return freed
+
+    def items(self):
+        """(family, labels, base) for every series; for readers in this process (Datadog)."""
         for fam in list(self.families.values()):
-            for labels, s in list(fam.series.items()):
-                ttl = fam.ttl.get(labels, self.default_ttl)
-                if ttl and now - s[LAST_SEEN] > ttl:
-                    del fam.series[labels]
-                    fam.ttl.pop(labels, None)
-                    removed += 1
-        return removed
+            for labels, base in list(fam.series.items()):
+                yield fam, labels, base
 
     def count(self) -> int:
-        return sum(len(f.series) for f in list(self.families.values()))
+        return self.total

@@ -1,8 +1,7 @@
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitor.bridge.exposition import StoreCollector
+from monitor.bridge.exposition import StoreView
 from monitor.bridge.ingest import Ingest
 from monitor.bridge.mapper import Mapper
 from monitor.bridge.store import Store
@@ -10,11 +9,10 @@ from monitor.bridge.store import Store
 
 class Harness:
     def __init__(self, **kw):
-        store_kw = {k: kw.pop(k) for k in ("default_ttl", "max_series_per_family") if k in kw}
+        store_kw = {k: kw.pop(k) for k in ("default_ttl", "max_series_per_family", "max_series") if k in kw}
         self.store = Store(**store_kw)
         self.ingest = Ingest(kw.pop("mapper", None) or Mapper(), self.store, **kw)
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(StoreCollector(self.store))
+        self.view = StoreView(self.store.vals)  # the web process's side, fed the same journal
         self.now = 1000.0
 
     def send(self, *packets, transport="udp"):
@@ -22,7 +20,8 @@ class Harness:
             self.ingest.handle(p if isinstance(p, bytes) else p.encode(), transport, self.now)
 
     def text(self) -> str:
-        return generate_latest(self.registry).decode()
+        self.view.apply(self.store.take_journal())
+        return self.view.text()
 
     def samples(self, name: str) -> dict[tuple, float]:
         out = {}

@@ -1,0 +1,135 @@
+"""The bridge's side of the web process: spawn it, ship it the store's journal, answer its questions.
+
+Data flows one way: ingest writes values into the shared array and appends journal records;
+`pump()` (called from the ingest loop) ships the records through a pipe without ever blocking
+(what the pipe cannot take waits in a backlog); the web process renders from both. A control
+thread answers the web process's questions (the bridge's own metrics, readiness, reload). If the
+web process dies it is started again and sent the whole store afresh.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import pickle
+import socket
+import subprocess
+import sys
+import threading
+
+from monitor.bridge.web import CONTROL, HEADER, REPLY
+
+log = logging.getLogger(__name__)
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+BATCH = 20_000  # journal records per pickled frame
+
+
+class WebProcess:
+    def __init__(self, store, http_sock: socket.socket, *, metrics, ready, reload, log_level: str = "INFO"):
+        self.store = store
+        self.http_sock = http_sock
+        self.answers = {b"m": lambda: metrics().encode(), b"y": lambda: b"1" if ready() else b"0",
+                        b"r": lambda: (lambda ok, msg: (b"1" if ok else b"0") + msg.encode())(*reload())}
+        self.log_level = log_level
+        self.proc: subprocess.Popen | None = None
+        self.journal_w = -1
+        self.backlog = bytearray()
+        self.restarts = 0
+        self._closing = False
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        r, w = os.pipe()
+        try:
+            fcntl.fcntl(w, F_SETPIPE_SZ, 1 << 20)
+        except OSError:
+            pass
+        os.set_blocking(w, False)
+        mine, theirs = socket.socketpair()
+        slots = self.store.slots
+        cmd = [sys.executable, "-m", "monitor.bridge.web", "--slots-fd", str(slots.fd),
+               "--slots-bytes", str(len(slots.map)), "--journal-fd", str(r), "--control-fd", str(theirs.fileno()),
+               "--http-fd", str(self.http_sock.fileno()), "--log-level", self.log_level]
+        self.proc = subprocess.Popen(cmd, pass_fds=(slots.fd, r, theirs.fileno(), self.http_sock.fileno()),
+                                     stdin=subprocess.DEVNULL)
+        os.close(r)
+        theirs.close()
+        if self.journal_w >= 0:
+            os.close(self.journal_w)
+        self.journal_w = w
+        self.backlog = bytearray()
+        self._frame([("reset",)] + self.store.snapshot_journal())
+        self.store.take_journal()  # already in the snapshot
+        threading.Thread(target=self._answer, args=(mine,), name="web-control", daemon=True).start()
+        self.pump()
+
+    def check(self) -> None:
+        """Start the web process again if it died (called from the ingest loop's housekeeping)."""
+        if self.proc is not None and self.proc.poll() is not None and not self._closing:
+            self.restarts += 1
+            log.error("the web process exited with %s; starting it again", self.proc.returncode)
+            self.start()
+
+    def close(self) -> None:
+        self._closing = True
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        if self.journal_w >= 0:
+            os.close(self.journal_w)
+            self.journal_w = -1
+
+    # ------------------------------------------------------------------ journal
+    def _frame(self, records: list) -> None:
+        for i in range(0, len(records), BATCH):
+            data = pickle.dumps(records[i : i + BATCH], protocol=pickle.HIGHEST_PROTOCOL)
+            self.backlog += HEADER.pack(len(data))
+            self.backlog += data
+
+    def pump(self) -> None:
+        """Ship new journal records; never blocks (the rest waits for the next call)."""
+        records = self.store.take_journal()
+        if records:
+            self._frame(records)
+        if self.backlog and self.journal_w >= 0:
+            try:
+                n = os.write(self.journal_w, self.backlog)
+            except BlockingIOError:
+                return
+            except OSError:  # the web process is gone; check() starts a new one
+                return
+            del self.backlog[:n]
+
+    # ------------------------------------------------------------------ control
+    def _answer(self, sock: socket.socket) -> None:
+        with sock:
+            while True:
+                try:
+                    req = _recv(sock, CONTROL.size)
+                except (OSError, EOFError):
+                    return
+                op, seq = CONTROL.unpack(req)
+                try:
+                    body = self.answers[op]() if op in self.answers else b""
+                except Exception:
+                    log.exception("answering the web process (%r)", op)
+                    body = b""
+                try:
+                    sock.sendall(REPLY.pack(seq, len(body)) + body)
+                except OSError:
+                    return
+
+
+def _recv(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise EOFError
+        buf += chunk
+    return bytes(buf)
+

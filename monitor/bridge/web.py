@@ -1,0 +1,230 @@
+"""The bridge's web process: serves /metrics and the lifecycle endpoints on the bridge's HTTP port.
+
+It is its own interpreter (spawned by monitor/bridge/publisher.py), so a scrape that renders
+hundreds of thousands of series uses another core and never takes the GIL from the process that
+reads the statsd sockets. It gets, as inherited file descriptors:
+  --slots-fd    the store's shared array of values (mapped read-only)
+  --journal-fd  a pipe of length-prefixed pickled journal batches (which series exist, where)
+  --control-fd  a socket to ask the bridge for what only it knows: its own metrics and the SLA
+                watcher's (small), readiness, and a mapping reload
+  --http-fd     the listening HTTP socket, bound by the bridge so that its errors are the bridge's
+When the bridge goes away the journal pipe closes and this process exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import mmap
+import os
+import pickle
+import socket
+import struct
+import sys
+import threading
+import time
+import zlib
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from monitor.bridge.exposition import StoreView
+
+log = logging.getLogger("airflow_monitor.web")
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+HEADER = struct.Struct(">I")
+CONTROL = struct.Struct(">cI")  # op, sequence
+REPLY = struct.Struct(">II")  # sequence, length
+MAX_RENDERS = 2  # scrapes rendered at once; more wait their turn
+IDLE_TIMEOUT = 30.0  # seconds an HTTP connection may sit idle
+
+
+def read_exact(fd: int, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = os.read(fd, n - len(buf))
+        if not chunk:
+            raise EOFError
+        buf += chunk
+    return bytes(buf)
+
+
+class Control:
+    """Request/response to the bridge over a socket; one question at a time; never hangs a scrape."""
+
+    def __init__(self, sock: socket.socket, timeout: float = 5.0):
+        self.sock = sock
+        self.sock.settimeout(timeout)
+        self.lock = threading.Lock()
+        self.seq = 0
+
+    def ask(self, op: bytes) -> bytes | None:
+        with self.lock:
+            self.seq = (self.seq + 1) & 0xFFFFFFFF
+            try:
+                self.sock.sendall(CONTROL.pack(op, self.seq))
+                while True:  # skip answers to questions that timed out earlier
+                    seq, n = REPLY.unpack(self._recv(REPLY.size))
+                    body = self._recv(n)
+                    if seq == self.seq:
+                        return body
+            except (OSError, EOFError) as e:
+                log.warning("the bridge did not answer %r: %s", op, e)
+                return None
+
+    def _recv(self, n: int) -> bytes:
+        buf = bytearray()
+        while len(buf) < n:
+            chunk = self.sock.recv(n - len(buf))
+            if not chunk:
+                raise EOFError("closed")
+            buf += chunk
+        return bytes(buf)
+
+
+class Web:
+    def __init__(self, vals: memoryview, journal_fd: int, control: Control):
+        self.view = StoreView(vals)
+        self.journal_fd = journal_fd
+        self.control = control
+        self.synced = threading.Event()
+        self.renders = threading.BoundedSemaphore(MAX_RENDERS)
+        self.scrapes = 0
+        self.last_duration = 0.0
+        self.last_bytes = 0
+        self.journal_batches = 0
+
+    def follow_journal(self) -> None:
+        """Apply journal batches as they come; exit the process when the bridge is gone."""
+        try:
+            while True:
+                (n,) = HEADER.unpack(read_exact(self.journal_fd, HEADER.size))
+                self.view.apply(pickle.loads(read_exact(self.journal_fd, n)))
+                self.journal_batches += 1
+                self.synced.set()
+        except EOFError:
+            log.info("the bridge closed the journal; exiting")
+        except Exception:
+            log.exception("cannot read the journal; exiting")
+        os._exit(0)
+
+    def own_metrics(self) -> str:
+        p = "airflow_monitor_bridge_"
+        return (f"# HELP {p}scrape_duration_seconds Time the last /metrics took to render and send.\n"
+                f"# TYPE {p}scrape_duration_seconds gauge\n{p}scrape_duration_seconds {self.last_duration!r}\n"
+                f"# HELP {p}scrape_bytes Bytes the last /metrics sent (after compression).\n"
+                f"# TYPE {p}scrape_bytes gauge\n{p}scrape_bytes {self.last_bytes}\n"
+                f"# HELP {p}scrapes Scrapes of /metrics served.\n"
+                f"# TYPE {p}scrapes counter\n{p}scrapes_total {self.scrapes}\n"
+                f"# HELP {p}exposed_series Series the web process knows of.\n"
+                f"# TYPE {p}exposed_series gauge\n{p}exposed_series {self.view.series_count()}\n")
+
+    def pieces(self, gzip: bool):
+        """The whole exposition as byte pieces, gzip-compressed when asked."""
+        extra = self.control.ask(b"m") or b""
+        z = zlib.compressobj(1, zlib.DEFLATED, 31) if gzip else None
+        for text in self.view.render():
+            data = text.encode()
+            if z is not None:
+                data = z.compress(data)
+            if data:
+                yield data
+        tail = extra + self.own_metrics().encode()
+        yield z.compress(tail) + z.flush() if z is not None else tail
+
+
+def _handler(web: Web):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        timeout = IDLE_TIMEOUT
+
+        def log_message(self, *args):  # no access log on stderr
+            pass
+
+        def _send(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._metrics()
+            elif path == "/-/healthy":
+                self._send(200, b"OK\n")
+            elif path == "/-/ready":
+                ok = web.synced.is_set() and web.control.ask(b"y") == b"1"
+                self._send(200 if ok else 503, b"OK\n" if ok else b"not ready\n")
+            elif path == "/":
+                self._send(200, b"airflow-monitor bridge: /metrics /-/healthy /-/ready POST /-/reload\n")
+            else:
+                self._send(404, b"not found\n")
+
+        def _metrics(self):
+            gz = "gzip" in self.headers.get("Accept-Encoding", "")
+            if not web.renders.acquire(timeout=30):
+                self._send(503, b"too many scrapes at once\n")
+                return
+            try:
+                start, sent = time.perf_counter(), 0
+                self.send_response(200)
+                self.send_header("Content-Type", CONTENT_TYPE)
+                if gz:
+                    self.send_header("Content-Encoding", "gzip")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                w = self.wfile.write
+                for data in web.pieces(gz):
+                    w(b"%x\r\n%b\r\n" % (len(data), data))
+                    sent += len(data)
+                w(b"0\r\n\r\n")
+                web.scrapes += 1
+                web.last_duration = time.perf_counter() - start
+                web.last_bytes = sent
+            finally:
+                web.renders.release()
+
+        def do_POST(self):
+            if self.path.split("?", 1)[0] == "/-/reload":
+                answer = web.control.ask(b"r")
+                if answer is None:
+                    self._send(503, b"the bridge did not answer\n")
+                else:
+                    self._send(200 if answer[:1] == b"1" else 500, answer[1:] + b"\n")
+            else:
+                self._send(404, b"not found\n")
+
+        do_PUT = do_POST
+
+    return Handler
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):  # a client that went away is not news
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="airflow-monitor-web")
+    for name in ("slots-fd", "slots-bytes", "journal-fd", "control-fd", "http-fd"):
+        ap.add_argument("--" + name, type=int, required=True)
+    ap.add_argument("--log-level", default="INFO")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s web: %(message)s")
+    vals = memoryview(mmap.mmap(args.slots_fd, args.slots_bytes, prot=mmap.PROT_READ)).cast("d")
+    web = Web(vals, args.journal_fd, Control(socket.socket(fileno=args.control_fd)))
+    threading.Thread(target=web.follow_journal, name="journal", daemon=True).start()
+    server = _Server(("127.0.0.1", 0), _handler(web), bind_and_activate=False)
+    server.socket.close()
+    server.socket = socket.socket(fileno=args.http_fd)
+    server.server_address = server.socket.getsockname()
+    server.serve_forever(poll_interval=0.5)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
