@@ -80,79 +80,85 @@ class Ingest:
 
     # ------------------------------------------------------------------ hot path
     def handle(self, data: bytes, transport: str = "udp", now: float | None = None) -> None:
+        self.handle_many((data,), transport, now)
+
+    def handle_many(self, packets, transport: str = "udp", now: float | None = None) -> None:
+        """Ingest datagrams (or TCP chunks of whole lines) received together."""
         st = self.stats
-        st.packets[transport] += 1
-        if len(data) > self.max_packet and transport != "tcp":  # TCP is a stream, not packets
-            st.parse_errors["oversized_packet"] += 1
-            return
-        if self.relay is not None:
-            self.relay.send(data)
+        st.packets[transport] += len(packets)
         if now is None:
             now = time.monotonic()
         cache = self.cache
         V = self.vals
-        lines = data.split(b"\n") if b"\n" in data else (data,)
-        for line in lines:
-            if not line:
+        relay = self.relay
+        limit = self.max_packet if transport != "tcp" else 1 << 62  # TCP is a stream, not packets
+        for data in packets:
+            if len(data) > limit:
+                st.parse_errors["oversized_packet"] += 1
                 continue
-            st.lines += 1
-            i = line.find(b":")
-            j = line.find(b"|", i + 1)
-            if i <= 0 or j < 0:
-                if line.rstrip():
-                    st.parse_errors["malformed_line"] += 1
-                continue
-            key = line[:i] + line[j:]
-            e = cache.get(key)
-            vals = line[i + 1 : j]
-            try:
-                if e is None:
-                    self._miss(line[:i], line[j + 1 :], key, vals, now)
+            if relay is not None:
+                relay.send(data)
+            for line in data.split(b"\n") if b"\n" in data else (data,):
+                if not line:
                     continue
-                kind = e[0]
-                if kind is COUNTER:
-                    v = float(vals)
-                    if not 0.0 <= v < 1e300:  # negative, nan or inf: the slow path says which
-                        raise ValueError
-                    b = e[1]
-                    V[b + 1] += v * e[2]
-                    V[b] = now
-                elif kind is HIST:
-                    v = float(vals) * e[2]
-                    if not -1e300 < v < 1e300:
-                        raise ValueError
-                    b = e[1]
-                    w = e[3]
-                    V[b + 1] += v * w
-                    V[b + 2] += w
-                    V[b + 3 + bisect_left(e[4], v)] += w
-                    V[b] = now
-                elif kind is GAUGE:
-                    v = float(vals)
-                    if not -1e300 < v < 1e300:
-                        raise ValueError
-                    b = e[1]
-                    if vals[:1] in (b"+", b"-"):
-                        V[b + 1] += v
+                st.lines += 1
+                i = line.find(b":")
+                j = line.find(b"|", i + 1)
+                if i <= 0 or j < 0:
+                    if line.rstrip():
+                        st.parse_errors["malformed_line"] += 1
+                    continue
+                key = line[:i] + line[j:]
+                e = cache.get(key)
+                vals = line[i + 1 : j]
+                try:
+                    if e is None:
+                        self._miss(line[:i], line[j + 1 :], key, vals, now)
+                        continue
+                    kind = e[0]
+                    if kind is COUNTER:
+                        v = float(vals)
+                        if not 0.0 <= v < 1e300:  # negative, nan or inf: the slow path says which
+                            raise ValueError
+                        b = e[1]
+                        V[b + 1] += v * e[2]
+                        V[b] = now
+                    elif kind is HIST:
+                        v = float(vals) * e[2]
+                        if not -1e300 < v < 1e300:
+                            raise ValueError
+                        b = e[1]
+                        w = e[3]
+                        V[b + 1] += v * w
+                        V[b + 2] += w
+                        V[b + 3 + bisect_left(e[4], v)] += w
+                        V[b] = now
+                    elif kind is GAUGE:
+                        v = float(vals)
+                        if not -1e300 < v < 1e300:
+                            raise ValueError
+                        b = e[1]
+                        if vals[:1] in (b"+", b"-"):
+                            V[b + 1] += v
+                        else:
+                            V[b + 1] = v
+                        V[b] = now
+                    elif kind is DROP:
+                        st.dropped[e[1]] += 1
+                        continue
+                    elif kind is ERROR:
+                        st.parse_errors[e[1]] += 1
+                        continue
                     else:
-                        V[b + 1] = v
-                    V[b] = now
-                elif kind is DROP:
-                    st.dropped[e[1]] += 1
-                    continue
-                elif kind is ERROR:
-                    st.parse_errors[e[1]] += 1
-                    continue
-                else:
+                        self._slow(e, vals, now)
+                        continue
+                except ValueError:  # multi-value, nan/inf or garbage: take the careful path
                     self._slow(e, vals, now)
                     continue
-            except ValueError:  # multi-value, nan/inf or garbage: take the careful path
-                self._slow(e, vals, now)
-                continue
-            except Exception as err:  # a bug must cost one line, never the process
-                self._internal(err)
-                continue
-            st.samples[e[5]] += 1
+                except Exception as err:  # a bug must cost one line, never the process
+                    self._internal(err)
+                    continue
+                st.samples[e[5]] += 1
 
     # ------------------------------------------------------------------ slow path
     def _internal(self, err: Exception) -> None:
@@ -307,8 +313,12 @@ class Ingest:
         if self.mode.get(mname) == mode:
             return
         log.info("metric %s: %s form is authoritative", mname, "tagged" if mode == "tagged" else "legacy")
+        before = self.mode.get(mname)
         self.mode[mname] = mode
-        self._clear_cache()  # cached decisions for this metric's forms may change
+        # while a metric's mode is unknown none of its forms is cached (see _resolve), so only a
+        # change of a known mode invalidates cached decisions
+        if before is not None:
+            self._clear_cache()
         for target, key, values, t in self.pending.pop(mname, ()):
             if mode == "plain":
                 self._apply(self._entry(target, key, t), values, t)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 TYPES = {"c": "counter", "g": "gauge", "ms": "timer", "h": "histogram", "d": "distribution", "s": "set"}
 _LABEL_BAD = re.compile(r"[^a-zA-Z0-9_]")
+_SPACE = re.compile(r"\s")
 
 
 class ParseError(ValueError):
@@ -83,7 +84,7 @@ def parse_key(head: bytes, tail: bytes) -> Key:
     elif "," in name:  # InfluxDB: name,k=v,k2=v2
         name, _, t = name.partition(",")
         _kv_tags(t, ",", "=", tags)
-    if not name or any(c.isspace() for c in name):
+    if not name or _SPACE.search(name):
         raise ParseError("illegal_name", repr(name))
     parts = rest.split("|")
     mtype = parts[0]

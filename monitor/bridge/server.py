@@ -21,7 +21,6 @@ from prometheus_client import CollectorRegistry, generate_latest
 from monitor.bridge.exposition import SelfCollector
 from monitor.bridge.ingest import Ingest
 from monitor.bridge.listener import Listeners, parse_address
-from monitor.bridge.publisher import WebProcess
 from monitor.bridge.mapper import (
     DEFAULT_BUCKETS,
     AirflowMapping,
@@ -30,6 +29,7 @@ from monitor.bridge.mapper import (
     load_rules,
     parse_duration,
 )
+from monitor.bridge.publisher import WebProcess
 from monitor.bridge.store import Store
 from monitor.config import BridgeConfig, ConfigError, read_secret
 
