@@ -25,7 +25,7 @@ def _add_bridge_flags(p: argparse.ArgumentParser) -> None:
         "ttl": "expire series not updated for this long (default 24h; 0 = never)",
         "max_series_per_family": "cardinality cap per metric family (default 10000)",
         "max_series": "cap on all series together (default 500000)",
-        "cache_bytes": "memory budget of the mapper cache in bytes (default 67108864)",
+        "cache_bytes": "memory budget of the mapper cache in bytes (default 100663296)",
         "buckets": "histogram buckets in seconds, comma separated",
         "unmapped": "what to do with non-Airflow metrics: export (default) or drop",
         "relay": "forward raw statsd packets to host:port",

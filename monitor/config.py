@@ -28,7 +28,7 @@ class BridgeConfig:
     ttl: str = "24h"
     max_series_per_family: int = 10000
     max_series: int = 500_000  # all families together
-    cache_bytes: int = 64 << 20  # the mapper cache's memory budget
+    cache_bytes: int = 96 << 20  # the mapper cache's memory budget (~230 bytes a distinct line key)
     buckets: list[float] = field(default_factory=list)  # empty: the built-in Airflow buckets
     unmapped: str = "export"  # export | drop
     max_packet: int = 65535

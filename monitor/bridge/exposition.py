@@ -62,10 +62,8 @@ class StoreView:
                 fams[r[1]].series[r[2]] = lab
             elif op == "drop":
                 fam = fams.get(r[1])
-                if fam is not None:
+                if fam is not None:  # an empty family stays (the store keeps it) and renders nothing
                     fam.series.pop(r[2], None)
-                    if not fam.series:
-                        del fams[r[1]]
             elif op == "family":
                 if r[1] not in fams:
                     fams[r[1]] = FamilyView(r[1], r[2], r[3], r[4])

@@ -94,6 +94,7 @@ class Store:
         self.vals = self.slots.vals
         self.families: dict[str, Family] = {}
         self.sets: dict[int, set] = {}  # base -> members, for statsd sets (value = member count)
+        self.pairs: dict[tuple[str, str], tuple[str, str]] = {}  # interned label pairs (a dag_id is in many series)
         self.total = 0
         self.journal: list[tuple] = []
         self._scan = iter(())  # expiry walks the store a slice at a time
@@ -115,6 +116,9 @@ class Store:
                 raise Drop("series_cap")
             base = self.slots.alloc(fam.width, now)
             self.vals[base] = now
+            if len(self.pairs) > 2 * self.total + 10_000:  # values of expired series: start afresh
+                self.pairs.clear()
+            labels = tuple([self.pairs.setdefault(p, p) for p in labels])  # one copy of each (name, value)
             fam.series[labels] = base
             self.total += 1
             if ttl is not None and ttl != self.default_ttl:

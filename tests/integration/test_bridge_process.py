@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import gzip
+import os
 import signal
 import socket
+import threading
 import time
+import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -114,3 +119,90 @@ def test_datadog_agentless_retries_and_never_logs_the_key(bridge, tmp_path):
     assert set(srv.keys) == {"s3cr3t-datadog-key"}
     b.stop()
     assert "s3cr3t" not in b.log.read_text()
+
+
+def _web_pid(b) -> int:
+    """The bridge's web process: its child running monitor.bridge.web."""
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                stat = (p / "stat").read_text().rsplit(")", 1)[1].split()
+                if int(stat[1]) == b.proc.pid and b"monitor.bridge.web" in (p / "cmdline").read_bytes():
+                    return int(p.name)
+            except (OSError, IndexError):
+                continue
+    raise AssertionError("no web process")
+
+
+def test_continuous_scrapes_lose_nothing_of_a_burst(bridge):
+    """Ingest and scrapes run side by side: every line of a burst is counted while /metrics is read
+    without pause (plain and gzip), on a store of thousands of series."""
+    b = bridge("--airflow-tags", "on")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for d in range(500):  # 5,000 series, 1,000 of them histograms
+            for t in range(2):
+                s.sendto(b"airflow.task.duration:1500|ms|#dag_id:d%d,task_id:t%d" % (d, t), ("127.0.0.1", b.udp))
+                for state in (b"success", b"failed", b"up_for_retry", b"skipped"):
+                    s.sendto(b"airflow.ti.finish:0|c|#dag_id:d%d,task_id:t%d,state:%b" % (d, t, state),
+                             ("127.0.0.1", b.udp))
+            if d % 50 == 0:
+                time.sleep(0.01)
+    b.wait_for(lambda m: len(m.get("airflow_task_duration_count", {})) == 1000, timeout=30)
+
+    stop, scrapes, errors = threading.Event(), [], []
+
+    def scraper(gz: bool):
+        while not stop.is_set():
+            req = urllib.request.Request(f"http://127.0.0.1:{b.http}/metrics",
+                                         headers={"Accept-Encoding": "gzip"} if gz else {})
+            try:
+                with urllib.request.urlopen(req, timeout=30) as r:
+                    body = r.read()
+                    assert (r.headers.get("Content-Encoding") == "gzip") == gz
+                text = gzip.decompress(body).decode() if gz else body.decode()
+                assert "airflow_ti_finish_total{" in text
+                scrapes.append(len(text))
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(repr(e))
+
+    threads = [threading.Thread(target=scraper, args=(gz,)) for gz in (False, True)]
+    for th in threads:
+        th.start()
+    sent = 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        start = time.monotonic()
+        while sent < 40_000:  # 10,000 lines/s, one line per datagram, spread over every series
+            d, t = sent % 500, (sent // 500) % 2
+            s.sendto(b"airflow.ti.finish:1|c|#dag_id:d%d,task_id:t%d,state:success" % (d, t), ("127.0.0.1", b.udp))
+            sent += 1
+            if sent % 100 == 0:
+                ahead = sent / 10_000 - (time.monotonic() - start)
+                if ahead > 0:
+                    time.sleep(ahead)
+    m = b.wait_for(lambda m: sum(m.get("airflow_ti_finish_total", {}).values()) >= sent, timeout=30)
+    stop.set()
+    for th in threads:
+        th.join()
+    assert not errors, errors[:3]
+    assert len(scrapes) >= 4, "the scrapes did not run during the burst"
+    assert sum(m["airflow_ti_finish_total"].values()) == sent
+
+
+def test_a_killed_web_process_comes_back_with_every_series(bridge):
+    b = bridge("--airflow-tags", "on")
+    b.send_udp("airflow.ti.finish:2|c|#dag_id:d.x,task_id:g.t,state:success", "airflow.dagbag_size:4|g")
+    before = b.wait_for(lambda m: m.get("airflow_ti_finish_total", {}).get(K) == 2)
+    old = _web_pid(b)
+    os.kill(old, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            if _web_pid(b) != old and b.get("/-/ready")[0] == 200:
+                break
+        except (AssertionError, OSError):
+            pass
+        time.sleep(0.2)
+    b.send_udp("airflow.ti.finish:1|c|#dag_id:d.x,task_id:g.t,state:success")
+    after = b.wait_for(lambda m: m.get("airflow_ti_finish_total", {}).get(K) == 3)
+    assert after["airflow_dagbag_size"] == before["airflow_dagbag_size"]
+    assert "the web process exited" in b.log.read_text()

@@ -1,0 +1,150 @@
+"""The store's exposition as the web process renders it: valid text format for any store."""
+
+from __future__ import annotations
+
+import socket
+from collections import Counter
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
+
+from monitor.bridge.exposition import StoreView
+from monitor.bridge.ingest import Ingest
+from monitor.bridge.mapper import Mapper
+from monitor.bridge.mmsg import Receiver
+from monitor.bridge.store import QUARANTINE, Store
+
+NAMES = st.sampled_from(["airflow.ti.finish", "airflow.task.duration", "airflow.pool.open_slots", "app.jobs",
+                         "app.latency", "app.queue_depth"])
+VALUES = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters=",|#:\n\x00"),
+                 max_size=12)
+LINE = st.tuples(NAMES, st.sampled_from(["c", "g", "ms", "h"]), st.floats(0, 1e6, allow_nan=False),
+                 st.dictionaries(st.sampled_from(["dag_id", "task_id", "state", "pool_name", "team"]), VALUES,
+                                 max_size=3))
+
+
+def render(store: Store, view: StoreView | None = None) -> tuple[StoreView, str]:
+    view = view or StoreView(store.vals)
+    view.apply(store.take_journal())
+    return view, view.text()
+
+
+def check_text(text: str) -> dict:
+    """What Prometheus requires of a scrape; returns {(sample name, labels): value}."""
+    helps, types = Counter(), Counter()
+    for line in text.splitlines():
+        if line.startswith("# HELP "):
+            helps[line.split()[2]] += 1
+        elif line.startswith("# TYPE "):
+            types[line.split()[2]] += 1
+    assert all(n == 1 for n in helps.values()) and all(n == 1 for n in types.values())
+    assert set(helps) == set(types)
+    seen: dict = {}
+    for fam in text_string_to_metric_families(text):
+        buckets: dict = {}
+        counts: dict = {}
+        for s in fam.samples:
+            key = (s.name, tuple(sorted(s.labels.items())))
+            assert key not in seen, f"duplicate series {key}"
+            seen[key] = s.value
+            if s.name.endswith("_bucket"):
+                rest = tuple(sorted((k, v) for k, v in s.labels.items() if k != "le"))
+                buckets.setdefault(rest, []).append((float(s.labels["le"]), s.value))
+            elif fam.type == "histogram" and s.name.endswith("_count"):
+                counts[tuple(sorted(s.labels.items()))] = s.value
+        for labels, bs in buckets.items():
+            values = [v for _, v in sorted(bs)]
+            assert values == sorted(values), f"buckets not cumulative for {labels}"
+            assert sorted(bs)[-1][0] == float("inf") and values[-1] == counts[labels]
+    return seen
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(LINE, min_size=1, max_size=40))
+def test_any_store_renders_valid_text(lines):
+    store = Store()
+    ingest = Ingest(Mapper(), store, airflow_tags="on")
+    view = StoreView(store.vals)
+    sent: Counter = Counter()
+    for i, (name, kind, value, tags) in enumerate(lines):
+        tag = ",".join(f"{k}:{v}" for k, v in tags.items())
+        ingest.handle(f"{name}:{value!r}|{kind}{'|#' + tag if tag else ''}".encode(), "udp", 1000.0 + i)
+        sent[kind] += 1
+        if i % 7 == 0:  # the web process applies the journal while ingest goes on
+            view.apply(store.take_journal())
+    _, text = render(store, view)
+    check_text(text)
+    assert sum(ingest.stats.samples.values()) + sum(ingest.stats.dropped.values()) == len(lines)
+
+
+def test_counts_and_values_match_what_was_sent(h):
+    for v in (0.003, 0.2, 1.5, 2.5, 400):
+        h.send(f"airflow.task.duration:{v * 1000}|ms|#dag_id:d,task_id:t")
+    h.send("airflow.ti.finish:3|c|#dag_id:d,task_id:t,state:success", "airflow.pool.open_slots:-1|g|#pool_name:p")
+    seen = check_text(h.text())
+    k = (("dag_id", "d"), ("task_id", "t"))
+    assert seen[("airflow_task_duration_count", k)] == 5
+    assert abs(seen[("airflow_task_duration_sum", k)] - 404.203) < 1e-9
+    assert seen[("airflow_task_duration_bucket", (("dag_id", "d"), ("le", "2.5"), ("task_id", "t")))] == 4
+    assert seen[("airflow_ti_finish_total", (("dag_id", "d"), ("state", "success"), ("task_id", "t")))] == 3
+    assert seen[("airflow_pool_open_slots", (("pool", "p"),))] == -1
+
+
+def test_expired_slots_are_reused_only_after_the_quarantine(harness):
+    h = harness(default_ttl=10)
+    h.send("app.jobs:5|c|#team:a")
+    base_a = h.store.families["app_jobs"].series[(("team", "a"),)]
+    h.text()
+    h.ingest.housekeeping(h.now + 11)  # expired: its slots wait out the quarantine
+    assert h.samples("app_jobs_total") == {}
+    h.now += 12
+    h.send("app.jobs:7|c|#team:b")
+    assert h.store.families["app_jobs"].series[(("team", "b"),)] != base_a
+    h.now += QUARANTINE + 1
+    h.send("app.jobs:2|c|#team:c")  # a slot past its quarantine is reused, and starts from zero
+    assert h.store.families["app_jobs"].series[(("team", "c"),)] == base_a
+    assert h.samples("app_jobs_total") == {(("team", "b"),): 7, (("team", "c"),): 2}
+
+
+def test_global_series_cap_is_counted(harness):
+    h = harness(max_series=3)
+    h.send(*(f"app.jobs:1|c|#n:{i}" for i in range(5)))
+    assert len(h.samples("app_jobs_total")) == 3
+    assert h.ingest.stats.dropped["series_cap"] == 2
+
+
+def test_a_rejected_value_leaves_no_series(h):
+    h.send("app.jobs:-1|c", "app.depth:nan|g", "app.lat:abc|ms")
+    assert "app_" not in h.text()
+    assert h.ingest.stats.parse_errors["negative_counter"] == 1
+    assert h.ingest.stats.parse_errors["invalid_value"] == 2
+
+
+def test_web_restart_snapshot_rebuilds_the_same_text(h):
+    h.send("airflow.ti.finish:1|c|#dag_id:d,task_id:t,state:success", "app.lat:20|ms", "app.depth:3|g")
+    text = h.text()
+    fresh = StoreView(h.store.vals)
+    fresh.apply([("reset",)] + h.store.snapshot_journal())
+    assert fresh.text() == text
+
+
+def test_receiver_reads_batches_without_truncating():
+    r = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    r.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    r.bind(("127.0.0.1", 0))
+    r.setblocking(False)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sent = [b"a:1|c", b"x" * 60000, b"b:2|g\nc:3|ms"] + [b"n:%d|c" % i for i in range(150)]
+    for batched in (True, False):  # recvmmsg, and the recv() fallback: the same datagrams
+        for d in sent:
+            s.sendto(d, r.getsockname())
+        rc = Receiver(r, vlen=64)
+        rc.batched = rc.batched and batched
+        got = []
+        while batch := rc.read():
+            assert len(batch) <= 64
+            got += batch
+        assert got == sent
+    r.close()
+    s.close()
