@@ -4,8 +4,9 @@ StoreView is the readers' side of the store: it applies the store's journal (whi
 series exist, where their slots are) and renders the text format straight from the shared
 array of values. It runs in the web process (monitor/bridge/web.py), so rendering hundreds of
 thousands of series never takes the GIL from the process that reads the sockets. Each series'
-label text is prepared once, when the series is created; a histogram series renders with one
-%-format over a per-family template.
+label text is prepared once, when the series is created; a histogram series renders by filling
+the label and count slots of a per-family list of text pieces (slice assignments, no formatting)
+that joins into its bucket, _sum and _count lines.
 """
 
 from __future__ import annotations
@@ -33,8 +34,19 @@ def label_text(labels: tuple[tuple[str, str], ...]) -> str:
     return ",".join(f'{k}="{escape_value(v)}"' for k, v in labels)
 
 
+class _Formatted(dict):
+    """float -> its text, remembered: bucket counts repeat across series and scrapes, and a dict
+    lookup is several times cheaper than repr() of a float."""
+
+    def __missing__(self, v: float) -> str:
+        if len(self) > 200_000:
+            self.clear()
+        s = self[v] = repr(v)
+        return s
+
+
 class FamilyView:
-    __slots__ = ("name", "kind", "header", "series", "tmpl", "nb", "line")
+    __slots__ = ("name", "kind", "header", "series", "pieces", "nb", "line")
 
     def __init__(self, name: str, kind: str, help: str, buckets: tuple[float, ...]):
         self.name, self.kind = name, kind
@@ -42,9 +54,12 @@ class FamilyView:
         self.series: dict[int, str] = {}  # base -> label text
         self.nb = len(buckets) + 1
         if kind == "histogram":
-            les = [floatToGoString(b) for b in buckets] + ["+Inf"]
-            self.tmpl = "".join(f'{name}_bucket{{%sle="{le}"}} %r\n' for le in les) + \
-                f"{name}_sum%s %r\n{name}_count%s %r\n"
+            # per bucket: name{ <labels,> le="x"} <count>\n ; then _sum and _count lines
+            self.pieces = []
+            for b in buckets:
+                self.pieces += [name + "_bucket{", "", f'le="{floatToGoString(b)}"}} ', "", "\n"]
+            self.pieces += [name + "_bucket{", "", 'le="+Inf"} ', "", "\n",
+                            name + "_sum", "", " ", "", "\n" + name + "_count", "", " ", "", "\n"]
         self.line = (name + "_total" if kind == "counter" else name) + "%s %r\n"
 
 
@@ -52,6 +67,7 @@ class StoreView:
     def __init__(self, vals: memoryview):
         self.vals = vals
         self.families: dict[str, FamilyView] = {}
+        self.formatted = _Formatted()
 
     def apply(self, records) -> None:
         fams = self.families
@@ -76,22 +92,23 @@ class StoreView:
     def render(self):
         """The store as text format, in str pieces of up to CHUNK series."""
         V = self.vals
+        text = self.formatted.__getitem__
         for fam in list(self.families.values()):
             items = list(fam.series.items())
             if not items:
                 continue
             out = [fam.header]
             if fam.kind == "histogram":
-                tmpl, nb = fam.tmpl, fam.nb
-                n2 = 2 * nb
+                pieces, nb = fam.pieces, fam.nb
+                n5 = 5 * nb
                 for k, (b, lab) in enumerate(items, 1):
-                    cum = list(accumulate(V[b + 3 : b + 3 + nb].tolist()))
-                    if lab:
-                        args = [lab + ",", 0.0] * nb + ["{" + lab + "}", V[b + 1], "{" + lab + "}", cum[-1]]
-                    else:
-                        args = ["", 0.0] * nb + ["", V[b + 1], "", cum[-1]]
-                    args[1:n2:2] = cum
-                    out.append(tmpl % tuple(args))
+                    cum = list(map(text, accumulate(V[b + 3 : b + 3 + nb].tolist())))
+                    pieces[1:n5:5] = [lab + "," if lab else ""] * nb
+                    pieces[3:n5:5] = cum
+                    pieces[n5 + 1] = pieces[n5 + 5] = "{" + lab + "}" if lab else ""
+                    pieces[n5 + 3] = repr(V[b + 1])
+                    pieces[n5 + 7] = cum[-1]  # _count is the +Inf bucket: equal even mid-update
+                    out += pieces
                     if k % CHUNK == 0:
                         yield "".join(out)
                         out = []
@@ -147,6 +164,8 @@ class SelfCollector(Collector):
         yield f("mapper_cache_length", "gauge", "Entries in the mapper cache.", [({}, len(b.ingest.cache))])
         yield f("mapper_cache_bytes", "gauge", "Estimated bytes held by the mapper cache (bounded by cache_bytes).",
                 [({}, b.ingest.cache_used)])
+        yield f("socket_errors", "counter", "Statsd connections refused or not accepted, by reason.",
+                [({"reason": r}, v) for r, v in list(st.socket_errors.items())])
         yield f("internal_errors", "counter", "Lines whose handling raised an unexpected error, by exception type.",
                 [({"type": t}, v) for t, v in list(st.internal_errors.items())])
         yield f("series", "gauge", "Series in the store.", [({}, b.store.count())])

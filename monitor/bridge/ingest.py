@@ -52,6 +52,7 @@ class Stats:
         self.unmapped = 0
         self.series_expired = 0
         self.internal_errors: Counter[str] = Counter()  # by exception type
+        self.socket_errors: Counter[str] = Counter()  # by reason (emfile, too_many_connections...)
 
 
 def _const(kind: int, reason: str, _memo: dict = {}) -> tuple:  # noqa: B006 - a deliberate memo

@@ -8,6 +8,7 @@ datagrams per system call (recvmmsg, mmsg.py), each batch handed to ingest at on
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import selectors
@@ -56,7 +57,7 @@ def set_rcvbuf(s: socket.socket, size: int) -> int:
 
 class Listeners:
     def __init__(self, ingest, *, udp: str | None = ":9125", tcp: str | None = ":9125",
-                 unix: str | None = None, rcvbuf: int = 8 << 20):
+                 unix: str | None = None, rcvbuf: int = 8 << 20, max_connections: int = 1024):
         self.ingest = ingest
         self.sel = selectors.DefaultSelector()
         self.sockets: list[socket.socket] = []
@@ -64,6 +65,9 @@ class Listeners:
         self.unix_path = unix
         self.addresses: dict[str, tuple] = {}
         self.receivers: dict[socket.socket, Receiver] = {}
+        self.discarding: set[socket.socket] = set()  # TCP connections inside an over-long line
+        self.max_connections = max_connections
+        self.paused: tuple[socket.socket, float] | None = None  # accept paused after an error
         if udp:
             s = _bind(socket.SOCK_DGRAM, udp)
             self.rcvbuf = set_rcvbuf(s, rcvbuf)
@@ -109,16 +113,35 @@ class Listeners:
                         break
                     handle(batch, kind, now)
             elif kind == "tcp-listen":
-                try:
-                    conn, _ = s.accept()
-                except (BlockingIOError, InterruptedError):
-                    continue
-                conn.setblocking(False)
-                self.tcp_buffers[conn] = bytearray()
-                self.sel.register(conn, selectors.EVENT_READ, "tcp")
-                self.ingest.stats.packets["tcp_connection"] += 1
+                self._accept(s, now)
             else:
                 self._tcp_read(s, now)
+        if self.paused and time.monotonic() >= self.paused[1]:
+            self.sel.register(self.paused[0], selectors.EVENT_READ, "tcp-listen")
+            self.paused = None
+
+    def _accept(self, s: socket.socket, now: float) -> None:
+        errors = self.ingest.stats.socket_errors
+        try:
+            conn, _ = s.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:  # EMFILE, ENFILE, ENOBUFS...: stop accepting for a second, keep serving
+            reason = errno.errorcode.get(e.errno, "accept").lower()
+            if not errors[reason]:
+                log.error("statsd TCP: cannot accept connections (%s); pausing accept for 1s", e.strerror)
+            errors[reason] += 1
+            self.sel.unregister(s)
+            self.paused = (s, now + 1.0)
+            return
+        if len(self.tcp_buffers) >= self.max_connections:
+            errors["too_many_connections"] += 1
+            conn.close()
+            return
+        conn.setblocking(False)
+        self.tcp_buffers[conn] = bytearray()
+        self.sel.register(conn, selectors.EVENT_READ, "tcp")
+        self.ingest.stats.packets["tcp_connection"] += 1
 
     def _tcp_read(self, conn: socket.socket, now: float) -> None:
         buf = self.tcp_buffers[conn]
@@ -133,16 +156,31 @@ class Listeners:
                 self.ingest.handle(bytes(buf), "tcp", now)
             self.sel.unregister(conn)
             del self.tcp_buffers[conn]
+            self.discarding.discard(conn)
             conn.close()
             return
         buf += data
+        if conn in self.discarding:  # the rest of an over-long line: not a line of its own
+            nl = buf.find(b"\n")
+            if nl < 0:
+                buf.clear()
+                return
+            del buf[: nl + 1]
+            self.discarding.discard(conn)
         cut = buf.rfind(b"\n")
         if cut >= 0:
-            self.ingest.handle(bytes(buf[:cut]), "tcp", now)
+            chunk = bytes(buf[:cut])
             del buf[: cut + 1]
+            if len(chunk) > MAX_TCP_LINE:  # rare: look for whole lines over the limit
+                lines = chunk.split(b"\n")
+                keep = [x for x in lines if len(x) <= MAX_TCP_LINE]
+                self.ingest.stats.parse_errors["oversized_line"] += len(lines) - len(keep)
+                chunk = b"\n".join(keep)
+            self.ingest.handle(chunk, "tcp", now)
         if len(buf) > MAX_TCP_LINE:
             self.ingest.stats.parse_errors["oversized_line"] += 1
             buf.clear()
+            self.discarding.add(conn)
 
     def close(self) -> None:
         for conn in list(self.tcp_buffers):

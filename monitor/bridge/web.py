@@ -18,6 +18,7 @@ import logging
 import mmap
 import os
 import pickle
+import queue
 import socket
 import struct
 import sys
@@ -117,18 +118,12 @@ class Web:
                 f"# HELP {p}exposed_series Series the web process knows of.\n"
                 f"# TYPE {p}exposed_series gauge\n{p}exposed_series {self.view.series_count()}\n")
 
-    def pieces(self, gzip: bool):
-        """The whole exposition as byte pieces, gzip-compressed when asked."""
+    def pieces(self):
+        """The whole exposition as byte pieces."""
         extra = self.control.ask(b"m") or b""
-        z = zlib.compressobj(1, zlib.DEFLATED, 31) if gzip else None
         for text in self.view.render():
-            data = text.encode()
-            if z is not None:
-                data = z.compress(data)
-            if data:
-                yield data
-        tail = extra + self.own_metrics().encode()
-        yield z.compress(tail) + z.flush() if z is not None else tail
+            yield text.encode()
+        yield extra + self.own_metrics().encode()
 
 
 def _handler(web: Web):
@@ -166,21 +161,22 @@ def _handler(web: Web):
                 self._send(503, b"too many scrapes at once\n")
                 return
             try:
-                start, sent = time.perf_counter(), 0
+                start = time.perf_counter()
                 self.send_response(200)
                 self.send_header("Content-Type", CONTENT_TYPE)
                 if gz:
                     self.send_header("Content-Encoding", "gzip")
                 self.send_header("Transfer-Encoding", "chunked")
                 self.end_headers()
-                w = self.wfile.write
-                for data in web.pieces(gz):
-                    w(b"%x\r\n%b\r\n" % (len(data), data))
-                    sent += len(data)
-                w(b"0\r\n\r\n")
+                out = _Chunked(self.wfile)
+                if gz:  # compress in a second thread: zlib lets go of the GIL, so it overlaps rendering
+                    out = _Gzip(out)
+                for data in web.pieces():
+                    out.write(data)
+                out.close()
                 web.scrapes += 1
                 web.last_duration = time.perf_counter() - start
-                web.last_bytes = sent
+                web.last_bytes = out.sent
             finally:
                 web.renders.release()
 
@@ -199,8 +195,82 @@ def _handler(web: Web):
     return Handler
 
 
+class _Chunked:
+    """HTTP/1.1 chunked transfer encoding onto a socket file."""
+
+    def __init__(self, wfile):
+        self.wfile = wfile
+        self.sent = 0
+
+    def write(self, data: bytes) -> None:
+        if data:
+            self.wfile.write(b"%x\r\n%b\r\n" % (len(data), data))
+            self.sent += len(data)
+
+    def close(self) -> None:
+        self.wfile.write(b"0\r\n\r\n")
+
+
+class _Gzip:
+    """gzip in a thread of its own, fed through a short queue; errors surface on close()."""
+
+    def __init__(self, out: _Chunked):
+        self.out = out
+        self.queue: queue.Queue = queue.Queue(maxsize=4)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="gzip", daemon=True)
+        self.thread.start()
+
+    @property
+    def sent(self) -> int:
+        return self.out.sent
+
+    def _run(self) -> None:
+        z = zlib.compressobj(1, zlib.DEFLATED, 31)
+        while (data := self.queue.get()) is not None:
+            if self.error is None:
+                try:
+                    self.out.write(z.compress(data))
+                except BaseException as e:  # the client went away: drain the queue, report on close()
+                    self.error = e
+        if self.error is None:
+            try:
+                self.out.write(z.flush())
+                self.out.close()
+            except BaseException as e:
+                self.error = e
+
+    def write(self, data: bytes) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put(data)
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
 class _Server(ThreadingHTTPServer):
+    """A thread per connection, at most MAX_CONNECTIONS at once (more are closed at once)."""
+
     daemon_threads = True
+    slots = threading.BoundedSemaphore(64)
+    refused = 0
+
+    def process_request(self, request, client_address):
+        if not self.slots.acquire(blocking=False):
+            self.refused += 1
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
     def handle_error(self, request, client_address):  # a client that went away is not news
         if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -20,7 +21,8 @@ from tests.integration.airflow_harness import free_port
 class BridgeProcess:
     """A real `airflow-monitor serve` on free ports (or, with `command`, given args and ports)."""
 
-    def __init__(self, tmp: Path, *args: str, env: dict | None = None):
+    def __init__(self, tmp: Path, *args: str, env: dict | None = None, max_files: int | None = None):
+        self.max_files = max_files
         self.udp = free_port(socket.SOCK_DGRAM)
         self.tcp = free_port()
         self.http = free_port()
@@ -34,13 +36,17 @@ class BridgeProcess:
         """`airflow-monitor <argv>` exactly as given (say, a rendered container's args)."""
         self = cls.__new__(cls)
         self.udp, self.tcp, self.http, self.unix = udp, None, http, None
+        self.max_files = None
         self._start(tmp, argv, env, ready)
         return self
 
     def _start(self, tmp: Path, argv: list[str], env: dict | None, ready: str = "/-/ready") -> None:
         self.log = tmp / f"bridge-{self.http}.log"
+        limit = self.max_files
         self.proc = subprocess.Popen([sys.executable, "-m", "monitor.cli", *argv], stdout=open(self.log, "wb"),
-                                     stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+                                     stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                                     preexec_fn=(lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)))
+                                     if limit else None)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

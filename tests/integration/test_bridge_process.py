@@ -206,3 +206,37 @@ def test_a_killed_web_process_comes_back_with_every_series(bridge):
     after = b.wait_for(lambda m: m.get("airflow_ti_finish_total", {}).get(K) == 3)
     assert after["airflow_dagbag_size"] == before["airflow_dagbag_size"]
     assert "the web process exited" in b.log.read_text()
+
+
+def test_an_over_long_tcp_line_is_dropped_whole(bridge):
+    b = bridge()
+    with socket.create_connection(("127.0.0.1", b.tcp)) as s:
+        s.sendall(b"x" * 65536 + b"evil.metric:1|c\nairflow.dagbag_size:4|g\n")
+        s.sendall(b"y" * 70000)
+        s.sendall(b"evil.other:1|c\n" + b"z" * 50000 + b"\nairflow.dagbag_size:5|g\n")
+    m = b.wait_for(lambda m: m.get("airflow_dagbag_size", {}).get(()) == 5)
+    assert not any(name.startswith("evil") for name in m)
+    assert m["airflow_monitor_bridge_parse_errors_total"][(("reason", "oversized_line"),)] >= 2
+
+
+def test_running_out_of_file_descriptors_does_not_stop_the_bridge(bridge):
+    b = bridge(max_files=64)
+    held = []
+    try:
+        for _ in range(80):  # more than the bridge may open: accept() fails with EMFILE
+            held.append(socket.create_connection(("127.0.0.1", b.tcp)))
+        time.sleep(1.5)
+        assert b.proc.poll() is None
+        for s in held:
+            s.close()
+        held.clear()
+        b.send_udp("airflow.dagbag_size:7|g")
+        m = b.wait_for(lambda m: m.get("airflow_dagbag_size", {}).get(()) == 7)
+        errors = m["airflow_monitor_bridge_socket_errors_total"]
+        assert errors.get((("reason", "emfile"),), 0) >= 1
+        with socket.create_connection(("127.0.0.1", b.tcp)) as s:  # accepting again
+            s.sendall(b"airflow.dagbag_size:8|g\n")
+        b.wait_for(lambda m: m.get("airflow_dagbag_size", {}).get(()) == 8)
+    finally:
+        for s in held:
+            s.close()
