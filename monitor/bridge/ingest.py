@@ -45,7 +45,8 @@ class Stats:
     def __init__(self) -> None:
         self.packets: Counter[str] = Counter()  # by transport
         self.lines = 0
-        self.samples: Counter[str] = Counter()  # by statsd type
+        # by statsd type; a plain dict with every key, as the hot path bumps it per line
+        self.samples: dict[str, int] = dict.fromkeys(("c", "g", "ms", "h", "d", "s"), 0)
         self.parse_errors: Counter[str] = Counter()  # by reason
         self.dropped: Counter[str] = Counter()  # by reason
         self.cache_misses = 0
@@ -91,75 +92,77 @@ class Ingest:
             now = time.monotonic()
         cache = self.cache
         V = self.vals
-        relay = self.relay
-        limit = self.max_packet if transport != "tcp" else 1 << 62  # TCP is a stream, not packets
-        for data in packets:
-            if len(data) > limit:
-                st.parse_errors["oversized_packet"] += 1
+        if transport != "tcp" and packets and max(map(len, packets)) > self.max_packet:  # TCP is a stream, not packets
+            kept = [p for p in packets if len(p) <= self.max_packet]
+            st.parse_errors["oversized_packet"] += len(packets) - len(kept)
+            packets = kept
+        if self.relay is not None:
+            for data in packets:
+                self.relay.send(data)
+        # one split for the whole batch: datagrams end lines as newlines do
+        lines = (b"\n".join(packets) if len(packets) > 1 else packets[0] if packets else b"").split(b"\n")
+        st.lines += len(lines)
+        for line in lines:
+            if not line:
+                st.lines -= 1
                 continue
-            if relay is not None:
-                relay.send(data)
-            for line in data.split(b"\n") if b"\n" in data else (data,):
-                if not line:
+            i = line.find(b":")
+            j = line.find(b"|", i + 1)
+            if i <= 0 or j < 0:
+                if line.rstrip():
+                    st.parse_errors["malformed_line"] += 1
+                continue
+            key = line[:i] + line[j:]
+            e = cache.get(key)
+            vals = line[i + 1 : j]
+            try:
+                if e is None:
+                    self._miss(line[:i], line[j + 1 :], key, vals, now)
                     continue
-                st.lines += 1
-                i = line.find(b":")
-                j = line.find(b"|", i + 1)
-                if i <= 0 or j < 0:
-                    if line.rstrip():
-                        st.parse_errors["malformed_line"] += 1
-                    continue
-                key = line[:i] + line[j:]
-                e = cache.get(key)
-                vals = line[i + 1 : j]
-                try:
-                    if e is None:
-                        self._miss(line[:i], line[j + 1 :], key, vals, now)
-                        continue
-                    kind = e[0]
-                    if kind is COUNTER:
-                        v = float(vals)
-                        if not 0.0 <= v < 1e300:  # negative, nan or inf: the slow path says which
-                            raise ValueError
-                        b = e[1]
-                        V[b + 1] += v * e[2]
-                        V[b] = now
-                    elif kind is HIST:
-                        v = float(vals) * e[2]
-                        if not -1e300 < v < 1e300:
-                            raise ValueError
-                        b = e[1]
-                        w = e[3]
-                        V[b + 1] += v * w
-                        V[b + 2] += w
-                        V[b + 3 + bisect_left(e[4], v)] += w
-                        V[b] = now
-                    elif kind is GAUGE:
-                        v = float(vals)
-                        if not -1e300 < v < 1e300:
-                            raise ValueError
-                        b = e[1]
-                        if vals[:1] in (b"+", b"-"):
-                            V[b + 1] += v
-                        else:
-                            V[b + 1] = v
-                        V[b] = now
-                    elif kind is DROP:
-                        st.dropped[e[1]] += 1
-                        continue
-                    elif kind is ERROR:
-                        st.parse_errors[e[1]] += 1
-                        continue
+                kind = e[0]
+                if kind is COUNTER:
+                    v = float(vals)
+                    if not 0.0 <= v < 1e300:  # negative, nan or inf: the slow path says which
+                        raise ValueError
+                    b = e[1]
+                    V[b + 1] += v * e[2]
+                    V[b] = now
+                elif kind is HIST:
+                    v = float(vals) * e[2]
+                    if not -1e300 < v < 1e300:
+                        raise ValueError
+                    b = e[1]
+                    w = e[3]
+                    V[b + 1] += v * w
+                    V[b + 2] += w
+                    V[b + 3 + bisect_left(e[4], v)] += w
+                    V[b] = now
+                elif kind is GAUGE:
+                    v = float(vals)
+                    if not -1e300 < v < 1e300:
+                        raise ValueError
+                    b = e[1]
+                    if vals[:1] in (b"+", b"-"):
+                        V[b + 1] += v
                     else:
-                        self._slow(e, vals, now)
-                        continue
-                except ValueError:  # multi-value, nan/inf or garbage: take the careful path
+                        V[b + 1] = v
+                    V[b] = now
+                elif kind is DROP:
+                    st.dropped[e[1]] += 1
+                    continue
+                elif kind is ERROR:
+                    st.parse_errors[e[1]] += 1
+                    continue
+                else:
                     self._slow(e, vals, now)
                     continue
-                except Exception as err:  # a bug must cost one line, never the process
-                    self._internal(err)
-                    continue
-                st.samples[e[5]] += 1
+            except ValueError:  # multi-value, nan/inf or garbage: take the careful path
+                self._slow(e, vals, now)
+                continue
+            except Exception as err:  # a bug must cost one line, never the process
+                self._internal(err)
+                continue
+            st.samples[e[5]] += 1
 
     # ------------------------------------------------------------------ slow path
     def _internal(self, err: Exception) -> None:
