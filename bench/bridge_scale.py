@@ -15,7 +15,8 @@ is given), on one machine in one run:
      a C sender (bench/sender.c, sendmmsg, steady rate) for --seconds while /metrics is scraped
      every --scrape-every seconds with gzip, as Prometheus does;
   4. the same mix at --fast-rate without scrapes, for the CPU cost per line.
-It prints per-scrape time and bytes, loss, CPU-s per million lines, peak RSS, bytes per series.
+It prints per-scrape time and bytes, loss, CPU-s per million lines counted (lost lines cost nothing,
+so this is per line processed), peak RSS and bytes per series (both processes of the bridge).
 The receive buffer is what a non-root pod gets (--rcvbuf, the kernel default net.core.rmem_max:
 212992); the tool may not raise it. Figures, not assertions: the machine is shared and noisy.
 """
@@ -197,6 +198,24 @@ def send(sender: Path, port: int, rate: int, seconds: float, file: Path) -> tupl
     return int(out[1]), float(out[3])
 
 
+_SUB = re.compile(r'(,?(le|quantile)="[^"]*")')
+
+
+def series_count(text: str) -> int:
+    """Series, not lines: a histogram's buckets, _sum and _count (a summary's quantiles) are one."""
+    out = set()
+    for line in text.splitlines():
+        if line and line[0] != "#":
+            head = _SUB.sub("", line.rsplit(" ", 1)[0]).replace("{,", "{").replace("{}", "")
+            name, brace, labels = head.partition("{")
+            for suffix in ("_bucket", "_sum", "_count"):
+                if name.endswith(suffix):
+                    name = name[: -len(suffix)]
+                    break
+            out.add(name + brace + labels)
+    return len(out)
+
+
 # ---------------------------------------------------------------- one tool, one size
 def run(tool: Tool, sender: Path, tmp: Path, dags: int, tasks: int, args) -> dict:
     r: dict = {"tool": tool.name, "size": f"{dags}x{tasks}"}
@@ -209,8 +228,8 @@ def run(tool: Tool, sender: Path, tmp: Path, dags: int, tasks: int, args) -> dic
     time.sleep(2)
     _, _, text = tool.scrape()
     r["load_lost"] = len(lines) - (tool.value(text, tool.lines_metric) - before)
-    series = sum(1 for x in text.splitlines() if x and not x.startswith("#"))
-    r["lines_idle"] = series
+    r["lines_idle"] = sum(1 for x in text.splitlines() if x and not x.startswith("#"))
+    r["series"] = series_count(text)
     tool.pids = tree(tool.proc.pid)
     idle = [tool.scrape(gz=False) for _ in range(2)]
     idle_gz = [tool.scrape(gz=True) for _ in range(2)]
@@ -243,7 +262,7 @@ def run(tool: Tool, sender: Path, tmp: Path, dags: int, tasks: int, args) -> dic
     time.sleep(1)
     counted = tool.lines() - before
     r["loaded_run"] = dict(sent=sent, achieved=achieved, counted=counted, loss=max(0.0, 1 - counted / sent) * 100,
-                           cpu_per_m=(cpu(tool.pids) - c0) / sent * 1e6, scrapes=scrapes)
+                           cpu_per_m=(cpu(tool.pids) - c0) / counted * 1e6, scrapes=scrapes)
 
     before = tool.lines()
     c0, m0 = cpu(tool.pids), cpu(tool.pids[:1])
@@ -252,7 +271,7 @@ def run(tool: Tool, sender: Path, tmp: Path, dags: int, tasks: int, args) -> dic
     time.sleep(1)
     counted = tool.lines() - before
     r["fast_run"] = dict(sent=sent, achieved=achieved, counted=counted, loss=max(0.0, 1 - counted / sent) * 100,
-                         cpu_per_m=(c1 - c0) / sent * 1e6, ingest_cpu_per_m=(m1 - m0) / sent * 1e6)
+                         cpu_per_m=(c1 - c0) / counted * 1e6, ingest_cpu_per_m=(m1 - m0) / counted * 1e6)
     r["pids"] = tool.pids
     r["rss_peak"] = mem(tool.pids, "VmHWM")
     r["rss_end"] = mem(tool.pids, "VmRSS")
@@ -262,7 +281,8 @@ def run(tool: Tool, sender: Path, tmp: Path, dags: int, tasks: int, args) -> dic
 def report(r: dict) -> None:
     mib = 2**20
     print(f"\n== {r['tool']} at {r['size']} DAGs x tasks")
-    print(f"  loaded: {r['lines_idle']:,} exposition lines (load lines lost: {r['load_lost']:,.0f})")
+    print(f"  loaded: {r['series']:,} series, {r['lines_idle']:,} exposition lines "
+          f"(load lines lost: {r['load_lost']:,.0f})")
     print(f"  idle /metrics: {r['idle'][0]:.2f} s, {r['idle'][1] / mib:.1f} MiB plain; "
           f"{r['idle_gz'][0]:.2f} s, {r['idle_gz'][1] / mib:.1f} MiB gzip")
     lr = r["loaded_run"]
@@ -274,9 +294,9 @@ def report(r: dict) -> None:
     split = f" ({fr['ingest_cpu_per_m']:.2f} in the ingest process)" if len(r["pids"]) > 1 else ""
     print(f"  mix at {fr['achieved']:,.0f} lines/s, no scrapes: loss {fr['loss']:.3f} %, "
           f"{fr['cpu_per_m']:.2f} CPU-s per million lines{split}")
-    per = (r["rss_loaded"] - r["rss0"]) / max(1, r["lines_idle"])
+    per = (r["rss_loaded"] - r["rss0"]) / max(1, r["series"])
     print(f"  RSS: peak {r['rss_peak'] / mib:.0f} MiB, loaded {r['rss_loaded'] / mib:.0f} MiB "
-          f"(~{per:.0f} bytes per exposition line over the empty process)")
+          f"(~{per:.0f} bytes per series over the empty process)")
 
 
 def main() -> None:
@@ -309,6 +329,7 @@ def main() -> None:
                 finally:
                     tool.stop()
                 report(r)
+                sys.stdout.flush()
                 results.append(r)
 
 

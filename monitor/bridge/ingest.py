@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 COUNTER, GAUGE, HIST, SET, DROP, ERROR, PENDING = range(7)
 _KIND = {"counter": COUNTER, "gauge": GAUGE, "histogram": HIST}
 PENDING_MAX_AGE = 1.0  # seconds a first legacy sample waits for its twin
+WHOLE_MAX = 50_000  # whole lines remembered (~12 MiB); when full it starts afresh
 ENTRY_BYTES = 160  # what a cache entry costs beside its key's bytes (dict slot, tuple, float), measured
 
 
@@ -79,6 +80,9 @@ class Ingest:
         self.pending: dict[str, deque] = {}  # catalog metric name -> [(target, key, values, t)]
         # raw line minus its value -> entry; a line's key is `name[tags]` + `|type...`
         self.cache: dict[bytes, tuple] = {}
+        # whole counter and gauge lines -> (base, increment or value, is increment, type): Airflow
+        # repeats them to the byte (`...open_slots:32|g`, `...:1|c`); cleared whenever `cache` is
+        self.whole: dict[bytes, tuple] = {}
 
     # ------------------------------------------------------------------ hot path
     def handle(self, data: bytes, transport: str = "udp", now: float | None = None) -> None:
@@ -102,7 +106,19 @@ class Ingest:
         # one split for the whole batch: datagrams end lines as newlines do
         lines = (b"\n".join(packets) if len(packets) > 1 else packets[0] if packets else b"").split(b"\n")
         st.lines += len(lines)
+        whole = self.whole
+        samples = st.samples
         for line in lines:
+            w = whole.get(line)
+            if w is not None:  # a counter or gauge line seen before, to the byte: no parsing at all
+                b = w[0]
+                if w[2]:
+                    V[b + 1] += w[1]
+                else:
+                    V[b + 1] = w[1]
+                V[b] = now
+                samples[w[3]] += 1
+                continue
             if not line:
                 st.lines -= 1
                 continue
@@ -127,6 +143,9 @@ class Ingest:
                     b = e[1]
                     V[b + 1] += v * e[2]
                     V[b] = now
+                    if len(whole) >= WHOLE_MAX:
+                        whole.clear()
+                    whole[line] = (b, v * e[2], True, e[5])
                 elif kind is HIST:
                     v = float(vals) * e[2]
                     if not -1e300 < v < 1e300:
@@ -142,11 +161,15 @@ class Ingest:
                     if not -1e300 < v < 1e300:
                         raise ValueError
                     b = e[1]
-                    if vals[:1] in (b"+", b"-"):
+                    delta = vals[:1] in (b"+", b"-")
+                    if delta:
                         V[b + 1] += v
                     else:
                         V[b + 1] = v
                     V[b] = now
+                    if len(whole) >= WHOLE_MAX:
+                        whole.clear()
+                    whole[line] = (b, v, delta, e[5])
                 elif kind is DROP:
                     st.dropped[e[1]] += 1
                     continue
@@ -162,7 +185,7 @@ class Ingest:
             except Exception as err:  # a bug must cost one line, never the process
                 self._internal(err)
                 continue
-            st.samples[e[5]] += 1
+            samples[e[5]] += 1
 
     # ------------------------------------------------------------------ slow path
     def _internal(self, err: Exception) -> None:
@@ -305,11 +328,13 @@ class Ingest:
             for k in list(islice(cache, max(1, len(cache) // 10))):
                 del cache[k]
                 self.cache_used -= len(k) + ENTRY_BYTES
+            self.whole.clear()
         self.cache[ckey] = entry
         return entry
 
     def _clear_cache(self) -> None:
         self.cache.clear()
+        self.whole.clear()
         self.cache_used = 0
 
     # ------------------------------------------------------------------ twin learning
@@ -354,6 +379,7 @@ class Ingest:
             for k in dead:
                 del self.cache[k]
                 self.cache_used -= len(k) + ENTRY_BYTES
+            self.whole.clear()
 
     def reload(self, mapper: Mapper) -> None:
         self.mapper = mapper

@@ -144,3 +144,22 @@ def test_type_conflict_is_counted(h):
 def test_sets_count_distinct_values(h):
     h.send("myapp.users:alice|s", "myapp.users:bob|s", "myapp.users:alice|s")
     assert h.value("myapp_users") == 2
+
+
+def test_repeated_whole_lines_stay_right_across_expiry_reload_and_deltas(harness, tmp_path):
+    from monitor.bridge.mapper import Mapper, load_rules
+
+    h = harness(default_ttl=60)
+    h.send(*["airflow.executor.open_slots:32|g"] * 3, *["app.depth:+2|g"] * 3, *["app.jobs:1|c|@0.5"] * 3)
+    assert h.value("airflow_executor_open_slots") == 32
+    assert h.value("app_depth") == 6 and h.value("app_jobs_total") == 6
+    h.ingest.housekeeping(h.now + 61)  # all expire; the same lines must make new series
+    h.now += 61
+    h.send("app.jobs:1|c|@0.5", "airflow.executor.open_slots:32|g")
+    assert h.value("app_jobs_total") == 2 and h.value("airflow_executor_open_slots") == 32
+    rules = tmp_path / "m.yml"
+    rules.write_text("mappings:\n- match: app.jobs\n  name: renamed_jobs\n")
+    h.ingest.reload(Mapper(load_rules(rules)))
+    h.send("app.jobs:1|c|@0.5")
+    assert h.value("renamed_jobs_total") == 2 and h.value("app_jobs_total") == 2
+    assert h.ingest.stats.samples["c"] == 5 and h.ingest.stats.lines == 12
