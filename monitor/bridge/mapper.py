@@ -234,6 +234,12 @@ def _user_target(rule: Rule, m: re.Match, key: Key) -> Target:
     )
 
 
+# Families that statsd input may not create: our own series (the bridge's, the SLA watcher's, the
+# healer's) are served beside the store's, and a second family of the same name would make the
+# whole scrape invalid or let anyone who can send a datagram hide or fake them.
+RESERVED_PREFIXES = ("airflow_monitor_", "airflow_sla_")
+
+
 class Mapper:
     """User rules (in file order, first match wins), then the Airflow catalog, then unmapped."""
 
@@ -242,8 +248,16 @@ class Mapper:
         self.rules = rules or []
         self.airflow = airflow or AirflowMapping()
         self.unmapped = unmapped
+        self.catalog_kinds = {m.prometheus: m.prometheus_type for m in catalog.load()}
 
     def map(self, key: Key) -> Target:
+        t = self._map(key)
+        if t.form in ("user", "unmapped") and t.kind != "drop" and (
+                t.family.startswith(RESERVED_PREFIXES) or self.catalog_kinds.get(t.family, t.kind) != t.kind):
+            return Target(family="", kind="drop", reason="reserved", form=t.form)
+        return t
+
+    def _map(self, key: Key) -> Target:
         mtype = _METRIC_TYPE[key.type]
         for rule in self.rules:
             if rule.metric_type and rule.metric_type != mtype:

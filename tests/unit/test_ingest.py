@@ -163,3 +163,14 @@ def test_repeated_whole_lines_stay_right_across_expiry_reload_and_deltas(harness
     h.send("app.jobs:1|c|@0.5")
     assert h.value("renamed_jobs_total") == 2 and h.value("app_jobs_total") == 2
     assert h.ingest.stats.samples["c"] == 5 and h.ingest.stats.lines == 12
+
+
+def test_statsd_input_cannot_create_or_shadow_our_own_series(h):
+    h.send("airflow_sla_breached:0|g|#dag_id:x,rule:max_age", "airflow_monitor_bridge_parse_errors:0|c",
+           "airflow_ti_finish:1|g", "airflow.ti.finish:1|c|#dag_id:d,task_id:t,state:success",
+           "airflow_ti_finish:1|c|#dag_id:d,task_id:t,state:success")  # same type: allowed, same series
+    text = h.text()
+    assert "airflow_sla_" not in text and "airflow_monitor_" not in text
+    assert "# TYPE airflow_ti_finish counter" in text
+    assert h.value("airflow_ti_finish_total", dag_id="d", task_id="t", state="success") == 2
+    assert h.ingest.stats.dropped["reserved"] == 3
