@@ -29,8 +29,9 @@ class WebProcess:
     def __init__(self, store, http_sock: socket.socket, *, metrics, ready, reload, log_level: str = "INFO"):
         self.store = store
         self.http_sock = http_sock
+        self.reload = reload
         self.answers = {b"m": lambda: metrics().encode(), b"y": lambda: b"1" if ready() else b"0",
-                        b"r": lambda: (lambda ok, msg: (b"1" if ok else b"0") + msg.encode())(*reload())}
+                        b"r": self._reload}
         self.log_level = log_level
         self.proc: subprocess.Popen | None = None
         self.journal_w = -1
@@ -105,6 +106,10 @@ class WebProcess:
             del self.backlog[:n]
 
     # ------------------------------------------------------------------ control
+    def _reload(self) -> bytes:
+        ok, msg = self.reload()
+        return (b"1" if ok else b"0") + msg.encode()
+
     def _answer(self, sock: socket.socket) -> None:
         with sock:
             while True:
