@@ -50,7 +50,8 @@ class FamilyView:
 
     def __init__(self, name: str, kind: str, help: str, buckets: tuple[float, ...]):
         self.name, self.kind = name, kind
-        self.header = f"# HELP {name} {escape_help(help)}\n# TYPE {name} {kind}\n"
+        typed = name + "_total" if kind == "counter" else name  # text format 0.0.4 names a counter by its sample
+        self.header = f"# HELP {typed} {escape_help(help)}\n# TYPE {typed} {kind}\n"
         self.series: dict[int, str] = {}  # base -> label text
         self.nb = len(buckets) + 1
         if kind == "histogram":

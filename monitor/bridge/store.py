@@ -17,13 +17,16 @@ every reader has applied the "drop" that freed it.
 
 from __future__ import annotations
 
+import logging
 import mmap
 import os
+import re
 from dataclasses import dataclass, field
 from itertools import islice
 
 LAST_SEEN, VALUE, COUNT, BUCKETS = 0, 1, 2, 3  # offsets inside a series' run of slots
 QUARANTINE = 30.0  # seconds a freed run waits before reuse
+log = logging.getLogger(__name__)
 
 
 class Drop(Exception):
@@ -83,6 +86,25 @@ class Family:
         return 3 + len(self.buckets) + 1 if self.kind == "histogram" else 2
 
 
+_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
+
+
+def exposed_names(name: str, kind: str) -> tuple[str, ...]:
+    """The names a family takes on /metrics (TYPE line and samples); no two families may share one."""
+    if kind == "counter":
+        return (name + "_total",)
+    if kind == "histogram":
+        return (name, name + "_bucket", name + "_sum", name + "_count")
+    return (name,)
+
+
+def label_problem(labels: tuple, kind: str) -> str | None:
+    for k, _ in labels:
+        if k.startswith("__") or k == "quantile" or (k == "le" and kind == "histogram"):
+            return "reserved_label"
+    return None
+
+
 class Store:
     def __init__(self, default_ttl: float = 86400.0, max_series_per_family: int = 10000,
                  max_series: int = 500_000, slots: Slots | None = None):
@@ -97,17 +119,25 @@ class Store:
         self.pairs: dict[tuple[str, str], tuple[str, str]] = {}  # interned label pairs (a dag_id is in many series)
         self.total = 0
         self.journal: list[tuple] = []
+        self.exposed: dict[str, str] = {}  # name on /metrics -> the family that owns it
+        self.told: set[str] = set()  # families already named in a conflict warning
         self._scan = iter(())  # expiry walks the store a slice at a time
 
     def series(self, family: str, kind: str, labels: tuple, help: str, buckets: tuple, ttl, now: float) -> int:
         """The base slot of (family, labels), created if new; raises Drop when it may not exist."""
         fam = self.families.get(family)
         if fam is None:
+            self._admit(family, kind)
             fam = self.families[family] = Family(family, kind, help or family,
                                                  tuple(buckets) if kind == "histogram" else ())
             self.journal.append(("family", family, kind, fam.help, fam.buckets))
         elif fam.kind != kind or (kind == "histogram" and fam.buckets != tuple(buckets)):
             raise Drop("conflict")
+        if any(not v for _, v in labels):  # an empty label value is no label in Prometheus
+            labels = tuple(p for p in labels if p[1])
+        problem = label_problem(labels, kind)
+        if problem:
+            raise Drop(problem)
         base = fam.series.get(labels)
         if base is None:
             if len(fam.series) >= self.max_series:
@@ -125,6 +155,22 @@ class Store:
                 fam.ttl[base] = ttl
             self.journal.append(("series", family, base, labels))
         return base
+
+    def _admit(self, family: str, kind: str) -> None:
+        """Refuse a family that would make /metrics invalid: a name outside Prometheus' grammar, or
+        one whose exposed names another family already takes (timer `t` and gauge `t_sum`)."""
+        if not _NAME.match(family):
+            raise Drop("invalid_name")
+        names = exposed_names(family, kind)
+        owner = next((self.exposed[n] for n in names if n in self.exposed), None)
+        if owner is not None:
+            if owner not in self.told:
+                self.told.add(owner)
+                log.warning("statsd metric family %r (%s) clashes with %r on /metrics; its samples are "
+                            "dropped as conflicts (logged once)", family, kind, owner)
+            raise Drop("conflict")
+        for n in names:
+            self.exposed[n] = family
 
     def snapshot_journal(self) -> list[tuple]:
         """Records that rebuild every family and series from nothing (for a new reader)."""

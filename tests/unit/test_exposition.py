@@ -16,12 +16,13 @@ from monitor.bridge.mmsg import Receiver
 from monitor.bridge.store import QUARANTINE, Store
 
 NAMES = st.sampled_from(["airflow.ti.finish", "airflow.task.duration", "airflow.pool.open_slots", "app.jobs",
-                         "app.latency", "app.queue_depth"])
+                         "app.latency", "app.queue_depth", "app.latency_sum", "app.latency_count", "app.jobs_total",
+                         "app.latency_bucket", "airflow_ti_finish", "airflow_monitor_bridge_lines"])
 VALUES = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters=",|#:\n\x00"),
                  max_size=12)
 LINE = st.tuples(NAMES, st.sampled_from(["c", "g", "ms", "h"]), st.floats(0, 1e6, allow_nan=False),
-                 st.dictionaries(st.sampled_from(["dag_id", "task_id", "state", "pool_name", "team"]), VALUES,
-                                 max_size=3))
+                 st.dictionaries(st.sampled_from(["dag_id", "task_id", "state", "pool_name", "team", "le",
+                                                  "__name__", "quantile", "__x"]), VALUES, max_size=3))
 
 
 def render(store: Store, view: StoreView | None = None) -> tuple[StoreView, str]:
@@ -33,13 +34,23 @@ def render(store: Store, view: StoreView | None = None) -> tuple[StoreView, str]
 def check_text(text: str) -> dict:
     """What Prometheus requires of a scrape; returns {(sample name, labels): value}."""
     helps, types = Counter(), Counter()
-    for line in text.splitlines():
+    for line in text.split("\n"):  # only \n ends a line in the text format
         if line.startswith("# HELP "):
             helps[line.split()[2]] += 1
         elif line.startswith("# TYPE "):
             types[line.split()[2]] += 1
     assert all(n == 1 for n in helps.values()) and all(n == 1 for n in types.values())
     assert set(helps) == set(types)
+    typed = {}
+    for line in text.split("\n"):
+        if line.startswith("# TYPE "):
+            typed[line.split()[2]] = line.split()[3]
+        elif line and not line.startswith("#"):
+            name = line.split("{")[0].split(" ")[0]
+            base = name.rsplit("_", 1)[0]
+            # as Prometheus' text parser requires: every sample under the TYPE of its own family
+            assert typed.get(name) in ("counter", "gauge") or (
+                typed.get(base) == "histogram" and name[len(base):] in ("_bucket", "_sum", "_count")), line
     seen: dict = {}
     for fam in text_string_to_metric_families(text):
         buckets: dict = {}
@@ -48,7 +59,7 @@ def check_text(text: str) -> dict:
             key = (s.name, tuple(sorted(s.labels.items())))
             assert key not in seen, f"duplicate series {key}"
             seen[key] = s.value
-            if s.name.endswith("_bucket"):
+            if fam.type == "histogram" and s.name.endswith("_bucket"):
                 rest = tuple(sorted((k, v) for k, v in s.labels.items() if k != "le"))
                 buckets.setdefault(rest, []).append((float(s.labels["le"]), s.value))
             elif fam.type == "histogram" and s.name.endswith("_count"):
@@ -76,6 +87,25 @@ def test_any_store_renders_valid_text(lines):
     _, text = render(store, view)
     check_text(text)
     assert sum(ingest.stats.samples.values()) + sum(ingest.stats.dropped.values()) == len(lines)
+
+
+def test_clashing_names_and_reserved_labels_are_counted_never_exposed(harness, tmp_path):
+    rules = tmp_path / "m.yml"
+    rules.write_text('mappings:\n- match: "(.*)\\\\.empty"\n  match_type: regex\n  name: "${1}"\n')
+    from monitor.bridge.mapper import load_rules
+
+    h = harness(mapper=Mapper(load_rules(rules)))
+    h.send("app.t:5|ms", "app.t_sum:1|g", "app.t_bucket:1|g",  # a timer's names are taken
+           "app.x:1|c", "app.x_total:2|g",  # counter x is exposed as x_total
+           ".empty:1|c",  # the mapping makes an empty name
+           "app.y:1|c|#__name__:evil", "app.z:1|ms|#le:0.5", "app.q:1|g|#quantile:0.9",
+           "app.flag:1|c|#method:GET,flag", "app.flag:1|c|#method:GET", "app.flag:1|c|#method:GET,flag:")
+    seen = check_text(h.text())
+    assert h.ingest.stats.dropped["conflict"] == 3
+    assert h.ingest.stats.dropped["invalid_name"] == 1
+    assert h.ingest.stats.dropped["reserved_label"] == 3
+    assert seen[("app_flag_total", (("method", "GET"),))] == 3
+    assert seen[("app_x_total", ())] == 1 and seen[("app_t_count", ())] == 1
 
 
 def test_counts_and_values_match_what_was_sent(h):

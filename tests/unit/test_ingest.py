@@ -171,6 +171,6 @@ def test_statsd_input_cannot_create_or_shadow_our_own_series(h):
            "airflow_ti_finish:1|c|#dag_id:d,task_id:t,state:success")  # same type: allowed, same series
     text = h.text()
     assert "airflow_sla_" not in text and "airflow_monitor_" not in text
-    assert "# TYPE airflow_ti_finish counter" in text
+    assert "# TYPE airflow_ti_finish_total counter" in text
     assert h.value("airflow_ti_finish_total", dag_id="d", task_id="t", state="success") == 2
     assert h.ingest.stats.dropped["reserved"] == 3
