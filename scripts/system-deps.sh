@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Tools the integration tests use: Prometheus + promtool and Alertmanager + amtool (Debian), and
-# helm for rendering the chart. Installed once; a no-op when they are already there.
+# Tools the tests use: Prometheus + promtool and Alertmanager + amtool (Debian), Debian's Go and
+# Go Prometheus libraries (to build Prometheus' own text parser), and helm for rendering the chart.
+# Installed once; a no-op when they are already there.
 set -euo pipefail
 need=()
 command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v amtool >/dev/null 2>&1 || need+=(prometheus-alertmanager)
+# Prometheus' own Go text parser (expfmt), for tests/tools/expfmtcheck: Debian's Go and libraries
+command -v go >/dev/null 2>&1 || need+=(golang-go)
+[ -d /usr/share/gocode/src/github.com/prometheus/common/expfmt ] || need+=(golang-github-prometheus-common-dev)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo -n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 from collections import Counter
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
@@ -14,6 +15,7 @@ from monitor.bridge.ingest import Ingest
 from monitor.bridge.mapper import Mapper
 from monitor.bridge.mmsg import Receiver
 from monitor.bridge.store import QUARANTINE, Store
+from tests import expfmt
 
 NAMES = st.sampled_from(["airflow.ti.finish", "airflow.task.duration", "airflow.pool.open_slots", "app.jobs",
                          "app.latency", "app.queue_depth", "app.latency_sum", "app.latency_count", "app.jobs_total",
@@ -86,6 +88,7 @@ def test_any_store_renders_valid_text(lines):
             view.apply(store.take_journal())
     _, text = render(store, view)
     check_text(text)
+    expfmt.parse(text)
     assert sum(ingest.stats.samples.values()) + sum(ingest.stats.dropped.values()) == len(lines)
 
 
@@ -100,7 +103,9 @@ def test_clashing_names_and_reserved_labels_are_counted_never_exposed(harness, t
            ".empty:1|c",  # the mapping makes an empty name
            "app.y:1|c|#__name__:evil", "app.z:1|ms|#le:0.5", "app.q:1|g|#quantile:0.9",
            "app.flag:1|c|#method:GET,flag", "app.flag:1|c|#method:GET", "app.flag:1|c|#method:GET,flag:")
-    seen = check_text(h.text())
+    text = h.text()
+    seen = check_text(text)
+    expfmt.parse(text)
     assert h.ingest.stats.dropped["conflict"] == 3
     assert h.ingest.stats.dropped["invalid_name"] == 1
     assert h.ingest.stats.dropped["reserved_label"] == 3
@@ -178,3 +183,10 @@ def test_receiver_reads_batches_without_truncating():
         assert got == sent
     r.close()
     s.close()
+
+
+def test_prometheus_go_parser_refuses_what_prometheus_refuses():
+    """The Go checker is not vacuous: two TYPE lines for one name fail a real scrape."""
+    assert "1 families" in expfmt.parse('# TYPE x_total counter\nx_total{a="b"} 1\n')
+    with pytest.raises(AssertionError, match="second TYPE line"):
+        expfmt.parse("# TYPE x_total counter\nx_total 1\n# TYPE x_total gauge\nx_total 2\n")
