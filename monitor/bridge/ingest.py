@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 COUNTER, GAUGE, HIST, SET, DROP, ERROR, PENDING = range(7)
 _KIND = {"counter": COUNTER, "gauge": GAUGE, "histogram": HIST}
 PENDING_MAX_AGE = 1.0  # seconds a first legacy sample waits for its twin
+MAX_SET_MEMBERS = 10_000  # distinct values a statsd set counts; more are dropped (set_cap)
 WHOLE_MAX = 50_000  # whole lines remembered (~12 MiB); when full it starts afresh
 ENTRY_BYTES = 160  # what a cache entry costs beside its key's bytes (dict slot, tuple, float), measured
 
@@ -228,8 +229,10 @@ class Ingest:
         kind = e[0]  # SET, PENDING, or a COUNTER/HIST/GAUGE line the hot path could not take
         if kind is SET:
             members = self.store.sets.setdefault(e[1], set())
-            if len(members) < 100_000:
+            if len(members) < MAX_SET_MEMBERS and len(vals) <= 256:
                 members.add(vals)
+            elif vals not in members:
+                st.dropped["set_cap"] += 1
             self.vals[e[1] + 1] = float(len(members))
             self.vals[e[1]] = now
             st.samples["s"] += 1

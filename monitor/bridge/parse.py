@@ -10,6 +10,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+# Bounds on one line's key (a legacy Airflow name embeds a dag_id and a task_id of up to 250
+# characters each): what is longer is refused with a reason, so no line can make a huge series.
+MAX_NAME = 1024
+MAX_TAGS = 64
+MAX_LABEL_VALUE = 1024
 TYPES = {"c": "counter", "g": "gauge", "ms": "timer", "h": "histogram", "d": "distribution", "s": "set"}
 _LABEL_BAD = re.compile(r"[^a-zA-Z0-9_]")
 _SPACE = re.compile(r"\s")
@@ -86,6 +91,8 @@ def parse_key(head: bytes, tail: bytes) -> Key:
         _kv_tags(t, ",", "=", tags)
     if not name or _SPACE.search(name):
         raise ParseError("illegal_name", repr(name))
+    if len(name) > MAX_NAME:
+        raise ParseError("name_too_long", f"{len(name)} characters")
     parts = rest.split("|")
     mtype = parts[0]
     if mtype not in TYPES:
@@ -110,6 +117,10 @@ def parse_key(head: bytes, tail: bytes) -> Key:
             continue  # DogStatsD container id / timestamp: accepted, not used
         else:
             raise ParseError("malformed_line", f"unknown field {p!r}")
+    if len(tags) > MAX_TAGS:
+        raise ParseError("too_many_tags", str(len(tags)))
+    if any(len(v) > MAX_LABEL_VALUE for v in tags.values()):
+        raise ParseError("label_value_too_long")
     return Key(name, mtype, rate, tuple(sorted(tags.items())))
 
 

@@ -174,3 +174,17 @@ def test_statsd_input_cannot_create_or_shadow_our_own_series(h):
     assert "# TYPE airflow_ti_finish_total counter" in text
     assert h.value("airflow_ti_finish_total", dag_id="d", task_id="t", state="success") == 2
     assert h.ingest.stats.dropped["reserved"] == 3
+
+
+def test_bounds_on_names_tags_values_and_sets(h):
+    dag, task = "d" * 250, "t" * 250  # Airflow's longest ids still fit in a legacy name
+    h.send(f"airflow.ti.start.{dag}.{task}:1|c", f"airflow.ti.start:1|c|#dag_id:{dag},task_id:{task}")
+    h.ingest.housekeeping(h.now + 2)
+    h.send("x" * 60000 + ":1|ms", "app.t:1|c|#" + ",".join(f"k{i}:v" for i in range(1000)),
+           "app.v:1|c|#k:" + "v" * 2000)
+    h.send(*(f"app.users:u{i}|s" for i in range(10_050)), "app.users:" + "x" * 300 + "|s")
+    errs = h.ingest.stats.parse_errors
+    assert errs["name_too_long"] == 1 and errs["too_many_tags"] == 1 and errs["label_value_too_long"] == 1
+    assert h.value("airflow_ti_start_total", dag_id=dag, task_id=task) == 1
+    assert h.value("app_users") == 10_000 and h.ingest.stats.dropped["set_cap"] == 51
+    assert len(h.text()) < 200_000
