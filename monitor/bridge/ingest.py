@@ -29,9 +29,9 @@ log = logging.getLogger(__name__)
 
 # Cache entries are tuples, so that the hot path indexes instead of calling. `base` is where the
 # series' slots start in the store's shared array (see store.py for the layout):
-#   (COUNTER, base, 1/rate, None, None, statsd type)
-#   (HIST,    base, unit scale, 1/rate (weight), buckets, statsd type)
-#   (GAUGE,   base, None, None, None, statsd type)
+#   (COUNTER, base, scale/rate, None, None, statsd type)
+#   (HIST,    base, unit scale x scale, 1/rate (weight), buckets, statsd type)
+#   (GAUGE,   base, scale, None, None, statsd type)       (scale: a mapping rule's `scale`)
 #   (SET, base) | (DROP, reason) | (ERROR, reason) | (PENDING, target, key, metric name)
 COUNTER, GAUGE, HIST, SET, DROP, ERROR, PENDING = range(7)
 _KIND = {"counter": COUNTER, "gauge": GAUGE, "histogram": HIST}
@@ -158,7 +158,7 @@ class Ingest:
                     V[b + 3 + bisect_left(e[4], v)] += w
                     V[b] = now
                 elif kind is GAUGE:
-                    v = float(vals)
+                    v = float(vals) * e[2]
                     if not -1e300 < v < 1e300:
                         raise ValueError
                     b = e[1]
@@ -270,6 +270,7 @@ class Ingest:
                     continue
                 V[b + 1] += v * e[2]
             elif kind is GAUGE:
+                v *= e[2]
                 V[b + 1] = V[b + 1] + v if delta else v
             elif kind is HIST:
                 v *= e[2]
@@ -318,10 +319,10 @@ class Ingest:
             return (SET, base)
         kind = _KIND[target.kind]
         if kind is COUNTER:
-            return (COUNTER, base, 1.0 / key.rate, None, None, key.type)
+            return (COUNTER, base, target.mult / key.rate, None, None, key.type)
         if kind is HIST:
-            return (HIST, base, target.scale, 1.0 / key.rate, target.buckets, key.type)
-        return (GAUGE, base, None, None, None, key.type)
+            return (HIST, base, target.scale * target.mult, 1.0 / key.rate, target.buckets, key.type)
+        return (GAUGE, base, target.mult, None, None, key.type)
 
     def _cache(self, ckey: bytes, entry: tuple) -> tuple:
         """Cache an entry within the byte budget; when full, the oldest tenth goes."""

@@ -6,6 +6,7 @@ its result per raw (name, type, rate, tags). User rules use statsd_exporter's ma
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,11 +15,13 @@ from monitor import catalog, durations
 from monitor.bridge.parse import Key, label_name
 from monitor.config import read_yaml
 
+log = logging.getLogger(__name__)
 # Airflow durations span milliseconds (scheduler loop) to hours (DAG runs).
 DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600,
                    1800, 3600, 7200, 14400, 43200, 86400)
 KIND = {"c": "counter", "g": "gauge", "ms": "histogram", "h": "histogram", "d": "histogram", "s": "gauge"}
 _NAME_BAD = re.compile(r"[^a-zA-Z0-9_:]")
+_DASHES = re.compile(r"-{2,}")
 _VAR = re.compile(r"\{([a-z_]+)\}")
 _EXPAND = re.compile(r"\$\{(\d+)\}|\$(\d+)")
 
@@ -36,13 +39,15 @@ class Target:
     buckets: tuple[float, ...] = DEFAULT_BUCKETS
     ttl: float | None = None  # None: the bridge default
     scale: float = 1.0  # multiplies values: 0.001 turns statsd milliseconds into seconds
+    mult: float = 1.0  # a mapping rule's `scale`, on every value
     metric: catalog.Metric | None = None
     form: str = "plain"  # plain | modern | legacy | twin | user | unmapped
     reason: str = ""  # why a drop target drops
 
 
 def sanitize_name(name: str) -> str:
-    name = _NAME_BAD.sub("_", name)
+    """statsd_exporter's escaping: invalid characters become `_`, but `--` is one `_` (web--server)."""
+    name = _NAME_BAD.sub("_", _DASHES.sub("-", name))
     return "_" + name if name[:1].isdigit() else name
 
 
@@ -128,6 +133,10 @@ class Rule:
     buckets: tuple[float, ...]
     help: str
     observer_type: str
+    glob: bool = True  # glob rules are tried before any regex rule, as statsd_exporter does
+    scale: float = 1.0  # multiplies every value (after milliseconds become seconds)
+    honor_labels: bool = False  # the line's tags win over the rule's labels
+    specificity: tuple = ()  # for glob_disable_ordering: literal segments before wildcards
 
 
 def _glob_regex(pattern: str) -> re.Pattern:
@@ -142,8 +151,31 @@ def _expand(template: str, m: re.Match) -> str:
     return _EXPAND.sub(sub, template)
 
 
+RULE_KEYS = {"match", "name", "labels", "action", "match_type", "match_metric_type", "ttl", "observer_type",
+             "timer_type", "histogram_options", "summary_options", "help", "honor_labels", "scale", "buckets",
+             "quantiles"}
+DEFAULT_KEYS = {"match_type", "glob_disable_ordering", "ttl", "observer_type", "histogram_options",
+                "summary_options", "buckets", "quantiles"}
+IGNORED = {"quantiles": "quantiles apply to summaries; timers are histograms here",
+           "summary_options": "timers are histograms here (aggregatable across pods)",
+           "native_histogram_bucket_factor": "native histograms are not exposed yet",
+           "native_histogram_max_buckets": "native histograms are not exposed yet"}
+
+
+def _warn_keys(where: str, given: dict, known: set[str]) -> None:
+    for key in given:
+        if key in IGNORED:
+            log.warning("%s: %r is accepted and ignored: %s", where, key, IGNORED[key])
+        elif key not in known:
+            log.warning("%s: unknown key %r is ignored", where, key)
+
+
 def load_rules(path: str | Path, default_buckets: tuple[float, ...] = DEFAULT_BUCKETS) -> list[Rule]:
-    """Read a statsd_exporter mapping file; raises MappingError with a one-line reason."""
+    """Read a statsd_exporter mapping file; raises MappingError with a one-line reason.
+
+    The rules come back in the order they are tried: glob rules first (in file order, or most
+    specific first with `defaults.glob_disable_ordering: true`), then regex rules in file order.
+    """
     doc = read_yaml(path, "mapping file", MappingError) or {}
     if not isinstance(doc, dict):
         raise MappingError(f"mapping file {path}: top level must be a mapping with 'mappings:'")
@@ -151,22 +183,30 @@ def load_rules(path: str | Path, default_buckets: tuple[float, ...] = DEFAULT_BU
     if unknown:
         raise MappingError(f"mapping file {path}: unknown key {sorted(unknown)[0]!r}")
     d = doc.get("defaults") or {}
+    if not isinstance(d, dict):
+        raise MappingError(f"mapping file {path}: defaults must be a mapping")
+    _warn_keys(f"mapping file {path}, defaults", d, DEFAULT_KEYS)
     d_match = d.get("match_type", "glob")
     d_ttl = parse_duration(d.get("ttl", 0))
     d_obs = d.get("observer_type", "histogram")
-    d_buckets = tuple((d.get("histogram_options") or {}).get("buckets") or default_buckets)
+    d_buckets = tuple((d.get("histogram_options") or {}).get("buckets") or d.get("buckets") or default_buckets)
+    unordered = bool(d.get("glob_disable_ordering", False))
     rules = []
     for i, r in enumerate(doc.get("mappings") or [], 1):
         where = f"mapping file {path}, mapping #{i}"
         if not isinstance(r, dict) or "match" not in r:
             raise MappingError(f"{where}: needs a 'match'")
+        _warn_keys(where, r, RULE_KEYS)
+        for key, sub in (("histogram_options", {"buckets"}), ("summary_options", None)):
+            if isinstance(r.get(key), dict) and sub is not None:
+                _warn_keys(f"{where}, {key}", r[key], sub)
         action = r.get("action", "map")
         if action not in ("map", "drop"):
             raise MappingError(f"{where}: action must be map or drop, not {action!r}")
         match_type = r.get("match_type", d_match)
         try:
-            if match_type == "regex":
-                rx = re.compile(str(r["match"]) + r"\Z")
+            if match_type == "regex":  # searched anywhere in the name, as statsd_exporter does
+                rx = re.compile(str(r["match"]))
             elif match_type == "glob":
                 rx = _glob_regex(str(r["match"]))
             else:
@@ -182,7 +222,7 @@ def load_rules(path: str | Path, default_buckets: tuple[float, ...] = DEFAULT_BU
         obs = r.get("observer_type", r.get("timer_type", d_obs))
         if obs not in ("histogram", "summary", "default", ""):
             raise MappingError(f"{where}: observer_type must be histogram or summary")
-        buckets = tuple((r.get("histogram_options") or {}).get("buckets") or d_buckets)
+        buckets = tuple((r.get("histogram_options") or {}).get("buckets") or r.get("buckets") or d_buckets)
         if list(buckets) != sorted(buckets):
             raise MappingError(f"{where}: histogram buckets must be increasing")
         labels = r.get("labels") or {}
@@ -191,6 +231,9 @@ def load_rules(path: str | Path, default_buckets: tuple[float, ...] = DEFAULT_BU
         for k in labels:
             if label_name(str(k)) != str(k):
                 raise MappingError(f"{where}: invalid label name {k!r}")
+        scale = r.get("scale", 1.0)
+        if isinstance(scale, bool) or not isinstance(scale, int | float):
+            raise MappingError(f"{where}: scale must be a number, not {scale!r}")
         rules.append(
             Rule(
                 regex=rx,
@@ -202,9 +245,16 @@ def load_rules(path: str | Path, default_buckets: tuple[float, ...] = DEFAULT_BU
                 buckets=tuple(float(b) for b in buckets),
                 help=str(r.get("help", "")),
                 observer_type=obs or "histogram",
+                glob=match_type == "glob",
+                scale=float(scale),
+                honor_labels=bool(r.get("honor_labels", False)),
+                specificity=tuple(seg == "*" for seg in str(r["match"]).split(".")) if unordered else (),
             )
         )
-    return rules
+    globs = [x for x in rules if x.glob]
+    if unordered:
+        globs.sort(key=lambda x: x.specificity)  # stable: file order among equals
+    return globs + [x for x in rules if not x.glob]
 
 
 _METRIC_TYPE = {"c": "counter", "g": "gauge", "s": "gauge", "ms": "observer", "h": "observer", "d": "observer"}
@@ -220,8 +270,8 @@ def _family(name: str, kind: str) -> str:
 def _user_target(rule: Rule, m: re.Match, key: Key) -> Target:
     if rule.action == "drop":
         return Target(family="", kind="drop", reason="drop_rule", form="user")
-    labels = dict(key.tags)
-    labels.update({k: _expand(v, m) for k, v in rule.labels.items()})
+    mapped = {k: _expand(v, m) for k, v in rule.labels.items()}
+    labels = {**mapped, **dict(key.tags)} if rule.honor_labels else {**dict(key.tags), **mapped}
     return Target(
         family=_family(_expand(rule.name, m), KIND[key.type]),
         kind=KIND[key.type],
@@ -230,6 +280,7 @@ def _user_target(rule: Rule, m: re.Match, key: Key) -> Target:
         buckets=rule.buckets,
         ttl=rule.ttl,
         scale=0.001 if key.type == "ms" else 1.0,
+        mult=rule.scale,
         form="user",
     )
 
@@ -262,7 +313,7 @@ class Mapper:
         for rule in self.rules:
             if rule.metric_type and rule.metric_type != mtype:
                 continue
-            hit = rule.regex.match(key.name)
+            hit = rule.regex.match(key.name) if rule.glob else rule.regex.search(key.name)
             if hit:
                 return _user_target(rule, hit, key)
         t = self.airflow.map(key)

@@ -53,7 +53,7 @@ def test_user_rules_win_and_support_statsd_exporter_features(tmp_path, harness):
     # a counter named with _total (as statsd_exporter users write it) gets no second suffix
     assert h.value("team_rows_total", table="orders") == 5 and h.samples("team_rows_total_total") == {}
     assert h.value("ops_jobs_total") == 2 and h.samples("ops_jobs_total_total") == {}
-    assert r[0].ttl == 600 and r[1].ttl == 30
+    assert r[0].ttl == 600 and [x for x in r if not x.glob][0].ttl == 30  # globs are tried first
 
 
 @pytest.mark.parametrize("text, msg", [
@@ -109,3 +109,62 @@ def test_datadog_names_cover_what_the_sink_sends(h):
     names = {p[0] for p in sink.collect()}
     assert names and names <= catalog.datadog_names(), names - catalog.datadog_names()
     assert "airflow.dagrun.duration.failed.avg" in names
+
+
+# statsd_exporter 0.27's mapping semantics (pkg/mapper/mapper.go, pkg/exporter/exporter.go), line by line
+SE_CASES = [
+    # (mapping file, line, expected {sample: value} that must appear, sample names that must not)
+    ("- match: 'rows'\n  match_type: regex\n  name: found_anywhere\n",
+     "db.rows.read:1|c", {"found_anywhere_total": 1}, []),  # a regex is searched, not anchored
+    ("- match: '^rows$'\n  match_type: regex\n  name: anchored\n",
+     "db.rows.read:1|c", {"db_rows_read_total": 1}, ["anchored_total"]),
+    ("- match: '.'\n  match_type: regex\n  action: drop\n",  # README: drop everything
+     "airflow.ti.finish:1|c", {}, ["airflow_ti_finish_total"]),
+    ("- match: 'a\\.(.*)'\n  match_type: regex\n  name: regex_first_in_file\n- match: a.*\n  name: glob_wins\n",
+     "a.b:1|c", {"glob_wins_total": 1}, ["regex_first_in_file_total"]),  # every glob before any regex
+    ("- match: a.*\n  name: first\n- match: a.b\n  name: second\n",
+     "a.b:1|c", {"first_total": 1}, ["second_total"]),  # globs in file order by default
+    ("defaults:\n  glob_disable_ordering: true\nmappings:\n- match: a.*\n  name: wild\n- match: a.b\n  name: exact\n",
+     "a.b:1|c", {"exact_total": 1}, ["wild_total"]),  # unordered: the most specific glob
+    ("- match: t.*\n  name: scaled\n  scale: 0.5\n", "t.x:10|ms", {"scaled_sum": 0.005}, []),  # after ms -> s
+    ("- match: g.*\n  name: g_scaled\n  scale: 1000\n", "g.x:3|g", {"g_scaled": 3000}, []),
+    ("- match: c.*\n  name: c_scaled\n  scale: 2\n", "c.x:3|c|@0.5", {"c_scaled_total": 12}, []),
+    ("- match: h.*\n  name: honored\n  honor_labels: true\n  labels: {env: from_rule}\n",
+     "h.x:1|c|#env:from_line", {'honored_total{env="from_line"}': 1}, []),
+    ("- match: h.*\n  name: not_honored\n  labels: {env: from_rule}\n",
+     "h.x:1|c|#env:from_line", {'not_honored_total{env="from_rule"}': 1}, []),
+    ("- match: nomatch\n  name: x\n", "web--server.hits:1|c", {"web_server_hits_total": 1}, []),  # escaping
+    ("- match: 'x\\.(.*)\\.(.*)'\n  match_type: regex\n  name: '${1}_$2'\n  labels: {all: '$0'}\n",
+     "x.a.b:1|c", {'a_b_total{all="x.a.b"}': 1}, []),
+]
+
+
+@pytest.mark.parametrize("mapping,line,want,absent", SE_CASES)
+def test_statsd_exporter_mapping_semantics(tmp_path, harness, mapping, line, want, absent):
+    body = mapping if mapping.startswith("defaults") else "mappings:\n" + mapping
+    path = tmp_path / "m.yml"
+    path.write_text(body)
+    h = harness(mapper=Mapper(load_rules(path)))
+    h.send(line)
+    text = h.text()
+    got = {}
+    for row in text.splitlines():
+        if row and not row.startswith("#"):
+            name, value = row.rsplit(" ", 1)
+            got[name] = float(value)
+    for name, value in want.items():
+        assert got.get(name) == pytest.approx(value), (name, text)
+    for name in absent:
+        assert not any(k.split("{")[0] == name for k in got), (name, text)
+
+
+def test_unsupported_keys_are_a_warning_naming_key_and_rule(tmp_path, caplog):
+    path = tmp_path / "m.yml"
+    path.write_text("defaults:\n  quantiles: [{quantile: 0.5, error: 0.05}]\nmappings:\n"
+                    "- match: a.*\n  name: x\n  summary_options: {max_age: 1m}\n  matchtype: regex\n")
+    with caplog.at_level("WARNING"):
+        load_rules(path)
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("defaults" in m and "'quantiles'" in m for m in lines), lines
+    assert any("mapping #1" in m and "'summary_options'" in m for m in lines), lines
+    assert any("mapping #1" in m and "unknown key 'matchtype'" in m for m in lines), lines
