@@ -9,8 +9,9 @@ ids; with DogStatsD/InfluxDB tags it carries the real ids (and the legacy form m
 Per catalog metric the bridge learns which form is authoritative and counts only that one:
   - a tagged form with its ids arrives   -> mode "tagged": legacy forms are dropped (legacy_twin)
   - a tagless form follows a legacy form  -> mode "plain": the tagless form is dropped (tagless_twin)
-Until a metric's mode is known its first legacy sample is held back (Airflow sends the pair
-back to back), so neither the first event is lost nor counted twice. `airflow_tags` pins it.
+Until a metric's mode is known its first samples are held back, legacy or tagless, whichever
+Airflow sends first (it sends the pair back to back), so neither the first event is lost nor
+counted twice. `airflow_tags` pins it.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 #   (SET, base) | (DROP, reason) | (ERROR, reason) | (PENDING, target, key, metric name)
 COUNTER, GAUGE, HIST, SET, DROP, ERROR, PENDING = range(7)
 _KIND = {"counter": COUNTER, "gauge": GAUGE, "histogram": HIST}
-PENDING_MAX_AGE = 1.0  # seconds a first legacy sample waits for its twin
+PENDING_MAX_AGE = 1.0  # seconds a first legacy or tagless sample waits for its twin
 MAX_SET_MEMBERS = 10_000  # distinct values a statsd set counts; more are dropped (set_cap)
 WHOLE_MAX = 50_000  # whole lines remembered (~12 MiB); when full it starts afresh
 ENTRY_BYTES = 160  # what a cache entry costs beside its key's bytes (dict slot, tuple, float), measured
@@ -294,19 +295,21 @@ class Ingest:
             if target.form == "modern" and mode != "tagged":
                 self._set_mode(m.name, "tagged")
             elif target.form == "legacy":
+                if mode is None and self._held(m.name, "twin"):  # its tagless twin came first
+                    self._set_mode(m.name, "plain")
+                    mode = "plain"
                 if mode == "tagged":
                     return self._cache(ckey, _const(DROP, "legacy_twin"))
                 if mode is None:
                     return (PENDING, target, key, m.name)  # not cached: decided by its twin
             elif target.form == "twin":
-                if mode is None and self.pending.get(m.name):
+                if mode is None and self._held(m.name, "legacy"):
                     self._set_mode(m.name, "plain")
                     mode = "plain"
                 if mode == "plain":
                     return self._cache(ckey, _const(DROP, "tagless_twin"))
-                if mode is None:
-                    # no legacy twin seen (legacy names off): keep it, ids unknown; decide later
-                    return self._entry(target, key, now)
+                if mode is None:  # held too, in case its legacy twin follows (dependency-check does)
+                    return (PENDING, target, key, m.name)
         return self._cache(ckey, self._entry(target, key, now))
 
     def _entry(self, target: Target, key: Key, now: float) -> tuple:
@@ -353,28 +356,32 @@ class Ingest:
         if before is not None:
             self._clear_cache()
         for target, key, values, t in self.pending.pop(mname, ()):
-            if mode == "plain":
+            keep = (target.form == "legacy") == (mode == "plain")
+            if keep:
                 self._apply(self._entry(target, key, t), values, t)
             else:
-                self.stats.dropped["legacy_twin"] += len(values)
+                self.stats.dropped["legacy_twin" if target.form == "legacy" else "tagless_twin"] += len(values)
+
+    def _held(self, mname: str, form: str) -> bool:
+        return any(w[0].form == form for w in self.pending.get(mname, ()))
 
     def _pend(self, mname: str, target: Target, key: Key, values: list, now: float) -> None:
         self.pending.setdefault(mname, deque()).append((target, key, values, now))
 
     def housekeeping(self, now: float | None = None) -> None:
-        """Release legacy samples whose twin never came, and expire idle series."""
+        """Release held samples whose twin never came, and expire idle series."""
         if now is None:
             now = time.monotonic()
         for mname in list(self.pending):
             waiting = self.pending[mname]
-            while waiting and now - waiting[0][3] > PENDING_MAX_AGE:
-                target, key, values, t = waiting.popleft()
+            if waiting and now - waiting[0][3] > PENDING_MAX_AGE:
+                # its twin never came within the pair's time: the form that came alone is the one
+                # Airflow sends (legacy names off, or an allow list), and holds its samples
                 try:
-                    self._apply(self._entry(target, key, t), values, t)
+                    self._set_mode(mname, "plain" if waiting[0][0].form == "legacy" else "tagged")
                 except Exception as err:
                     self._internal(err)
-            if not waiting:
-                self.pending.pop(mname, None)
+                    self.pending.pop(mname, None)
         freed = self.store.expire(now)
         if freed:
             self.stats.series_expired += len(freed)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from monitor import catalog, durations
@@ -306,6 +306,12 @@ class Mapper:
         if t.form in ("user", "unmapped") and t.kind != "drop" and (
                 t.family.startswith(RESERVED_PREFIXES) or self.catalog_kinds.get(t.family, t.kind) != t.kind):
             return Target(family="", kind="drop", reason="reserved", form=t.form)
+        if t.form == "user" and t.kind != "drop":
+            # a rule that maps one of Airflow's twin forms (the official chart's maps the legacy
+            # names) keeps the form, so that each event is still counted once
+            ct = self.airflow.map(key)
+            if ct is not None and ct.form in ("modern", "legacy", "twin"):
+                return replace(t, form=ct.form, metric=ct.metric)
         return t
 
     def _map(self, key: Key) -> Target:

@@ -100,6 +100,39 @@ def test_lone_legacy_sample_is_released_not_lost(h):
     assert h.samples("airflow_ti_start_total") == {}
     h.ingest.housekeeping(h.now + 2)
     assert h.value("airflow_ti_start_total", dag_id="d", task_id="t") == 1
+    h.send("airflow.ti.start.d.t:1|c")  # from now on the legacy form is the one: counted at once
+    assert h.value("airflow_ti_start_total", dag_id="d", task_id="t") == 2
+
+
+def test_a_tagless_twin_that_comes_first_is_not_counted_twice(h):
+    for _ in range(3):  # Airflow sends dagrun.dependency-check's tagless form before its legacy one
+        h.send("airflow.dagrun.dependency-check:20|ms", "airflow.dagrun.dependency-check.etl:20|ms")
+    h.ingest.housekeeping(h.now + 2)
+    assert h.samples("airflow_dagrun_dependency_check_count") == {(("dag_id", "etl"),): 3}
+    assert h.ingest.stats.dropped["tagless_twin"] == 3
+
+
+def test_the_official_chart_mapping_on_a_real_capture_counts_each_event_once(harness):
+    """Airflow's chart maps the legacy names; with its file each event still counts once (plain statsd,
+    as that chart sends), under the labels the file names."""
+    from pathlib import Path
+
+    from monitor.bridge.mapper import Mapper, load_rules
+
+    root = Path(__file__).resolve().parents[2]
+    h = harness(mapper=Mapper(load_rules(root.parent / "shared/fixtures/airflow-chart-statsd-mappings.yml")))
+    for line in (root / "bench/data/airflow-3.3.2-plain.statsd").read_text().splitlines():
+        h.send(line)
+    h.ingest.housekeeping(h.now + 2)
+    dag = (("dag_id", "team__sales_daily"),)
+    assert h.samples("airflow_task_duration_count") == {(*dag, ("task_id", "boom")): 1,
+                                                       (*dag, ("task_id", "extract__load")): 1}
+    assert h.samples("airflow_ti_finish_total") == {(*dag, ("state", "failed"), ("task_id", "boom")): 1,
+                                                   (*dag, ("state", "success"), ("task_id", "extract__load")): 1}
+    assert h.samples("airflow_dagrun_dependency_check_count") == {dag: 8}
+    assert h.samples("airflow_pool_open_slots") == {(("pool", "default_pool"),): 128}
+    assert h.samples("airflow_operator_successes_total") == {(("operator", "_PythonDecoratedOperator"),): 1}
+    assert h.samples("airflow_scheduler_heartbeat_total") == {(("type", "counter"),): 6}
 
 
 def test_cardinality_cap_drops_new_series_only(harness):
@@ -151,6 +184,8 @@ def test_repeated_whole_lines_stay_right_across_expiry_reload_and_deltas(harness
 
     h = harness(default_ttl=60)
     h.send(*["airflow.executor.open_slots:32|g"] * 3, *["app.depth:+2|g"] * 3, *["app.jobs:1|c|@0.5"] * 3)
+    h.ingest.housekeeping(h.now + 1.5)  # the tagless form came alone: it is the one Airflow sends
+    h.send("airflow.executor.open_slots:32|g")
     assert h.value("airflow_executor_open_slots") == 32
     assert h.value("app_depth") == 6 and h.value("app_jobs_total") == 6
     h.ingest.housekeeping(h.now + 61)  # all expire; the same lines must make new series
@@ -162,7 +197,7 @@ def test_repeated_whole_lines_stay_right_across_expiry_reload_and_deltas(harness
     h.ingest.reload(Mapper(load_rules(rules)))
     h.send("app.jobs:1|c|@0.5")
     assert h.value("renamed_jobs_total") == 2 and h.value("app_jobs_total") == 2
-    assert h.ingest.stats.samples["c"] == 5 and h.ingest.stats.lines == 12
+    assert h.ingest.stats.samples["c"] == 5 and h.ingest.stats.lines == 13
 
 
 def test_statsd_input_cannot_create_or_shadow_our_own_series(h):
