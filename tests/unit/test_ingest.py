@@ -1,4 +1,5 @@
 import math
+import os
 
 import pytest
 
@@ -120,7 +121,10 @@ def test_the_official_chart_mapping_on_a_real_capture_counts_each_event_once(har
     from monitor.bridge.mapper import Mapper, load_rules
 
     root = Path(__file__).resolve().parents[2]
-    h = harness(mapper=Mapper(load_rules(root.parent / "shared/fixtures/airflow-chart-statsd-mappings.yml")))
+    fixture = root.parent / "shared/fixtures/airflow-chart-statsd-mappings.yml"  # shared/ sits beside the repo
+    if not fixture.exists():
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(f"{fixture} is missing (the project's shared/)")
+    h = harness(mapper=Mapper(load_rules(fixture)))
     for line in (root / "bench/data/airflow-3.3.2-plain.statsd").read_text().splitlines():
         h.send(line)
     h.ingest.housekeeping(h.now + 2)
