@@ -316,7 +316,6 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
         sender = build_sender(tmp)
-        results = []
         for size in args.sizes.split(","):
             dags, tasks = (int(x) for x in size.split("x"))
             makers = [lambda: bridge(args.rcvbuf)]
@@ -330,7 +329,6 @@ def main() -> None:
                     tool.stop()
                 report(r)
                 sys.stdout.flush()
-                results.append(r)
 
 
 if __name__ == "__main__":

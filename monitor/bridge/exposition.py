@@ -50,8 +50,8 @@ class FamilyView:
 
     def __init__(self, name: str, kind: str, help: str, buckets: tuple[float, ...]):
         self.name, self.kind = name, kind
-        typed = name + "_total" if kind == "counter" else name  # text format 0.0.4 names a counter by its sample
-        self.header = f"# HELP {typed} {escape_help(help)}\n# TYPE {typed} {kind}\n"
+        sample = name + "_total" if kind == "counter" else name  # 0.0.4 names a counter by its sample
+        self.header = f"# HELP {sample} {escape_help(help)}\n# TYPE {sample} {kind}\n"
         self.series: dict[int, str] = {}  # base -> label text
         self.nb = len(buckets) + 1
         if kind == "histogram":
@@ -61,7 +61,7 @@ class FamilyView:
                 self.pieces += [name + "_bucket{", "", f'le="{floatToGoString(b)}"}} ', "", "\n"]
             self.pieces += [name + "_bucket{", "", 'le="+Inf"} ', "", "\n",
                             name + "_sum", "", " ", "", "\n" + name + "_count", "", " ", "", "\n"]
-        self.line = (name + "_total" if kind == "counter" else name) + "%s %r\n"
+        self.line = sample + "%s %r\n"
 
 
 class StoreView:

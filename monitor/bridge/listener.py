@@ -32,17 +32,21 @@ def parse_address(addr: str, default_host: str = "0.0.0.0") -> tuple[str, int]:
     return (host.strip("[]") or default_host), int(port)
 
 
-def _bind(kind: int, addr: str) -> socket.socket:
+def bind(kind: int, addr: str, what: str | None = None) -> socket.socket:
+    """A socket bound to [host]:port; an error is one line naming the address and `what` it is for."""
+    what = what or ("udp" if kind == socket.SOCK_DGRAM else "tcp")
     host, port = parse_address(addr)
-    info = socket.getaddrinfo(host, port, type=kind, flags=socket.AI_PASSIVE)[0]
-    s = socket.socket(info[0], kind)
+    try:
+        info = socket.getaddrinfo(host, port, type=kind, flags=socket.AI_PASSIVE)[0]
+        s = socket.socket(info[0], kind)
+    except OSError as e:
+        raise OSError(e.errno, f"cannot listen on {addr} ({what}): {e.strerror}") from None
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         s.bind(info[4])
     except OSError as e:
         s.close()
-        raise OSError(e.errno, f"cannot listen on {addr} ({'udp' if kind == socket.SOCK_DGRAM else 'tcp'}): "
-                               f"{e.strerror}") from None
+        raise OSError(e.errno, f"cannot listen on {addr} ({what}): {e.strerror}") from None
     return s
 
 
@@ -70,11 +74,11 @@ class Listeners:
         self.max_connections = max_connections
         self.paused: tuple[socket.socket, float] | None = None  # accept paused after an error
         if udp:
-            s = _bind(socket.SOCK_DGRAM, udp)
+            s = bind(socket.SOCK_DGRAM, udp)
             self.rcvbuf = set_rcvbuf(s, rcvbuf)
             self._add(s, "udp")
         if tcp:
-            s = _bind(socket.SOCK_STREAM, tcp)
+            s = bind(socket.SOCK_STREAM, tcp)
             s.listen(128)
             self._add(s, "tcp-listen")
         if unix:
@@ -95,7 +99,7 @@ class Listeners:
     def _add(self, s: socket.socket, kind: str) -> None:
         s.setblocking(False)
         if kind in ("udp", "unix"):
-            self.receivers[s] = Receiver(s, max(65535, getattr(self.ingest, "max_packet", 65535)))
+            self.receivers[s] = Receiver(s)
         self.sel.register(s, selectors.EVENT_READ, kind)
         self.sockets.append(s)
         self.addresses[kind] = s.getsockname()

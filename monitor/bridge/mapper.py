@@ -292,7 +292,8 @@ RESERVED_PREFIXES = ("airflow_monitor_", "airflow_sla_")
 
 
 class Mapper:
-    """User rules (in file order, first match wins), then the Airflow catalog, then unmapped."""
+    """User rules (as load_rules orders them: globs, then regexes; first match wins), then the Airflow
+    catalog, then unmapped."""
 
     def __init__(self, rules: list[Rule] | None = None, airflow: AirflowMapping | None = None,
                  unmapped: str = "export"):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import mmap
 import socket
 
 VLEN = 256  # datagrams per system call
@@ -57,11 +58,13 @@ class Receiver:
         self.fd = sock.fileno()
         self.batched = _recvmmsg is not None
         if self.batched:
-            self.buf = ctypes.create_string_buffer(self.size * vlen)
-            self.view = memoryview(self.buf).cast("B")
+            # an anonymous mapping: its pages stay unallocated until a datagram is written there
+            # (ctypes' own buffers are zero-filled, so all 16 MiB would be resident at once)
+            self.buf = mmap.mmap(-1, self.size * vlen)
+            self.view = memoryview(self.buf)
             self.iov = (_IOVec * vlen)()
             self.msgs = (_MMsgHdr * vlen)()
-            base = ctypes.addressof(self.buf)
+            base = ctypes.addressof(ctypes.c_char.from_buffer(self.buf))
             for i in range(vlen):
                 self.iov[i].iov_base = base + i * self.size
                 self.iov[i].iov_len = self.size

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 
-from monitor.bridge.web import CONTROL, HEADER, REPLY
+from monitor.bridge.web import CONTROL, HEADER, REPLY, recv_exact
 
 log = logging.getLogger(__name__)
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
@@ -114,7 +114,7 @@ class WebProcess:
         with sock:
             while True:
                 try:
-                    req = _recv(sock, CONTROL.size)
+                    req = recv_exact(sock, CONTROL.size)
                 except (OSError, EOFError):
                     return
                 op, seq = CONTROL.unpack(req)
@@ -128,13 +128,4 @@ class WebProcess:
                 except OSError:
                     return
 
-
-def _recv(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise EOFError
-        buf += chunk
-    return bytes(buf)
 

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from monitor.bridge.exposition import SelfCollector
 from monitor.bridge.ingest import Ingest
-from monitor.bridge.listener import Listeners, parse_address
+from monitor.bridge.listener import Listeners, bind
 from monitor.bridge.mapper import (
     DEFAULT_BUCKETS,
     AirflowMapping,
@@ -174,18 +174,6 @@ class Bridge:
 
 
 def _listen_http(addr: str) -> socket.socket:
-    host, port = parse_address(addr)
-    try:
-        info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-        s = socket.socket(info[0], socket.SOCK_STREAM)
-    except OSError as e:
-        raise OSError(e.errno, f"cannot listen on {addr} (http): {e.strerror}") from None
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        s.bind(info[4])
-        s.listen(128)
-    except OSError as e:
-        s.close()
-        raise OSError(e.errno, f"cannot listen on {addr} (http): {e.strerror}") from None
-    s.set_inheritable(True)
+    s = bind(socket.SOCK_STREAM, addr, "http")
+    s.listen(128)
     return s

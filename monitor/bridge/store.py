@@ -21,6 +21,7 @@ import logging
 import mmap
 import os
 import re
+from collections import deque
 from dataclasses import dataclass, field
 from itertools import islice
 
@@ -40,22 +41,20 @@ class Slots:
     Capacity is reserved, not committed: pages count against memory only once written.
     """
 
-    def __init__(self, capacity: int, fd: int | None = None):
+    def __init__(self, capacity: int):
         self.capacity = capacity
         size = max(mmap.PAGESIZE, capacity * 8)
-        if fd is None:
-            fd = os.memfd_create("airflow-monitor-series", 0)
-            os.ftruncate(fd, size)
-        self.fd = fd
-        self.map = mmap.mmap(fd, size)
+        self.fd = os.memfd_create("airflow-monitor-series", 0)
+        os.ftruncate(self.fd, size)
+        self.map = mmap.mmap(self.fd, size)
         self.vals = memoryview(self.map).cast("d")
         self.top = 0  # next never-used slot
-        self.free: dict[int, list[tuple[float, int]]] = {}  # run length -> [(freed at, base)]
+        self.free: dict[int, deque[tuple[float, int]]] = {}  # run length -> [(freed at, base)], oldest first
 
     def alloc(self, n: int, now: float) -> int:
         runs = self.free.get(n)
         if runs and now - runs[0][0] >= QUARANTINE:
-            base = runs.pop(0)[1]
+            base = runs.popleft()[1]
         elif self.top + n <= self.capacity:
             base, self.top = self.top, self.top + n
         else:
@@ -64,12 +63,7 @@ class Slots:
         return base
 
     def release(self, base: int, n: int, now: float) -> None:
-        self.free.setdefault(n, []).append((now, base))
-
-    def close(self) -> None:
-        self.vals.release()
-        self.map.close()
-        os.close(self.fd)
+        self.free.setdefault(n, deque()).append((now, base))
 
 
 @dataclass

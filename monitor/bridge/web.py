@@ -48,6 +48,16 @@ def read_exact(fd: int, n: int) -> bytes:
     return bytes(buf)
 
 
+def recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise EOFError("closed")
+        buf += chunk
+    return bytes(buf)
+
+
 class Control:
     """Request/response to the bridge over a socket; one question at a time; never hangs a scrape."""
 
@@ -63,22 +73,13 @@ class Control:
             try:
                 self.sock.sendall(CONTROL.pack(op, self.seq))
                 while True:  # skip answers to questions that timed out earlier
-                    seq, n = REPLY.unpack(self._recv(REPLY.size))
-                    body = self._recv(n)
+                    seq, n = REPLY.unpack(recv_exact(self.sock, REPLY.size))
+                    body = recv_exact(self.sock, n)
                     if seq == self.seq:
                         return body
             except (OSError, EOFError) as e:
                 log.warning("the bridge did not answer %r: %s", op, e)
                 return None
-
-    def _recv(self, n: int) -> bytes:
-        buf = bytearray()
-        while len(buf) < n:
-            chunk = self.sock.recv(n - len(buf))
-            if not chunk:
-                raise EOFError("closed")
-            buf += chunk
-        return bytes(buf)
 
 
 class Web:
@@ -91,7 +92,6 @@ class Web:
         self.scrapes = 0
         self.last_duration = 0.0
         self.last_bytes = 0
-        self.journal_batches = 0
 
     def follow_journal(self) -> None:
         """Apply journal batches as they come; exit the process when the bridge is gone."""
@@ -99,7 +99,6 @@ class Web:
             while True:
                 (n,) = HEADER.unpack(read_exact(self.journal_fd, HEADER.size))
                 self.view.apply(pickle.loads(read_exact(self.journal_fd, n)))
-                self.journal_batches += 1
                 self.synced.set()
         except EOFError:
             log.info("the bridge closed the journal; exiting")
