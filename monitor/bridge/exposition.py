@@ -16,6 +16,7 @@ from itertools import accumulate
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
+from .store import sample_name
 
 SELF = "airflow_monitor_bridge_"
 CHUNK = 2000  # series rendered per yielded piece
@@ -50,7 +51,7 @@ class FamilyView:
 
     def __init__(self, name: str, kind: str, help: str, buckets: tuple[float, ...]):
         self.name, self.kind = name, kind
-        sample = name + "_total" if kind == "counter" else name  # 0.0.4 names a counter by its sample
+        sample = sample_name(name, kind)  # 0.0.4 names a counter by its sample
         self.header = f"# HELP {sample} {escape_help(help)}\n# TYPE {sample} {kind}\n"
         self.series: dict[int, str] = {}  # base -> label text
         self.nb = len(buckets) + 1

@@ -261,10 +261,10 @@ _METRIC_TYPE = {"c": "counter", "g": "gauge", "s": "gauge", "ms": "observer", "h
 
 
 def _family(name: str, kind: str) -> str:
-    """A Prometheus family name; a counter's `_total` is added on exposition, so a name that
-    already ends in it (`name: rows_total` in a mapping file) does not get a second one."""
-    name = sanitize_name(name)
-    return name[:-6] if kind == "counter" and name.endswith("_total") and len(name) > 6 else name
+    """A Prometheus family name, as spelled; a counter's sample takes `_total` unless the name
+    already ends in it (store.sample_name), so `rows` and `rows_total` stay two families, and the
+    store refuses the second as a clash instead of merging them."""
+    return sanitize_name(name)
 
 
 def _user_target(rule: Rule, m: re.Match, key: Key) -> Target:

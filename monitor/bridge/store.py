@@ -83,10 +83,15 @@ class Family:
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
 
 
+def sample_name(name: str, kind: str) -> str:
+    """A counter's sample (and, in the 0.0.4 format, its TYPE line) ends in `_total`, added once."""
+    return name + "_total" if kind == "counter" and not name.endswith("_total") else name
+
+
 def exposed_names(name: str, kind: str) -> tuple[str, ...]:
     """The names a family takes on /metrics (TYPE line and samples); no two families may share one."""
     if kind == "counter":
-        return (name + "_total",)
+        return (sample_name(name, kind),)
     if kind == "histogram":
         return (name, name + "_bucket", name + "_sum", name + "_count")
     return (name,)

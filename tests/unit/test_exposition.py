@@ -73,7 +73,7 @@ def check_text(text: str) -> dict:
     return seen
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(LINE, min_size=1, max_size=40))
 def test_any_store_renders_valid_text(lines):
     store = Store()
@@ -92,6 +92,55 @@ def test_any_store_renders_valid_text(lines):
     assert sum(ingest.stats.samples.values()) + sum(ingest.stats.dropped.values()) == len(lines)
 
 
+SEGMENTS = st.sampled_from(["a", "b", "x1", "", "web--server", "\u00e9", "sum", "total", "9", "le", "count"])
+STATSD_NAME = st.lists(SEGMENTS, min_size=1, max_size=4).map(".".join)
+TEMPLATE = st.sampled_from(["${1}", "${1}_${2}", "t_${1}", "${2}", "x", "x_total", "${1}_sum", "${1}-y",
+                            "${0}", "airflow_monitor_${1}", "airflow_ti_finish", "${1}.${2}", "9${1}"])
+RULE = st.fixed_dictionaries(
+    {"match": st.one_of(st.lists(st.sampled_from(["*", "a", "b", "x1", "sum"]), min_size=1, max_size=3).map(".".join),
+                        st.sampled_from(["(.*)\\.(.*)", "^a\\.(.*)$", "(.*)", ".", "([^.]*)\\.?(.*)", "b"])),
+     "name": TEMPLATE},
+    optional={"labels": st.dictionaries(st.sampled_from(["k", "le", "__x", "quantile", "dag_id", "_k"]),
+                                        st.sampled_from(["${1}", "${2}", "v", "", "${1}_${2}"]), max_size=3),
+              "match_metric_type": st.sampled_from(["counter", "gauge", "observer"]),
+              "action": st.sampled_from(["map", "map", "drop"]),
+              "honor_labels": st.booleans(),
+              "scale": st.sampled_from([0.001, 2, -1]),
+              "buckets": st.sampled_from([[0.5, 1], [1]])})
+
+
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(RULE, min_size=1, max_size=4), st.booleans(),
+       st.lists(st.tuples(STATSD_NAME, st.sampled_from(["c", "g", "ms", "h", "s", "d"]),
+                          st.sampled_from(["1", "-2", "0.5", "+3", "NaN", "x", "1e308"]),
+                          st.dictionaries(st.sampled_from(["k", "le", "dag_id", "__name__", "v"]), VALUES,
+                                          max_size=2)),
+                min_size=1, max_size=30))
+def test_any_mapping_file_renders_valid_text(tmp_path_factory, rules, unordered, lines):
+    """Whatever a mapping file's templates make of whatever names arrive, /metrics stays valid."""
+    import yaml
+
+    from monitor.bridge.mapper import load_rules
+
+    path = tmp_path_factory.mktemp("map") / "m.yml"
+    doc = {"mappings": [{**r, **({"match_type": "regex"} if "\\" in r["match"] or r["match"] in
+                                 ("(.*)", ".", "b") else {})} for r in rules]}
+    if unordered:
+        doc["defaults"] = {"glob_disable_ordering": True}
+    path.write_text(yaml.safe_dump(doc))
+    store = Store()
+    ingest = Ingest(Mapper(load_rules(path)), store, airflow_tags="on")
+    view = StoreView(store.vals)
+    for i, (name, kind, value, tags) in enumerate(lines):
+        tag = ",".join(f"{k}:{v}" for k, v in tags.items())
+        ingest.handle(f"{name}:{value}|{kind}{'|#' + tag if tag else ''}".encode(), "udp", 1000.0 + i)
+        if i % 5 == 0:
+            view.apply(store.take_journal())
+    _, text = render(store, view)
+    check_text(text)
+    expfmt.parse(text)
+
+
 def test_clashing_names_and_reserved_labels_are_counted_never_exposed(harness, tmp_path):
     rules = tmp_path / "m.yml"
     rules.write_text('mappings:\n- match: "(.*)\\\\.empty"\n  match_type: regex\n  name: "${1}"\n')
@@ -100,17 +149,19 @@ def test_clashing_names_and_reserved_labels_are_counted_never_exposed(harness, t
     h = harness(mapper=Mapper(load_rules(rules)))
     h.send("app.t:5|ms", "app.t_sum:1|g", "app.t_bucket:1|g",  # a timer's names are taken
            "app.x:1|c", "app.x_total:2|g",  # counter x is exposed as x_total
+           "app.rows:1|c", "app.rows_total:2|c",  # two counters, one exposed name: never merged
            ".empty:1|c",  # the mapping makes an empty name
            "app.y:1|c|#__name__:evil", "app.z:1|ms|#le:0.5", "app.q:1|g|#quantile:0.9",
            "app.flag:1|c|#method:GET,flag", "app.flag:1|c|#method:GET", "app.flag:1|c|#method:GET,flag:")
     text = h.text()
     seen = check_text(text)
     expfmt.parse(text)
-    assert h.ingest.stats.dropped["conflict"] == 3
+    assert h.ingest.stats.dropped["conflict"] == 4
     assert h.ingest.stats.dropped["invalid_name"] == 1
     assert h.ingest.stats.dropped["reserved_label"] == 3
     assert seen[("app_flag_total", (("method", "GET"),))] == 3
     assert seen[("app_x_total", ())] == 1 and seen[("app_t_count", ())] == 1
+    assert seen[("app_rows_total", ())] == 1
 
 
 def test_counts_and_values_match_what_was_sent(h):
