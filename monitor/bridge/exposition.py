@@ -16,6 +16,7 @@ from itertools import accumulate
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
+
 from .store import sample_name
 
 SELF = "airflow_monitor_bridge_"

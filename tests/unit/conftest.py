@@ -2,17 +2,17 @@ import os
 
 import pytest
 from hypothesis import settings
-
-# 150 examples a property in the suite; HYPOTHESIS_PROFILE=deep for a longer local run
-settings.register_profile("suite", max_examples=150)
-settings.register_profile("deep", max_examples=5000)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "suite"))
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.bridge.exposition import StoreView
 from monitor.bridge.ingest import Ingest
 from monitor.bridge.mapper import Mapper
 from monitor.bridge.store import Store
+
+# 150 examples a property in the suite; HYPOTHESIS_PROFILE=deep for a longer local run
+settings.register_profile("suite", max_examples=150)
+settings.register_profile("deep", max_examples=5000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "suite"))
 
 
 class Harness:
