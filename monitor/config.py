@@ -70,6 +70,8 @@ def read_yaml(path, what: str, error: type[Exception] = ConfigError):
         return yaml.safe_load(Path(path).read_text())
     except OSError as e:
         raise error(f"cannot read {what} {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise error(f"{what} {path} is not UTF-8 text (byte {e.start})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" (line {mark.line + 1})" if mark else ""

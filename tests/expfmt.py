@@ -1,6 +1,9 @@
-"""Prometheus' own Go text parser (expfmt) as a check on our exposition: tests/tools/expfmtcheck,
-built once with Debian's Go and Go Prometheus libraries (scripts/system-deps.sh installs them).
-Missing under CI is a failure; elsewhere a skip that says how to get it."""
+"""What Prometheus requires of an exposition. check_text: the rules its text parser enforces (one
+HELP/TYPE per family, each sample under its own family's TYPE, no duplicate series, cumulative
+buckets), read with prometheus-client's parser. parse: Prometheus' own Go text parser (expfmt),
+tests/tools/expfmtcheck, built once with Debian's Go and Go Prometheus libraries
+(scripts/system-deps.sh installs them); missing under CI is a failure, elsewhere a skip that
+says how to get it. bench/fuzz_bridge.py uses both."""
 
 from __future__ import annotations
 
@@ -8,10 +11,12 @@ import hashlib
 import os
 import shutil
 import subprocess
+from collections import Counter
 from functools import cache
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 SOURCE = Path(__file__).resolve().parent / "tools" / "expfmtcheck" / "main.go"
 GOPATH = "/usr/share/gocode"  # where Debian's golang-*-dev packages put their sources
@@ -52,3 +57,43 @@ def parse(text: str) -> str:
     r = subprocess.run([checker()], input=text, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, f"Prometheus' parser refuses the exposition: {r.stderr.strip()}"
     return r.stdout
+
+
+def check_text(text: str) -> dict:
+    """What Prometheus requires of a scrape; returns {(sample name, labels): value}."""
+    helps, types = Counter(), Counter()
+    for line in text.split("\n"):  # only \n ends a line in the text format
+        if line.startswith("# HELP "):
+            helps[line.split()[2]] += 1
+        elif line.startswith("# TYPE "):
+            types[line.split()[2]] += 1
+    assert all(n == 1 for n in helps.values()) and all(n == 1 for n in types.values())
+    assert set(helps) == set(types)
+    typed = {}
+    for line in text.split("\n"):
+        if line.startswith("# TYPE "):
+            typed[line.split()[2]] = line.split()[3]
+        elif line and not line.startswith("#"):
+            name = line.split("{")[0].split(" ")[0]
+            base = name.rsplit("_", 1)[0]
+            # as Prometheus' text parser requires: every sample under the TYPE of its own family
+            assert typed.get(name) in ("counter", "gauge") or (
+                typed.get(base) == "histogram" and name[len(base):] in ("_bucket", "_sum", "_count")), line
+    seen: dict = {}
+    for fam in text_string_to_metric_families(text):
+        buckets: dict = {}
+        counts: dict = {}
+        for s in fam.samples:
+            key = (s.name, tuple(sorted(s.labels.items())))
+            assert key not in seen, f"duplicate series {key}"
+            seen[key] = s.value
+            if fam.type == "histogram" and s.name.endswith("_bucket"):
+                rest = tuple(sorted((k, v) for k, v in s.labels.items() if k != "le"))
+                buckets.setdefault(rest, []).append((float(s.labels["le"]), s.value))
+            elif fam.type == "histogram" and s.name.endswith("_count"):
+                counts[tuple(sorted(s.labels.items()))] = s.value
+        for labels, bs in buckets.items():
+            values = [v for _, v in sorted(bs)]
+            assert values == sorted(values), f"buckets not cumulative for {labels}"
+            assert sorted(bs)[-1][0] == float("inf") and values[-1] == counts[labels]
+    return seen

@@ -170,6 +170,22 @@ def _warn_keys(where: str, given: dict, known: set[str]) -> None:
             log.warning("%s: unknown key %r is ignored", where, key)
 
 
+def _buckets(where: str, r: dict) -> tuple[float, ...]:
+    """`histogram_options.buckets` (or the legacy `buckets`): increasing numbers; () if not given."""
+    opts = r.get("histogram_options") or {}
+    if not isinstance(opts, dict):
+        raise MappingError(f"{where}: histogram_options must be a mapping")
+    given = opts.get("buckets") or r.get("buckets")
+    if not given:
+        return ()
+    if not isinstance(given, list) or not all(isinstance(b, int | float) and not isinstance(b, bool)
+                                              for b in given):
+        raise MappingError(f"{where}: histogram buckets must be a list of numbers, not {given!r}")
+    if given != sorted(given) or len(set(given)) != len(given) or any(b != b for b in given):
+        raise MappingError(f"{where}: histogram buckets must be increasing")
+    return tuple(float(b) for b in given)
+
+
 def load_rules(path: str | Path, default_buckets: tuple[float, ...] = DEFAULT_BUCKETS) -> list[Rule]:
     """Read a statsd_exporter mapping file; raises MappingError with a one-line reason.
 
@@ -181,7 +197,7 @@ def load_rules(path: str | Path, default_buckets: tuple[float, ...] = DEFAULT_BU
         raise MappingError(f"mapping file {path}: top level must be a mapping with 'mappings:'")
     unknown = set(doc) - {"defaults", "mappings"}
     if unknown:
-        raise MappingError(f"mapping file {path}: unknown key {sorted(unknown)[0]!r}")
+        raise MappingError(f"mapping file {path}: unknown key {sorted(map(str, unknown))[0]!r}")
     d = doc.get("defaults") or {}
     if not isinstance(d, dict):
         raise MappingError(f"mapping file {path}: defaults must be a mapping")
@@ -189,7 +205,7 @@ def load_rules(path: str | Path, default_buckets: tuple[float, ...] = DEFAULT_BU
     d_match = d.get("match_type", "glob")
     d_ttl = parse_duration(d.get("ttl", 0))
     d_obs = d.get("observer_type", "histogram")
-    d_buckets = tuple((d.get("histogram_options") or {}).get("buckets") or d.get("buckets") or default_buckets)
+    d_buckets = _buckets(f"mapping file {path}, defaults", d) or tuple(default_buckets)
     unordered = bool(d.get("glob_disable_ordering", False))
     rules = []
     for i, r in enumerate(doc.get("mappings") or [], 1):
@@ -222,9 +238,7 @@ def load_rules(path: str | Path, default_buckets: tuple[float, ...] = DEFAULT_BU
         obs = r.get("observer_type", r.get("timer_type", d_obs))
         if obs not in ("histogram", "summary", "default", ""):
             raise MappingError(f"{where}: observer_type must be histogram or summary")
-        buckets = tuple((r.get("histogram_options") or {}).get("buckets") or r.get("buckets") or d_buckets)
-        if list(buckets) != sorted(buckets):
-            raise MappingError(f"{where}: histogram buckets must be increasing")
+        buckets = _buckets(where, r) or d_buckets
         labels = r.get("labels") or {}
         if not isinstance(labels, dict):
             raise MappingError(f"{where}: labels must be a mapping")
@@ -242,7 +256,7 @@ def load_rules(path: str | Path, default_buckets: tuple[float, ...] = DEFAULT_BU
                 action=action,
                 metric_type="observer" if mtype == "timer" else mtype,
                 ttl=parse_duration(r["ttl"]) if "ttl" in r else (d_ttl or None),
-                buckets=tuple(float(b) for b in buckets),
+                buckets=buckets,
                 help=str(r.get("help", "")),
                 observer_type=obs or "histogram",
                 glob=match_type == "glob",

@@ -8,7 +8,6 @@ from collections import Counter
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.bridge.exposition import StoreView
 from monitor.bridge.ingest import Ingest
@@ -16,6 +15,7 @@ from monitor.bridge.mapper import Mapper
 from monitor.bridge.mmsg import Receiver
 from monitor.bridge.store import QUARANTINE, Store
 from tests import expfmt
+from tests.expfmt import check_text
 
 NAMES = st.sampled_from(["airflow.ti.finish", "airflow.task.duration", "airflow.pool.open_slots", "app.jobs",
                          "app.latency", "app.queue_depth", "app.latency_sum", "app.latency_count", "app.jobs_total",
@@ -31,46 +31,6 @@ def render(store: Store, view: StoreView | None = None) -> tuple[StoreView, str]
     view = view or StoreView(store.vals)
     view.apply(store.take_journal())
     return view, view.text()
-
-
-def check_text(text: str) -> dict:
-    """What Prometheus requires of a scrape; returns {(sample name, labels): value}."""
-    helps, types = Counter(), Counter()
-    for line in text.split("\n"):  # only \n ends a line in the text format
-        if line.startswith("# HELP "):
-            helps[line.split()[2]] += 1
-        elif line.startswith("# TYPE "):
-            types[line.split()[2]] += 1
-    assert all(n == 1 for n in helps.values()) and all(n == 1 for n in types.values())
-    assert set(helps) == set(types)
-    typed = {}
-    for line in text.split("\n"):
-        if line.startswith("# TYPE "):
-            typed[line.split()[2]] = line.split()[3]
-        elif line and not line.startswith("#"):
-            name = line.split("{")[0].split(" ")[0]
-            base = name.rsplit("_", 1)[0]
-            # as Prometheus' text parser requires: every sample under the TYPE of its own family
-            assert typed.get(name) in ("counter", "gauge") or (
-                typed.get(base) == "histogram" and name[len(base):] in ("_bucket", "_sum", "_count")), line
-    seen: dict = {}
-    for fam in text_string_to_metric_families(text):
-        buckets: dict = {}
-        counts: dict = {}
-        for s in fam.samples:
-            key = (s.name, tuple(sorted(s.labels.items())))
-            assert key not in seen, f"duplicate series {key}"
-            seen[key] = s.value
-            if fam.type == "histogram" and s.name.endswith("_bucket"):
-                rest = tuple(sorted((k, v) for k, v in s.labels.items() if k != "le"))
-                buckets.setdefault(rest, []).append((float(s.labels["le"]), s.value))
-            elif fam.type == "histogram" and s.name.endswith("_count"):
-                counts[tuple(sorted(s.labels.items()))] = s.value
-        for labels, bs in buckets.items():
-            values = [v for _, v in sorted(bs)]
-            assert values == sorted(values), f"buckets not cumulative for {labels}"
-            assert sorted(bs)[-1][0] == float("inf") and values[-1] == counts[labels]
-    return seen
 
 
 @settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -67,10 +67,15 @@ def test_user_rules_win_and_support_statsd_exporter_features(tmp_path, harness):
     ("mappings: [{match: a, name: x, histogram_options: {buckets: [3, 1]}}]", "increasing"),
     ("nonsense: 1", "unknown key"),
     ("mappings: [\n  - match: a\n   name: [", "not valid YAML"),
+    # found by bench/fuzz_bridge.py
+    (b"mappings: [{match: a, name: x\x9f}]", "not UTF-8 text (byte 29)"),
+    ("mappings: [{match: a, name: x, histogram_options: {buckets: [0.5$, 1]}}]", "list of numbers"),
+    ("mappings: [{match: a, name: x, histogram_options: [1, 2]}]", "histogram_options must be a mapping"),
+    ("1: x\nz: y", "unknown key '1'"),
 ])
 def test_invalid_mapping_files_say_why_in_one_line(tmp_path, text, msg):
     p = tmp_path / "m.yml"
-    p.write_text(text)
+    p.write_bytes(text if isinstance(text, bytes) else text.encode())
     with pytest.raises(MappingError) as e:
         load_rules(p)
     assert msg in str(e.value) and "\n" not in str(e.value)
