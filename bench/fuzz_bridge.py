@@ -62,8 +62,8 @@ SEED_MAPPINGS = [
 
 
 class Fuzz:
-    def __init__(self, check_every: int, go_every: int):
-        self.check_every, self.go_every = check_every, go_every
+    def __init__(self, check_every: int, go_every: int, corpus: Path):
+        self.check_every, self.go_every, self.corpus = check_every, go_every, corpus
         self.inputs = self.findings = self.checked = self.go_checked = self.mappings_loaded = 0
         self.mappings_refused = self.invalid = 0
         self.mapper = Mapper()
@@ -117,8 +117,9 @@ class Fuzz:
             if self.inputs % self.go_every == 0:
                 expfmt.parse(text)
                 self.go_checked += 1
-        except AssertionError:
+        except Exception:  # the checks refuse it (AssertionError) or cannot even read it
             self.invalid += 1
+            (self.corpus / f"invalid-exposition-{self.inputs}.txt").write_text(text)
             raise
 
 
@@ -143,8 +144,8 @@ def main() -> None:
     logging.basicConfig(level=logging.ERROR)  # the mapper's warnings about fuzzed keys are expected
     if expfmt._build() is None:
         sys.exit("fuzz_bridge: Prometheus' Go parser cannot be built (scripts/system-deps.sh installs Go)")
-    fz = Fuzz(args.check_every, args.go_every)
     corpus = Path(tempfile.mkdtemp(prefix="fuzz-bridge-"))
+    fz = Fuzz(args.check_every, args.go_every, corpus)
     seeds(corpus)
     start = time.monotonic()
     deadline = start + args.seconds

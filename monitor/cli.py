@@ -7,7 +7,7 @@ import dataclasses
 import logging
 import sys
 
-from monitor import __version__
+from monitor import __version__, redact
 from monitor.errors import UserError
 
 
@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the statsd bridge (statsd :9125 -> Prometheus :9102, Datadog)")
     serve.add_argument("--config", help="YAML config file (section 'bridge:')")
     serve.add_argument("--log-level", default=argparse.SUPPRESS, help="DEBUG, INFO, WARNING, ERROR")
+    serve.add_argument("--fresh-state", action="store_true",
+                       help="with --sla-config: accept an SLA state file that is empty (see sla --fresh-state)")
     serve.add_argument("--sla-config", help="also run the SLA watcher with this YAML config "
                        "(or $AIRFLOW_MONITOR_SLA_CONFIG); its series join /metrics")
     _add_bridge_flags(serve)
@@ -61,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     sla.add_argument("--once", action="store_true", help="with check: evaluate once and exit (the default)")
     sla.add_argument("--airflow-url", help="Airflow base URL, overriding the config")
     sla.add_argument("--state-file", help="SQLite alert state, overriding the config")
+    sla.add_argument("--fresh-state", action="store_true",
+                     help="accept a state file that is empty (it lost its open alerts; they are paged again)")
     sla.add_argument("--metrics-listen", help="with run: HTTP address for /metrics ('' to disable; default :9103)")
     sla.add_argument("--json", action="store_true", help="with check and status: print JSON")
     sla.add_argument("--log-level", default=argparse.SUPPRESS, help="DEBUG, INFO, WARNING, ERROR")
@@ -105,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    redact.install()
     try:
         if args.command == "serve":
             from monitor.bridge.command import serve
@@ -127,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return show(args)
     except UserError as e:
-        print(f"airflow-monitor: error: {e}", file=sys.stderr)
+        print(f"airflow-monitor: error: {redact.redact(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -100,14 +100,17 @@ def load(cls, section: str, file: str | None, flags: dict) -> object:
 
 
 def read_secret(env_names: tuple[str, ...], file: str = "") -> str | None:
-    """A secret from a file (first line) or the first set environment variable; never logged."""
+    """A secret from a file (first line) or the first set environment variable; registered with
+    monitor.redact, so that no log line or stored error shows it."""
+    from monitor.redact import secret
+
     if file:
         try:
-            return Path(file).read_text().strip() or None
+            return secret(Path(file).read_text().strip() or None)
         except OSError as e:
             raise ConfigError(f"cannot read secret file {file}: {e.strerror}") from None
     for name in env_names:
         v = os.environ.get(name)
         if v:
-            return v
+            return secret(v)
     return None

@@ -23,7 +23,7 @@ def backoff(attempts: int, asked: float | None = None) -> float:
     """Seconds before the next try: 1, 2, 4 ... capped at 5 min, jittered; a Retry-After wins."""
     if asked is not None and asked >= 0:
         return min(asked, MAX_BACKOFF)
-    return min(MAX_BACKOFF, 2.0 ** attempts) * random.uniform(0.8, 1.2)
+    return min(MAX_BACKOFF, 2.0 ** min(attempts, 16)) * random.uniform(0.8, 1.2)  # no overflow, ever
 
 
 class Delivery:

@@ -26,7 +26,7 @@ def serve(args) -> int:
     schedule = None
     sla_config = args.sla_config or os.environ.get("AIRFLOW_MONITOR_SLA_CONFIG")
     if sla_config:
-        schedule = _start_watcher(bridge, sla_config)
+        schedule = _start_watcher(bridge, sla_config, getattr(args, "fresh_state", False))
     addrs = bridge.listeners.addresses
     log.info("statsd on %s; metrics on http://%s:%d/metrics", ", ".join(
         f"{k} {v}" for k, v in addrs.items()), cfg.web_listen.rpartition(":")[0] or "0.0.0.0", bridge.web_port)
@@ -38,15 +38,19 @@ def serve(args) -> int:
     return 0
 
 
-def _start_watcher(bridge, path: str):
+def _start_watcher(bridge, path: str, fresh_state: bool = False):
     """The SLA watcher beside the bridge: its series are served on the bridge's /metrics."""
     from monitor.sla.command import load_config
     from monitor.sla.exposition import SLACollector
     from monitor.sla.service import Schedule, build
+    from monitor.sla.state import StateEmpty
 
     try:
         cfg = load_config(path)
-        watcher = build(cfg)
+        watcher = build(cfg, fresh_state)
+    except StateEmpty as e:
+        bridge.close()
+        raise UserError(str(e)) from None
     except UserError:
         bridge.close()
         raise
@@ -54,6 +58,7 @@ def _start_watcher(bridge, path: str):
         bridge.close()
         raise UserError(f"cannot start the SLA watcher: {e}") from None
     bridge.registry.register(SLACollector(watcher))
+    bridge.sla_ready = watcher.problem
     schedule = Schedule(watcher)
     schedule.start()
     log.info("SLA watcher: every %.0fs, state in %s", cfg.interval, cfg.state_file)

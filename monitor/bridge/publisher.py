@@ -26,12 +26,14 @@ BATCH = 20_000  # journal records per pickled frame
 
 
 class WebProcess:
-    def __init__(self, store, http_sock: socket.socket, *, metrics, ready, reload, log_level: str = "INFO"):
+    def __init__(self, store, http_sock: socket.socket, *, metrics, ready, reload, sla_ready=lambda: None,
+                 log_level: str = "INFO"):
         self.store = store
         self.http_sock = http_sock
         self.reload = reload
+        # s: the SLA watcher's readiness: "-" none here, "" ready, else why not
         self.answers = {b"m": lambda: metrics().encode(), b"y": lambda: b"1" if ready() else b"0",
-                        b"r": self._reload}
+                        b"r": self._reload, b"s": lambda: ("-" if (why := sla_ready()) is None else why).encode()}
         self.log_level = log_level
         self.proc: subprocess.Popen | None = None
         self.journal_w = -1

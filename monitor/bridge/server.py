@@ -75,6 +75,7 @@ class Bridge:
         self._stop = threading.Event()
         self._reload_requested = threading.Event()
         self.ready = False
+        self.sla_ready = lambda: None  # the SLA watcher beside the bridge sets it: "" ready, else why not
 
     def _mapper(self) -> Mapper:
         rules = load_rules(self.cfg.mapping_file, self.buckets) if self.cfg.mapping_file else []
@@ -113,7 +114,8 @@ class Bridge:
         cfg = self.cfg
         self.http_sock = _listen_http(cfg.web_listen)
         self.web = WebProcess(self.store, self.http_sock, metrics=lambda: generate_latest(self.registry).decode(),
-                              ready=lambda: self.ready, reload=self.reload, log_level=log_level)
+                              ready=lambda: self.ready, reload=self.reload, sla_ready=lambda: self.sla_ready(),
+                              log_level=log_level)
         try:
             self.listeners = Listeners(self.ingest, udp=cfg.statsd_udp or None, tcp=cfg.statsd_tcp or None,
                                        unix=cfg.statsd_unix or None, rcvbuf=cfg.udp_rcvbuf)

@@ -84,8 +84,11 @@ _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
 
 
 def sample_name(name: str, kind: str) -> str:
-    """A counter's sample (and, in the 0.0.4 format, its TYPE line) ends in `_total`, added once."""
-    return name + "_total" if kind == "counter" and not name.endswith("_total") else name
+    """A counter's sample (and, in the 0.0.4 format, its TYPE line) ends in `_total`, added once;
+    a counter named `_total` itself becomes `_total_total` (its family name may not be empty)."""
+    if kind != "counter" or (name.endswith("_total") and len(name) > 6):
+        return name
+    return name + "_total"
 
 
 def exposed_names(name: str, kind: str) -> tuple[str, ...]:

@@ -149,8 +149,17 @@ def _handler(web: Web):
             elif path == "/-/ready":
                 ok = web.synced.is_set() and web.control.ask(b"y") == b"1"
                 self._send(200 if ok else 503, b"OK\n" if ok else b"not ready\n")
+            elif path == "/-/ready/sla":  # apart: a broken watcher must not take the statsd Service's endpoint
+                why = web.control.ask(b"s")
+                if why == b"-":
+                    self._send(404, b"no SLA watcher in this process\n")
+                elif why is None:
+                    self._send(503, b"the bridge does not answer\n")
+                else:
+                    self._send(503 if why else 200, (why or b"OK") + b"\n")
             elif path == "/":
-                self._send(200, b"airflow-monitor bridge: /metrics /-/healthy /-/ready POST /-/reload\n")
+                self._send(200, b"airflow-monitor bridge: /metrics /-/healthy /-/ready /-/ready/sla "
+                                b"POST /-/reload\n")
             else:
                 self._send(404, b"not found\n")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import sqlite3
 import threading
 from datetime import UTC, datetime
 
@@ -30,12 +31,15 @@ def load_config(path: str | None, airflow_url: str | None = None):
 
 def _build(args):
     from monitor.sla.service import build
+    from monitor.sla.state import StateEmpty
 
     cfg = load_config(args.config, args.airflow_url)
     if getattr(args, "state_file", None):
         cfg.state_file = args.state_file
     try:
-        return build(cfg)
+        return build(cfg, fresh_state=getattr(args, "fresh_state", False))
+    except StateEmpty as e:
+        raise UserError(str(e)) from None
     except OSError as e:
         raise UserError(f"cannot open state file {cfg.state_file}: {e.strerror or e}") from None
     except Exception as e:  # sqlite3.Error and friends: one line, no traceback
@@ -47,7 +51,11 @@ def _ts(t: datetime | None) -> str:
 
 
 def _rows(watcher) -> list[dict]:
-    open_alerts = watcher.state.alerts("open")
+    try:
+        open_alerts = watcher.state.alerts("open")
+    except sqlite3.Error as e:
+        watcher.state.fail(e)
+        open_alerts = {}
     now = datetime.now(UTC)
     rows = []
     for (dag_id, rule), j in sorted(watcher.judgements.items()):
@@ -66,7 +74,27 @@ def _rows(watcher) -> list[dict]:
         rows.append({"dag_id": "_watcher", "rule": "blind", "window": "-", "priority": a.priority,
                      "last_success": "-", "state": "BLIND", "reason": "blind", "message": a.message,
                      "alert": f"open since {_ts(datetime.fromtimestamp(a.opened_at, UTC))}"})
+    if watcher.state.broken:
+        rows.append({"dag_id": "_watcher", "rule": "state", "window": "-", "priority": watcher.cfg.blind_priority,
+                     "last_success": "-", "state": "BROKEN", "reason": "state_broken",
+                     "message": watcher.problem(), "alert": "unknown"})
     return rows
+
+
+def _outbox(watcher, as_json: bool) -> None:
+    """What the state file holds beside the alerts: undelivered notices and refused ones."""
+    if as_json or watcher.state.broken:
+        return
+    try:
+        backlog = watcher.state.backlog()
+        dead = watcher.state.dead_letters()
+    except sqlite3.Error as e:
+        print(f"the state file cannot be read: {e}")
+        return
+    if backlog:
+        print("undelivered notices: " + ", ".join(f"{k}={v}" for k, v in sorted(backlog.items())))
+    for d in dead:
+        print(f"refused by {d[0]}: {d[1]} {d[2]}/{d[3]}: {d[4]}")
 
 
 def _print(rows: list[dict], as_json: bool, columns: tuple[str, ...]) -> None:
@@ -98,28 +126,41 @@ def run(args) -> int:
             raise _airflow_error(e) from None
         _print(_rows(watcher), args.json,
                ("dag_id", "rule", "window", "last_success", "state", "reason", "alert"))
-        backlog = watcher.state.backlog()
-        if backlog and not args.json:
-            print("undelivered notices: " + ", ".join(f"{k}={v}" for k, v in sorted(backlog.items())))
-        for dead in watcher.state.dead_letters():
-            if not args.json:
-                print(f"refused by {dead[0]}: {dead[1]} {dead[2]}/{dead[3]}: {dead[4]}")
+        _outbox(watcher, args.json)
         return 0
     if action == "check":
         watcher.cycle()
         if watcher.stats.consecutive_errors:
             raise _airflow_error(watcher.stats.last_error)
         _print(_rows(watcher), args.json, ("dag_id", "rule", "priority", "state", "reason", "message"))
-        backlog = watcher.state.backlog()
-        if backlog:
-            log.warning("undelivered notices stay queued for the next run: %s", backlog)
+        _outbox(watcher, args.json)
         return 1 if any(j.verdict.breached for j in watcher.judgements.values()) else 0
     return serve_alone(watcher, args.metrics_listen)
 
 
+def _web_app(watcher, registry):
+    """/metrics, /-/healthy, and /-/ready: 503 with the reason while the watcher cannot work."""
+    from prometheus_client import make_wsgi_app
+
+    metrics = make_wsgi_app(registry)
+
+    def app(environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        if path in ("/-/healthy", "/-/ready", "/-/ready/sla"):
+            why = "" if path == "/-/healthy" else watcher.problem()
+            start_response("503 Service Unavailable" if why else "200 OK", [("Content-Type", "text/plain")])
+            return [(why or "OK").encode() + b"\n"]
+        return metrics(environ, start_response)
+
+    return app
+
+
 def serve_alone(watcher, listen: str | None) -> int:
-    """The watcher with its own /metrics (and /-/healthy) until SIGTERM or SIGINT."""
-    from prometheus_client import CollectorRegistry, start_http_server
+    """The watcher with its own /metrics, /-/healthy and /-/ready until SIGTERM or SIGINT."""
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.exposition import ThreadingWSGIServer
 
     from monitor.bridge.listener import parse_address
     from monitor.sla.exposition import SLACollector
@@ -130,11 +171,18 @@ def serve_alone(watcher, listen: str | None) -> int:
     if listen:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(SLACollector(watcher))
+
+        class Quiet(WSGIRequestHandler):
+            def log_message(self, *args):  # no access log
+                pass
+
         try:
             host, port = parse_address(listen)
-            server, _ = start_http_server(port, host or "0.0.0.0", registry)
+            server = make_server(host or "0.0.0.0", port, _web_app(watcher, registry), ThreadingWSGIServer,
+                                 handler_class=Quiet)
         except (OSError, ValueError) as e:
             raise UserError(f"metrics listen address {listen}: {e}") from None
+        threading.Thread(target=server.serve_forever, name="sla-web", daemon=True).start()
         log.info("SLA watcher metrics on http://%s:%d/metrics", host or "0.0.0.0", server.server_port)
     schedule = Schedule(watcher)
     stop = threading.Event()

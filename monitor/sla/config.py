@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from monitor.config import ConfigError, read_secret, read_yaml
 from monitor.durations import parse_duration
+from monitor.redact import secret
 from monitor.sla import windows
 from monitor.sla.rules import KINDS, PRIORITIES, Dag, Rule
 
@@ -290,7 +291,7 @@ def parse(doc: dict, source: str = "config", airflow_url: str | None = None) -> 
     if n.get("webhook") is not None:
         wh = _map(n["webhook"], "notify.webhook")
         _only(wh, {"url", "url_file"}, "notify.webhook")
-        webhook = str(wh.get("url") or "") or read_secret(("AIRFLOW_MONITOR_WEBHOOK_URL",),
+        webhook = secret(str(wh.get("url") or "")) or read_secret(("AIRFLOW_MONITOR_WEBHOOK_URL",),
                                                           str(wh.get("url_file") or ""))
         if not webhook or not webhook.startswith(("http://", "https://")):
             raise SLAConfigError("notify.webhook: needs an http(s) url (url, url_file or $AIRFLOW_MONITOR_WEBHOOK_URL)")

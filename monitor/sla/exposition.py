@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -32,6 +33,11 @@ class SLACollector:
         s = w.stats
         yield GaugeMetricFamily("airflow_monitor_sla_blind", "1 while the watcher cannot read Airflow",
                                 value=1.0 if w.blind else 0.0)
+        yield GaugeMetricFamily("airflow_monitor_sla_state_broken",
+                                "1 while the watcher cannot use its state file (nothing is judged or paged)",
+                                value=1.0 if w.state.broken else 0.0)
+        yield CounterMetricFamily("airflow_monitor_sla_state_errors", "Operations on the state file that failed",
+                                  value=s.state_errors)
         yield CounterMetricFamily("airflow_monitor_sla_cycles", "Watcher cycles run", value=s.cycles)
         yield CounterMetricFamily("airflow_monitor_sla_cycle_errors", "Cycles that could not read Airflow",
                                   value=s.errors)
@@ -53,7 +59,10 @@ class SLACollector:
         yield errs
         pending = GaugeMetricFamily("airflow_monitor_sla_outbox_pending", "Notices waiting for delivery",
                                     labels=["notifier"])
-        backlog = w.state.backlog()
-        for n in w.notifiers:
+        try:
+            backlog = None if w.state.broken else w.state.backlog()
+        except sqlite3.Error:
+            backlog = None  # the cycle says so (state_broken) and pages
+        for n in w.notifiers if backlog is not None else ():
             pending.add_metric([n.name], backlog.get(n.name, 0))
         yield pending

@@ -34,10 +34,11 @@ def notifiers(cfg: SLAConfig) -> list:
     return out
 
 
-def build(cfg: SLAConfig) -> Watcher:
+def build(cfg: SLAConfig, fresh_state: bool = False) -> Watcher:
+    """Raises StateEmpty for a state file that lost its content (unless fresh_state)."""
     a = cfg.airflow
     rest = AirflowRest(a.url, a.username, a.password, a.token, a.timeout, a.verify_tls)
-    return Watcher(cfg, rest, State(cfg.state_file), notifiers(cfg))
+    return Watcher(cfg, rest, State(cfg.state_file, fresh=fresh_state), notifiers(cfg))
 
 
 class Schedule:
@@ -62,14 +63,18 @@ class Schedule:
 
     def _deliver(self) -> None:
         try:
-            self.watcher.delivery.drain()
+            self.watcher.deliver()
         except Exception:
             log.exception("SLA delivery failed")
 
     def _prune(self) -> None:
+        import sqlite3
         import time
 
-        self.watcher.state.prune(time.time() - 30 * 86400)
+        try:
+            self.watcher.state.prune(time.time() - 30 * 86400)
+        except sqlite3.Error:
+            pass  # the cycle notices, says so and pages
 
     def start(self) -> None:
         logging.getLogger("apscheduler").setLevel(logging.WARNING)

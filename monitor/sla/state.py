@@ -3,6 +3,13 @@
 An alert is keyed by (dag_id, rule). Opening or closing it and queueing the notifications
 that say so happen in one transaction, so a crash or restart can neither page twice nor
 forget to page: the outbox is drained by the delivery loop until each notifier accepted.
+Delivery is at least once: a crash after a notifier accepted a notice and before that was
+recorded sends it again, with the same alias, which every notifier dedupes on.
+
+A state file that cannot be used (a corrupted page, an unreadable disk) makes every operation
+raise sqlite3.Error; `broken` then says why, and `retry()` opens the file afresh (after an
+operator repaired or removed it). A file that existed and is now empty is refused at start
+(StateEmpty): starting afresh would page every open alert again.
 """
 
 from __future__ import annotations
@@ -14,6 +21,8 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from monitor.redact import redact
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS alert (
@@ -70,16 +79,70 @@ class OutboxItem:
     attempts: int
 
 
+class StateEmpty(Exception):
+    """The state file exists and is empty: refuse to start unless told to start fresh."""
+
+
+class _Broken:
+    """Stands in for the connection while the file cannot be used: every use raises."""
+
+    def __init__(self, why: str):
+        self.why = why
+
+    def execute(self, *_a, **_k):
+        raise sqlite3.DatabaseError(self.why)
+
+    executemany = executescript = execute
+
+    def close(self) -> None:
+        pass
+
+
 class State:
-    def __init__(self, path: str):
-        if path != ":memory:":
-            Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: str, fresh: bool = False):
         self.path = path
+        if path != ":memory:":
+            p = Path(path).expanduser()
+            if p.is_file() and p.stat().st_size == 0 and not fresh:
+                raise StateEmpty(f"SLA state file {p} is empty: it had the open alerts, and starting afresh "
+                                 "would page every one of them again; restore it, or pass --fresh-state to "
+                                 "start with no alerts")
+            p.parent.mkdir(parents=True, exist_ok=True)
         self.lock = threading.Lock()
-        self.db = sqlite3.connect(str(Path(path).expanduser()) if path != ":memory:" else path,
-                                  check_same_thread=False, isolation_level=None, timeout=10)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.executescript(SCHEMA)
+        self.broken = ""  # why the file cannot be used; "" while it can
+        self.db = _Broken("not opened")
+        self.retry()
+
+    def retry(self) -> bool:
+        """(Re)open the file and check it; True if it can be used."""
+        with self.lock:
+            self.db.close()
+            try:
+                self.db = sqlite3.connect(str(Path(self.path).expanduser()) if self.path != ":memory:" else self.path,
+                                          check_same_thread=False, isolation_level=None, timeout=10)
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.executescript(SCHEMA)
+                check = self.db.execute("PRAGMA quick_check").fetchone()[0]
+                if check != "ok":
+                    raise sqlite3.DatabaseError(f"integrity check: {check}")
+            except sqlite3.Error as e:
+                self._fail(e)
+                return False
+            self.broken = ""
+            return True
+
+    def fail(self, err: Exception) -> None:
+        """An operation raised sqlite3.Error: the file is not used until retry() succeeds."""
+        with self.lock:
+            self._fail(err)
+
+    def _fail(self, err: Exception) -> None:
+        try:
+            self.db.close()
+        except sqlite3.Error:
+            pass
+        self.broken = f"{self.path}: {err}"
+        self.db = _Broken(self.broken)
 
     def close(self) -> None:
         self.db.close()
@@ -92,7 +155,10 @@ class State:
             try:
                 yield self.db
             except BaseException:
-                self.db.execute("ROLLBACK")
+                try:
+                    self.db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
                 raise
             self.db.execute("COMMIT")
 
@@ -170,10 +236,10 @@ class State:
         with self.lock:
             if retry_at is None:
                 self.db.execute("UPDATE outbox SET attempts=attempts+1, last_error=?, dead=1, done_at=? WHERE id=?",
-                                (error[:500], time.time(), item_id))
+                                (redact(error)[:500], time.time(), item_id))
             else:
                 self.db.execute("UPDATE outbox SET attempts=attempts+1, last_error=?, next_at=? WHERE id=?",
-                                (error[:500], retry_at, item_id))
+                                (redact(error)[:500], retry_at, item_id))
 
     def backlog(self) -> dict[str, int]:
         with self.lock:

@@ -4,17 +4,24 @@ Requests per steady cycle: the DAG list (one per 100 DAGs) plus two batch reques
 (finished since the last cycle, and still active). When Airflow cannot be read for
 `blind_after` cycles in a row, one "watcher blind" alert is opened instead of judging DAGs on
 stale knowledge; DAG alerts are left as they are until the watcher sees again.
+
+When the state file cannot be used (corrupted, unreadable), nothing can be judged safely: the
+watcher says so on /metrics (airflow_monitor_sla_state_broken), in its readiness, and with one
+page of its own that does not go through the state's outbox (sent straight to each notifier,
+retried each cycle, closed when the file works again).
 """
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from monitor.airflow.rest import AirflowError
+from monitor.alerting import Refused, Retry
 from monitor.alerting.delivery import Delivery
 from monitor.sla import windows
 from monitor.sla.config import SLAConfig
@@ -45,6 +52,7 @@ class CycleStats:
     last_ok_at: float = 0.0
     opened: int = 0
     resolved: int = 0
+    state_errors: int = 0
     extra: dict = field(default_factory=dict)
 
 
@@ -62,6 +70,9 @@ class Watcher:
         self.stats = CycleStats()
         self._watermark: datetime | None = None
         self._lock = threading.Lock()  # one cycle at a time
+        self._state_paged: set[str] = set()  # notifiers that accepted the "state broken" page
+        self._state_lock = threading.Lock()
+        self._state_told = False  # the broken state file is logged once per episode
 
     # ------------------------------------------------------------------ reading Airflow
     def _lookback(self, rules: list[Rule], now: datetime) -> timedelta:
@@ -127,7 +138,20 @@ class Watcher:
         t0, r0 = time.perf_counter(), self.rest.requests + self.rest.token_requests
         self.stats.cycles += 1
         try:
-            return self._judge(now, apply)
+            if apply and self.state.broken:
+                self.state.retry()
+            judged = self._judge(now, apply)
+            if apply and self._state_told and not self.state.broken:
+                self._state_told = False
+                log.info("SLA state file works again")
+            if apply and self._state_paged and not self.state.broken:
+                self._page_state("close", now)
+            return judged
+        except sqlite3.Error as e:
+            if not apply:
+                raise
+            self._state_failed(e, now)
+            return list(self.judgements.values())
         finally:
             self.stats.last_duration = time.perf_counter() - t0
             self.stats.last_requests = self.rest.requests + self.rest.token_requests - r0
@@ -244,6 +268,59 @@ class Watcher:
     def _resolve_blind(self, now: datetime) -> None:
         notice = self._blind_notice("Airflow is readable again", now, note="resolved: the watcher sees Airflow again")
         self._close(BLIND, notice, now.timestamp())
+
+    # ------------------------------------------------------------------ the state file
+    def deliver(self) -> None:
+        """One outbox pass (the delivery loop's), unless the state file cannot be used."""
+        if self.state.broken:
+            return
+        try:
+            self.delivery.drain()
+        except sqlite3.Error as e:
+            self._state_failed(e, datetime.now(UTC))
+
+    def _state_failed(self, err: Exception, now: datetime) -> None:
+        self.state.fail(err)
+        self.stats.state_errors += 1
+        if not self._state_told:
+            self._state_told = True
+            log.error("SLA state file cannot be used, DAG SLAs are not judged until it is repaired or "
+                      "removed (retried each cycle): %s", self.state.broken)
+        self._page_state("open", now)
+
+    def _state_notice(self, now: datetime, note: str = "") -> dict:
+        why = self.state.broken or "the state file works again"
+        return {"alias": f"airflow-sla:watcher-state:{self.cfg.airflow.url}", "dag_id": "_watcher", "rule": "state",
+                "reason": "state_broken", "message": "[SLA] watcher cannot use its state file",
+                "description": f"The airflow-monitor SLA watcher cannot use its state file ({why}). DAG SLAs "
+                               "are not judged and no SLA alert is opened or closed until it is repaired or "
+                               "removed; removing it forgets which alerts are open.",
+                "priority": self.cfg.blind_priority, "responders": [list(r) for r in self.cfg.blind_responders],
+                "tags": ["airflow-sla", "watcher"], "entity": "airflow-monitor", "runbook": "",
+                "details": {"state_file": self.cfg.state_file, "error": why}, "note": note, "at": now.isoformat()}
+
+    def _page_state(self, action: str, now: datetime) -> None:
+        """Open (or close) the state page on every notifier, straight, without the outbox."""
+        with self._state_lock:
+            note = "resolved: the state file works again" if action == "close" else ""
+            notice = self._state_notice(now, note)
+            for n in self.notifiers:
+                if (n.name in self._state_paged) == (action == "open"):
+                    continue
+                try:
+                    n.send(action, notice)
+                except (Retry, Refused, OSError) as e:
+                    log.warning("%s: %s of the state page not delivered, tried again next cycle: %s",
+                                n.name, action, e)
+                    continue
+                if action == "open":
+                    self._state_paged.add(n.name)
+                else:
+                    self._state_paged.discard(n.name)
+
+    def problem(self) -> str:
+        """Why the watcher cannot do its work ("" if it can): its readiness."""
+        return f"SLA state file cannot be used: {self.state.broken}" if self.state.broken else ""
 
     @property
     def blind(self) -> bool:

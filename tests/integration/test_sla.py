@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -206,3 +207,62 @@ def test_outage_retry_blind_and_restart(airflow, og, tmp_path):
     finally:
         w.stop()
     assert len([p for p in og.pages if p["alias"] == alias("sla_never", "hourly")]) == 1
+
+
+def _get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_a_broken_state_file_is_said_and_paged_and_an_empty_one_refused(airflow, og, tmp_path):
+    cfg = config(tmp_path, airflow, og, [{"dag_id": "sla_never", "rules": [{"max_age": "1h", "name": "hourly"}]}])
+    state = tmp_path / "sla-state.sqlite"
+    w = Watcher(tmp_path, cfg, serve=False)
+    try:
+        og.wait(lambda s: s.pages, timeout=90)
+    finally:
+        w.stop()
+    assert state.stat().st_size >= 3 * 4096
+    with open(state, "r+b") as f:  # a corrupted page: the alert table's
+        f.seek(4096)
+        f.write(b"\xa5" * 4096)
+
+    # `sla run`: says so on /metrics and /-/ready, and pages once without the state's outbox
+    w = Watcher(tmp_path, cfg, serve=False)
+    try:
+        og.wait(lambda s: any("watcher-state" in p["alias"] for p in s.pages), timeout=90)
+        m = w.wait_metrics(lambda m: m.get(("airflow_monitor_sla_state_errors_total", ()), 0) >= 2)
+        assert m[("airflow_monitor_sla_state_broken", ())] == 1
+        status, body = _get(w.http, "/-/ready")
+        assert status == 503 and "SLA state file cannot be used" in body and "malformed" in body, body
+        assert _get(w.http, "/-/healthy")[0] == 200
+        assert [p["alias"] for p in og.pages].count(alias("sla_never", "hourly")) == 1, "not paged again"
+        assert len([p for p in og.pages if "watcher-state" in p["alias"]]) == 1
+    finally:
+        log = w.stop()
+    assert log.count("SLA state file cannot be used") == 1, log
+
+    # beside the bridge: the bridge stays ready (the statsd Service keeps its endpoint); the
+    # watcher's own readiness is apart. The operator removes the file: the state page is closed.
+    w = Watcher(tmp_path, cfg, serve=True)
+    try:
+        w.wait_metrics(lambda m: m.get(("airflow_monitor_sla_state_broken", ())) == 1)
+        assert _get(w.http, "/-/ready")[0] == 200
+        assert _get(w.http, "/-/ready/sla")[0] == 503
+        state.unlink()
+        og.wait(lambda s: any("watcher-state" in a for a, _ in s.closes), timeout=90)
+        w.wait_metrics(lambda m: m.get(("airflow_monitor_sla_state_broken", ())) == 0)
+        assert _get(w.http, "/-/ready/sla") == (200, "OK\n")
+    finally:
+        w.stop()
+
+    # a state file that lost its content is refused, unless told to start fresh
+    state.write_bytes(b"")
+    refused = sla("status", "--config", str(cfg))
+    assert refused.returncode == 2 and "is empty" in refused.stderr and "--fresh-state" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    fresh = sla("status", "--config", str(cfg), "--fresh-state")
+    assert fresh.returncode == 0, fresh.stderr
