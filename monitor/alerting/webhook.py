@@ -1,4 +1,8 @@
-"""A generic JSON webhook, Slack-compatible: {"text": ...} plus the structured alert."""
+"""A generic JSON webhook, Slack-compatible: {"text": ...} plus the structured alert.
+
+Delivery is at least once, so each notice carries a key that is the same every time that notice
+is sent (alias, action, when it was decided): the `Idempotency-Key` header and
+`airflow_monitor.id` in the body, for the receiver to dedupe on."""
 
 from __future__ import annotations
 
@@ -24,7 +28,8 @@ class WebhookNotifier:
         text = f"{ICON[action]} [{notice.get('priority', '')}] {VERB[action]}: {notice['message']}"
         if notice.get("runbook"):
             text += f" (runbook: {notice['runbook']})"
-        body = {"text": text, "airflow_monitor": {"action": action, **{k: v for k, v in notice.items()
-                                                                        if k != "responders"}}}
-        request("POST", self.url, body, None, self.timeout)
+        key = f"{notice['alias']}/{action}/{notice.get('at', '')}"
+        body = {"text": text, "airflow_monitor": {"id": key, "action": action,
+                                                  **{k: v for k, v in notice.items() if k != "responders"}}}
+        request("POST", self.url, body, {"Idempotency-Key": key}, self.timeout)
         return ""

@@ -20,7 +20,7 @@ RULES = ALERTS / "prometheus" / "airflow-rules.yaml"
 
 def test_promtool_checks_the_rules():
     out = run(tool("promtool"), "check", "rules", str(RULES)).stdout
-    assert "SUCCESS: 9 rules found" in out
+    assert "SUCCESS: 10 rules found" in out
 
 
 def test_promtool_unit_tests_fire_and_do_not_fire():

@@ -135,7 +135,7 @@ def test_prometheus_rule_ships_the_tested_rules(rendered, tmp_path):
     spec = rendered["PrometheusRule"]["spec"]
     assert spec == yaml.safe_load((REPO / "alerts" / "prometheus" / "airflow-rules.yaml").read_text())
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump(spec))
-    assert "SUCCESS: 9 rules found" in run(tool("promtool"), "check", "rules", str(tmp_path / "rules.yaml")).stdout
+    assert "SUCCESS: 10 rules found" in run(tool("promtool"), "check", "rules", str(tmp_path / "rules.yaml")).stdout
 
 
 def test_grafana_dashboards_configmap_ships_the_built_dashboards(rendered):

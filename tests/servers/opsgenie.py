@@ -46,6 +46,7 @@ class OpsGenieServer(JsonServer):
         self.closes: list[tuple[str, dict]] = []  # (alias, body) of accepted closes of an open alert
         self.heartbeats: list[str] = []
         self.statuses: dict[str, dict] = {}
+        self.echo_key = False  # a 401 that quotes the Authorization header back, as some services do
         super().__init__()
 
     def open_aliases(self) -> set[str]:
@@ -92,7 +93,8 @@ class OpsGenieServer(JsonServer):
             if (status := self.injected_failure()) is not None:
                 return self._error(h, status, "Rate limit exceeded" if status == 429 else "Internal error")
             if h.headers.get("Authorization") != f"GenieKey {self.api_key}":
-                return self._error(h, 401, "Could not authenticate")
+                given = h.headers.get("Authorization", "") if self.echo_key else ""
+                return self._error(h, 401, f"Could not authenticate {given}".strip())
             if method == "POST" and path == "/v2/alerts":
                 return self._create(h, body)
             m = re.fullmatch(r"/v2/alerts/([^/]+)/(close|notes|acknowledge)", path)

@@ -12,6 +12,7 @@ from tests.servers.base import JsonServer
 class WebhookServer(JsonServer):
     def __init__(self):
         self.messages: list[dict] = []
+        self.keys: list[str] = []  # the Idempotency-Key header of each
         self.entered = threading.Event()   # set once a request has arrived
         self._released = threading.Event()
         self._released.set()
@@ -38,6 +39,7 @@ class WebhookServer(JsonServer):
         body = json.loads(h.rfile.read(int(h.headers.get("Content-Length") or 0)) or b"{}")
         with self.lock:
             self.messages.append(body)
+            self.keys.append(h.headers.get("Idempotency-Key", ""))
         self.entered.set()
         self._released.wait(10)
         h.send_response(200)

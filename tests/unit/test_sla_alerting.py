@@ -86,6 +86,26 @@ def test_a_wrong_key_is_retried_not_dropped(tmp_path, og):
     assert len(og.pages) == 1
 
 
+def test_a_key_echoed_by_the_service_is_neither_logged_nor_stored(tmp_path, og, caplog):
+    from monitor import redact
+
+    key = redact.secret("wrong-key-8f3a2c")  # as read_secret registers every secret it reads
+    redact.install()
+    og.echo_key = True
+    st = State(str(tmp_path / "s.sqlite"))
+    st.open("sales", "fresh", "stale", "m", "P1", [("opsgenie", notice())])
+    Delivery(st, [OpsGenieNotifier(og.url, key)]).drain(now=float("inf"))
+    stored = st.db.execute("SELECT last_error FROM outbox").fetchone()[0]
+    assert "HTTP 401" in stored and key not in stored and "<redacted>" in stored
+    assert "HTTP 401" in caplog.text and key not in caplog.text
+
+
+def test_backoff_is_capped_after_any_number_of_attempts():
+    from monitor.alerting.delivery import MAX_BACKOFF, backoff
+
+    assert all(0 < backoff(n) <= MAX_BACKOFF * 1.2 for n in (0, 10, 1024, 10**6))
+
+
 def test_a_refused_notice_is_kept_as_dead_letter_and_others_go_on(tmp_path, og):
     st = State(str(tmp_path / "s.sqlite"))
     st.open("a", "r", "stale", "m", "P1", [("opsgenie", notice("a", "r", message=""))])  # no message: 422
@@ -153,6 +173,14 @@ def test_webhook_slack_compatible(tmp_path):
         assert body["text"].startswith(":red_circle: [P1] SLA breached: [SLA] sales has not succeeded")
         assert "runbook: https://wiki/x" in body["text"]
         assert body["airflow_monitor"]["action"] == "open" and body["airflow_monitor"]["dag_id"] == "sales"
+        # at least once: a notice sent again (a crash before its delivery was recorded) carries the
+        # same key for the receiver to dedupe on; another notice of the same alert does not
+        (payload,) = st.db.execute("SELECT payload FROM outbox").fetchone()
+        again = json.loads(payload)
+        WebhookNotifier(srv.hook_url).send("open", again)
+        WebhookNotifier(srv.hook_url).send("close", {**again, "at": "later"})
+        assert srv.keys[0] == srv.keys[1] == srv.messages[1]["airflow_monitor"]["id"] != srv.keys[2]
+        assert srv.keys[0].startswith("airflow-sla:sales:fresh/open/")
     finally:
         srv.close()
 
