@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 COUNTER, GAUGE, HIST, SET, DROP, ERROR, PENDING = range(7)
 _KIND = {"counter": COUNTER, "gauge": GAUGE, "histogram": HIST}
 PENDING_MAX_AGE = 1.0  # seconds a first legacy or tagless sample waits for its twin
+PENDING_MAX = 20_000  # samples of one metric held at most; then its mode is decided at once
 MAX_SET_MEMBERS = 10_000  # distinct values a statsd set counts; more are dropped (set_cap)
 WHOLE_MAX = 50_000  # whole lines remembered (~12 MiB); when full it starts afresh
 ENTRY_BYTES = 160  # what a cache entry costs beside its key's bytes (dict slot, tuple, float), measured
@@ -80,6 +81,7 @@ class Ingest:
         self.pinned = {"on": "tagged", "off": "plain"}.get(airflow_tags)
         self.mode: dict[str, str] = {}  # catalog metric name -> tagged | plain
         self.pending: dict[str, deque] = {}  # catalog metric name -> [(target, key, values, t)]
+        self.held_forms: dict[str, set[str]] = {}  # catalog metric name -> forms in `pending` (O(1) _held)
         # raw line minus its value -> entry; a line's key is `name[tags]` + `|type...`
         self.cache: dict[bytes, tuple] = {}
         # whole counter and gauge lines -> (base, increment or value, is increment, type): Airflow
@@ -355,6 +357,7 @@ class Ingest:
         # change of a known mode invalidates cached decisions
         if before is not None:
             self._clear_cache()
+        self.held_forms.pop(mname, None)
         for target, key, values, t in self.pending.pop(mname, ()):
             keep = (target.form == "legacy") == (mode == "plain")
             if keep:
@@ -363,10 +366,24 @@ class Ingest:
                 self.stats.dropped["legacy_twin" if target.form == "legacy" else "tagless_twin"] += len(values)
 
     def _held(self, mname: str, form: str) -> bool:
-        return any(w[0].form == form for w in self.pending.get(mname, ()))
+        return form in self.held_forms.get(mname, ())
 
     def _pend(self, mname: str, target: Target, key: Key, values: list, now: float) -> None:
-        self.pending.setdefault(mname, deque()).append((target, key, values, now))
+        waiting = self.pending.setdefault(mname, deque())
+        waiting.append((target, key, values, now))
+        self.held_forms.setdefault(mname, set()).add(target.form)
+        if len(waiting) >= PENDING_MAX:  # a flood of one form and no twin: decide now, as in a second
+            self._settle(mname, waiting)
+
+    def _settle(self, mname: str, waiting: deque) -> None:
+        """Its twin never came within the pair's time: the form that came alone is the one Airflow
+        sends (legacy names off, or an allow list), and holds its samples."""
+        try:
+            self._set_mode(mname, "plain" if waiting[0][0].form == "legacy" else "tagged")
+        except Exception as err:
+            self._internal(err)
+            self.pending.pop(mname, None)
+            self.held_forms.pop(mname, None)
 
     def housekeeping(self, now: float | None = None) -> None:
         """Release held samples whose twin never came, and expire idle series."""
@@ -375,13 +392,7 @@ class Ingest:
         for mname in list(self.pending):
             waiting = self.pending[mname]
             if waiting and now - waiting[0][3] > PENDING_MAX_AGE:
-                # its twin never came within the pair's time: the form that came alone is the one
-                # Airflow sends (legacy names off, or an allow list), and holds its samples
-                try:
-                    self._set_mode(mname, "plain" if waiting[0][0].form == "legacy" else "tagged")
-                except Exception as err:
-                    self._internal(err)
-                    self.pending.pop(mname, None)
+                self._settle(mname, waiting)
         freed = self.store.expire(now)
         if freed:
             self.stats.series_expired += len(freed)

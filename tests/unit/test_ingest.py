@@ -105,6 +105,25 @@ def test_lone_legacy_sample_is_released_not_lost(h):
     assert h.value("airflow_ti_start_total", dag_id="d", task_id="t") == 2
 
 
+def test_a_flood_of_lone_legacy_samples_is_decided_bounded_and_never_crashes(harness):
+    from monitor.bridge.ingest import PENDING_MAX
+
+    h = harness(max_series_per_family=10_000)
+    n = PENDING_MAX + 5_000  # distinct legacy names, no twin: the crash was 10,050 over the cap
+    h.ingest.handle_many([f"airflow.ti.finish.dag{i}.t.success:1|c".encode() for i in range(n)])
+    assert h.ingest.mode["ti.finish"] == "plain", "decided at the cap, not a second later"
+    assert sum(len(w) for w in h.ingest.pending.values()) == 0
+    assert len(h.samples("airflow_ti_finish_total")) == 10_000
+    assert h.ingest.stats.dropped["cardinality_cap"] == n - 10_000
+    assert not h.ingest.stats.internal_errors
+    # a held sample whose series is a set, or another type, is counted, not a crash
+    h2 = harness()
+    h2.send("airflow.pool.starving_tasks.default_pool:0|s", "airflow.pool.open_slots.p1:1|g",
+            "airflow.pool.open_slots.p1:1|ms")
+    h2.ingest.housekeeping(h2.now + 2)
+    assert not h2.ingest.stats.internal_errors and h2.value("airflow_pool_open_slots", pool="p1") == 1
+
+
 def test_a_tagless_twin_that_comes_first_is_not_counted_twice(h):
     for _ in range(3):  # Airflow sends dagrun.dependency-check's tagless form before its legacy one
         h.send("airflow.dagrun.dependency-check:20|ms", "airflow.dagrun.dependency-check.etl:20|ms")
