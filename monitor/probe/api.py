@@ -24,6 +24,16 @@ TI = "/api/v2/dags/~/dagRuns/~/taskInstances"
 class Api:
     def __init__(self, url: str, *, token: str | None = None, username: str | None = None,
                  password: str | None = None, timeout: float = 0.8):
+        parts = urllib.parse.urlsplit(url.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise SourceError("--api-url must be an http(s) URL of the Airflow API server")
+        if "@" in parts.netloc:  # credentials in the URL: used to log in, never printed
+            userinfo, _, hostport = parts.netloc.rpartition("@")
+            user, _, pw = userinfo.partition(":")
+            username = username or urllib.parse.unquote(user) or None
+            password = password or urllib.parse.unquote(pw) or None
+            parts = parts._replace(netloc=hostport)
+        url = urllib.parse.urlunsplit(parts)
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.token = token

@@ -11,9 +11,10 @@ and runs under a statement timeout, so a probe fits in Kubernetes' default 1 s t
 from __future__ import annotations
 
 import importlib
-from dataclasses import replace
+import re
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote
 
 from monitor.probe.rules import Observation, Thresholds, needs_finished
 from monitor.probe.settings import COMPONENTS
@@ -28,32 +29,81 @@ def _scrub(msg: str, secret: str | None) -> str:
     return msg.replace(secret, "***") if secret else msg
 
 
+# The grammar SQLAlchemy's make_url reads (and so Airflow's sql_alchemy_conn): the password is
+# everything between the first ':' of the user part and the next '@', so `u:Pw/x@host/db` has the
+# password `Pw/x` unencoded; user, password and database are then percent-decoded.
+_URL = re.compile(r"""
+    (?P<scheme>[\w+]+)://
+    (?: (?P<user>[^:/]*) (?: :(?P<password>[^@]*) )? @ )?
+    (?: (?: \[(?P<ipv6>[^/?]+)\] | (?P<host>[^/:?]+) )? (?: :(?P<port>[^/?]*) )? )?
+    (?: /(?P<database>[^?]*) )?
+    (?: \?(?P<query>.*) )?
+""", re.X)
+
+
+@dataclass(frozen=True)
+class DbUrl:
+    dialect: str
+    driver: str | None
+    user: str | None
+    password: str | None
+    host: str | None
+    port: int | None
+    database: str | None
+    query: dict
+
+    def __repr__(self) -> str:  # never shows the password
+        return f"DbUrl({self.dialect}, host={self.host!r}, database={self.database!r})"
+
+
+def parse_url(url: str) -> DbUrl:
+    """A database URL as SQLAlchemy parses it; SourceError (never quoting the URL) otherwise."""
+    m = _URL.match(url.strip())
+    if m is None:
+        raise SourceError("the database URL is not of the form dialect[+driver]://user:password@host/db")
+    g = m.groupdict()
+    port = None
+    if g["port"] is not None:  # `host:` with nothing after the colon is an error too, as there
+        if not g["port"].isascii() or not g["port"].isdigit():  # the port part is right after the password: never quote it
+            raise SourceError("the database URL's port is not a number (a password with '@' must be "
+                              "URL-encoded as %40)")
+        port = int(g["port"])
+    if "@" in (g["host"] or ""):  # the rest of a password with an unencoded '@': never quote it
+        raise SourceError("the database URL's host has an '@' in it (a password with '@' must be "
+                          "URL-encoded as %40)")
+    dialect, _, driver = g["scheme"].partition("+")
+    return DbUrl(dialect=dialect, driver=driver or None,
+                 user=unquote(g["user"]) if g["user"] is not None else None,
+                 password=unquote(g["password"]) if g["password"] is not None else None,
+                 host=g["ipv6"] or g["host"], port=port,
+                 database=unquote(g["database"]) if g["database"] is not None else None,
+                 query=dict(parse_qsl(g["query"] or "")))
+
+
 def connect(url: str, timeout: float = 0.8):
     """(connection, placeholder, dialect) for a SQLAlchemy-style URL."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.split("+")
-    dialect, driver = scheme[0], (scheme[1] if len(scheme) > 1 else None)
-    password = unquote(parts.password) if parts.password else None
+    u = parse_url(url)
+    dialect, driver, password = u.dialect, u.driver, u.password
     try:
         if dialect == "sqlite":
             import sqlite3
 
-            path = url.split(":///", 1)[1] if ":///" in url else ""
-            path = path.split("?", 1)[0]
+            path = u.database or ""
             if not path:
                 raise SourceError("sqlite URL has no database file")
             conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout)
             return conn, "?", "sqlite"
-        query = dict(parse_qsl(parts.query))
-        common = {"host": parts.hostname or "localhost", "user": unquote(parts.username or "")}
+        query = u.query
+        common = {"host": u.host or "localhost", "user": u.user or ""}
         if password:
             common["password"] = password
-        db = unquote(parts.path.lstrip("/"))
+        db = u.database or ""
+        port = u.port
         if dialect in ("postgresql", "postgres"):
             mods = {"psycopg2": ["psycopg2"], "psycopg": ["psycopg"]}.get(driver or "", ["psycopg2", "psycopg"])
             mod = _import(mods, "PostgreSQL")
             ms = max(1, int(timeout * 1000))
-            conn = mod.connect(dbname=db, port=parts.port or 5432, connect_timeout=max(1, round(timeout + 0.49)),
+            conn = mod.connect(dbname=db, port=port or 5432, connect_timeout=max(1, round(timeout + 0.49)),
                                options=f"-c statement_timeout={ms}", **common, **query)
             if mod.__name__ == "psycopg2":
                 conn.set_session(readonly=True, autocommit=True)
@@ -64,7 +114,7 @@ def connect(url: str, timeout: float = 0.8):
             mods = {"mysqldb": ["MySQLdb"], "pymysql": ["pymysql"]}.get(driver or "", ["MySQLdb", "pymysql"])
             mod = _import(mods, "MySQL")
             t = max(1, round(timeout + 0.49))
-            conn = mod.connect(database=db, port=parts.port or 3306, connect_timeout=t, read_timeout=t, **common)
+            conn = mod.connect(database=db, port=port or 3306, connect_timeout=t, read_timeout=t, **common)
             cur = conn.cursor()
             cur.execute(f"SET SESSION MAX_EXECUTION_TIME={max(1, int(timeout * 1000))}")
             return conn, "%s", "mysql"
@@ -72,7 +122,7 @@ def connect(url: str, timeout: float = 0.8):
         raise
     except Exception as e:  # noqa: BLE001 - every driver has its own error classes
         raise SourceError(f"cannot connect to the {dialect} database: {_scrub(e, password)}") from None
-    raise SourceError(f"unsupported database URL scheme {parts.scheme!r}")
+    raise SourceError(f"unsupported database URL scheme {dialect + ('+' + driver if driver else '')!r}")
 
 
 def _import(names: list[str], what: str):

@@ -114,6 +114,72 @@ def test_database_down_is_unknown_not_a_restart(venv):
     assert (code, out["status"]) == (1, "unknown")
 
 
+def test_connection_strings_are_read_as_sqlalchemy_reads_them(venv):
+    """The probe's parser against SQLAlchemy's own make_url (the Airflow image's), on hostile URLs."""
+    import random
+
+    rnd = random.Random(7)
+    alphabet = "aZ9_-.~/:#?%&=+!$ @[]"
+    urls = ["postgresql://u:Pw/x@host/db", "postgresql+psycopg2://u:p%40w@h:5433/d?sslmode=require",
+            "mysql+mysqldb://u@h/db", "sqlite:////abs/airflow.db", "sqlite:///rel.db", "postgresql://h",
+            "postgresql://u:pw@[::1]:5432/db", "postgresql://:pw@/db?host=/var/run/postgresql"]
+    for _ in range(3000):
+        pw = "".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 12)))
+        user = "".join(rnd.choice("ab9_-.%") for _ in range(rnd.randint(0, 4)))
+        urls.append(f"{rnd.choice(['postgresql', 'postgresql+psycopg2', 'mysql+pymysql'])}://{user}:{pw}@"
+                    f"{rnd.choice(['db', '10.0.0.1', '[::1]', ''])}{rnd.choice(['', ':5432', ':'])}"
+                    f"/{rnd.choice(['airflow', 'a%20b', ''])}{rnd.choice(['', '?sslmode=require&a=1'])}")
+    script = """
+import json, sys
+from sqlalchemy.engine import make_url
+from monitor.probe.db import SourceError, parse_url
+bad = []
+for url in json.load(sys.stdin):
+    try:
+        s = make_url(url)
+        want = (s.drivername.split("+")[0], s.username, s.password, s.host, s.port, s.database, dict(s.query))
+    except Exception:
+        want = "error"
+    try:
+        u = parse_url(url)
+        got = (u.dialect, u.user, u.password, u.host, u.port, u.database, u.query)
+    except SourceError as e:
+        got = "error"
+        assert "Pw" not in str(e) and url.split("//", 1)[1].split("@")[0] not in str(e) or not url, str(e)
+    if got != want and not (got == "error" and want != "error" and "@" in (want[3] or "")):
+        bad.append((url, got, want))
+print(json.dumps(bad[:5]))
+"""
+    r = subprocess.run([str(venv / "bin" / "python"), "-c", script], input=json.dumps(urls), capture_output=True,
+                       text=True, timeout=120, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == [], r.stdout
+
+
+def test_an_unencoded_password_works_and_no_credential_is_ever_printed(airflow_pg, venv, tmp_path):
+    """SQLAlchemy (and so Airflow) accepts `u:Pw/x@host`; the probe must too, and say nothing of it."""
+    import psycopg2
+
+    af, url = airflow_pg
+    pw = "Pw/x:y#z?q"
+    with psycopg2.connect(url) as c, c.cursor() as cur:
+        cur.execute("DROP ROLE IF EXISTS probe_raw")
+        cur.execute(f"CREATE ROLE probe_raw LOGIN SUPERUSER PASSWORD '{pw}'")
+    dbname = url.rsplit("/", 1)[1]
+    raw = f"postgresql://probe_raw:{pw}@127.0.0.1:5432/{dbname}"
+    code, out = wait_probe(venv, 0, "--local", "--sql-alchemy-conn", raw)
+    assert (code, out["status"]) == (0, "healthy"), out
+    # a wrong one, an '@' left unencoded, an API URL with a password: no part of any is printed
+    for args in (["--sql-alchemy-conn", raw.replace("Pw/x", "Wrong/x")],
+                 ["--sql-alchemy-conn", f"postgresql://probe_raw:Se@cretPart@127.0.0.1:5432/{dbname}"],
+                 ["--sql-alchemy-conn", f"postgresql://probe_raw:SecretPart:77@127.0.0.1/{dbname}"],
+                 ["--source", "api", "--api-url", "http://admin:SecretPart@127.0.0.1:1/"]):
+        code, out = probe(venv, *args)
+        text = json.dumps(out)
+        assert out["status"] == "unknown" and out["check"] == "source", out
+        assert not any(part in text for part in ("Wrong", "Se@", "cretPart", "SecretPart")), text
+
+
 def test_ha_other_schedulers_queue_does_not_fail_this_one(airflow_pg, venv):
     """A second scheduler (another host) whose tasks are stuck: only its own probe fails."""
     import psycopg2
