@@ -1,7 +1,8 @@
 """The bridge at the scale of a large Airflow: load thousands of DAGs, then ingest while scraped.
 
     python bench/bridge_scale.py [--sizes 500x10,2000x10] [--rate 100000] [--seconds 60]
-                                 [--scrape-every 15] [--rcvbuf 212992] [--statsd-exporter PATH]
+                                 [--scrape-every 15] [--parallel 1] [--rcvbuf 212992]
+                                 [--statsd-exporter PATH]
 
 For each size (DAGs x tasks) and each tool (airflow-monitor, and statsd_exporter when its binary
 is given), on one machine in one run:
@@ -218,7 +219,7 @@ def series_count(text: str) -> int:
 
 # ---------------------------------------------------------------- one tool, one size
 def run(tool: Tool, sender: Path, tmp: Path, dags: int, tasks: int, args) -> dict:
-    r: dict = {"tool": tool.name, "size": f"{dags}x{tasks}"}
+    r: dict = {"tool": tool.name, "size": f"{dags}x{tasks}", "parallel": args.parallel}
     rss0 = mem(tool.pids, "VmRSS")
     load = tmp / f"load-{dags}x{tasks}.txt"
     lines = load_lines(dags, tasks)
@@ -243,14 +244,21 @@ def run(tool: Tool, sender: Path, tmp: Path, dags: int, tasks: int, args) -> dic
     scrapes: list[tuple[float, int]] = []
     stop = threading.Event()
 
+    def one_scrape():
+        try:
+            took, size, _ = tool.scrape(gz=True)
+            scrapes.append((took, size))
+        except OSError as e:
+            scrapes.append((float("nan"), 0))
+            print(f"    scrape failed: {e}", file=sys.stderr)
+
     def scraper():
-        while not stop.wait(args.scrape_every):
-            try:
-                took, size, _ = tool.scrape(gz=True)
-                scrapes.append((took, size))
-            except OSError as e:
-                scrapes.append((float("nan"), 0))
-                print(f"    scrape failed: {e}", file=sys.stderr)
+        while not stop.wait(args.scrape_every):  # --parallel scrapers at once (Prometheus replicas, a storm)
+            at_once = [threading.Thread(target=one_scrape) for _ in range(args.parallel)]
+            for t in at_once:
+                t.start()
+            for t in at_once:
+                t.join()
 
     before = tool.lines()
     c0 = cpu(tool.pids)
@@ -288,8 +296,14 @@ def report(r: dict) -> None:
     lr = r["loaded_run"]
     print(f"  mix at {lr['achieved']:,.0f} lines/s while scraped: sent {lr['sent']:,}, counted {lr['counted']:,.0f}, "
           f"loss {lr['loss']:.3f} %, {lr['cpu_per_m']:.2f} CPU-s per million lines")
-    for i, (took, size) in enumerate(lr["scrapes"], 1):
-        print(f"    scrape {i}: {took:.2f} s, {size / mib:.1f} MiB gzip")
+    if r["parallel"] > 1:
+        took = sorted(t for t, _ in lr["scrapes"] if t == t) or [float("nan")]
+        failed = sum(1 for t, _ in lr["scrapes"] if t != t)
+        print(f"    {len(took)} scrapes, {r['parallel']} at a time: {took[0]:.2f}-{took[-1]:.2f} s, "
+              f"median {took[len(took) // 2]:.2f} s, failed {failed}")
+    else:
+        for i, (took, size) in enumerate(lr["scrapes"], 1):
+            print(f"    scrape {i}: {took:.2f} s, {size / mib:.1f} MiB gzip")
     fr = r["fast_run"]
     split = f" ({fr['ingest_cpu_per_m']:.2f} in the ingest process)" if len(r["pids"]) > 1 else ""
     print(f"  mix at {fr['achieved']:,.0f} lines/s, no scrapes: loss {fr['loss']:.3f} %, "
@@ -305,6 +319,7 @@ def main() -> None:
     ap.add_argument("--rate", type=int, default=100_000)
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--scrape-every", type=float, default=15)
+    ap.add_argument("--parallel", type=int, default=1, help="scrapes fired at once at each --scrape-every")
     ap.add_argument("--fast-rate", type=int, default=150_000)
     ap.add_argument("--fast-seconds", type=float, default=20)
     ap.add_argument("--rcvbuf", type=int, default=212992, help="UDP receive buffer (a pod's default rmem_max)")

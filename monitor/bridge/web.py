@@ -23,18 +23,17 @@ import socket
 import struct
 import sys
 import threading
-import time
-import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from monitor.bridge.exposition import StoreView
+from monitor.bridge.fanout import FAILED, Fanout
 
 log = logging.getLogger("airflow_monitor.web")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 HEADER = struct.Struct(">I")
 CONTROL = struct.Struct(">cI")  # op, sequence
 REPLY = struct.Struct(">II")  # sequence, length
-MAX_RENDERS = 2  # scrapes rendered at once; more wait their turn
+RENDER_WAIT = 60.0  # seconds a scrape waits for its next piece before it gives up
 IDLE_TIMEOUT = 30.0  # seconds an HTTP connection may sit idle
 
 
@@ -88,10 +87,14 @@ class Web:
         self.journal_fd = journal_fd
         self.control = control
         self.synced = threading.Event()
-        self.renders = threading.BoundedSemaphore(MAX_RENDERS)
         self.scrapes = 0
         self.last_duration = 0.0
         self.last_bytes = 0
+        self.fanout = Fanout(self.pieces, self._rendered)
+
+    def _rendered(self, scrapes: int, seconds: float, sent: int) -> None:
+        self.scrapes += scrapes
+        self.last_duration, self.last_bytes = seconds, sent
 
     def follow_journal(self) -> None:
         """Apply journal batches as they come; exit the process when the bridge is gone."""
@@ -108,12 +111,15 @@ class Web:
 
     def own_metrics(self) -> str:
         p = "airflow_monitor_bridge_"
-        return (f"# HELP {p}scrape_duration_seconds Time the last /metrics took to render and send.\n"
+        return (f"# HELP {p}scrape_duration_seconds Time the last rendering of /metrics took to send (one "
+                f"rendering serves every scrape waiting).\n"
                 f"# TYPE {p}scrape_duration_seconds gauge\n{p}scrape_duration_seconds {self.last_duration!r}\n"
                 f"# HELP {p}scrape_bytes Bytes the last /metrics sent (after compression).\n"
                 f"# TYPE {p}scrape_bytes gauge\n{p}scrape_bytes {self.last_bytes}\n"
                 f"# HELP {p}scrapes Scrapes of /metrics served.\n"
                 f"# TYPE {p}scrapes counter\n{p}scrapes_total {self.scrapes}\n"
+                f"# HELP {p}renders Renderings of /metrics; each serves every scrape waiting for it.\n"
+                f"# TYPE {p}renders counter\n{p}renders_total {self.fanout.renders}\n"
                 f"# HELP {p}exposed_series Series the web process knows of.\n"
                 f"# TYPE {p}exposed_series gauge\n{p}exposed_series {self.view.series_count()}\n")
 
@@ -165,11 +171,8 @@ def _handler(web: Web):
 
         def _metrics(self):
             gz = "gzip" in self.headers.get("Accept-Encoding", "")
-            if not web.renders.acquire(timeout=30):
-                self._send(503, b"too many scrapes at once\n")
-                return
+            scrape = web.fanout.scrape(gz)  # served by the next rendering, with every scrape waiting
             try:
-                start = time.perf_counter()
                 self.send_response(200)
                 self.send_header("Content-Type", CONTENT_TYPE)
                 if gz:
@@ -177,16 +180,21 @@ def _handler(web: Web):
                 self.send_header("Transfer-Encoding", "chunked")
                 self.end_headers()
                 out = _Chunked(self.wfile)
-                if gz:  # compress in a second thread: zlib lets go of the GIL, so it overlaps rendering
-                    out = _Gzip(out)
-                for data in web.pieces():
+                while True:
+                    try:
+                        data = scrape.q.get(timeout=RENDER_WAIT)
+                    except queue.Empty:
+                        data = FAILED
+                    if data is None:
+                        out.close()
+                        return
+                    if data is FAILED:  # no final chunk: the client sees a broken scrape, not a short one
+                        self.close_connection = True
+                        return
                     out.write(data)
-                out.close()
-                web.scrapes += 1
-                web.last_duration = time.perf_counter() - start
-                web.last_bytes = out.sent
-            finally:
-                web.renders.release()
+            except BaseException:
+                scrape.dead = True
+                raise
 
         def do_POST(self):
             if self.path.split("?", 1)[0] == "/-/reload":
@@ -217,47 +225,6 @@ class _Chunked:
 
     def close(self) -> None:
         self.wfile.write(b"0\r\n\r\n")
-
-
-class _Gzip:
-    """gzip in a thread of its own, fed through a short queue; errors surface on close()."""
-
-    def __init__(self, out: _Chunked):
-        self.out = out
-        self.queue: queue.Queue = queue.Queue(maxsize=4)
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="gzip", daemon=True)
-        self.thread.start()
-
-    @property
-    def sent(self) -> int:
-        return self.out.sent
-
-    def _run(self) -> None:
-        z = zlib.compressobj(1, zlib.DEFLATED, 31)
-        while (data := self.queue.get()) is not None:
-            if self.error is None:
-                try:
-                    self.out.write(z.compress(data))
-                except BaseException as e:  # the client went away: drain the queue, report on close()
-                    self.error = e
-        if self.error is None:
-            try:
-                self.out.write(z.flush())
-                self.out.close()
-            except BaseException as e:
-                self.error = e
-
-    def write(self, data: bytes) -> None:
-        if self.error is not None:
-            raise self.error
-        self.queue.put(data)
-
-    def close(self) -> None:
-        self.queue.put(None)
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
 
 
 class _Server(ThreadingHTTPServer):

@@ -63,8 +63,10 @@ def parse_url(url: str) -> DbUrl:
         raise SourceError("the database URL is not of the form dialect[+driver]://user:password@host/db")
     g = m.groupdict()
     port = None
-    if g["port"] is not None:  # `host:` with nothing after the colon is an error too, as there
-        if not g["port"].isascii() or not g["port"].isdigit():  # the port part is right after the password: never quote it
+    # `host:` with nothing after the colon is an error too, as in SQLAlchemy; the port part comes
+    # right after the password, so it is never quoted
+    if g["port"] is not None:
+        if not g["port"].isascii() or not g["port"].isdigit():
             raise SourceError("the database URL's port is not a number (a password with '@' must be "
                               "URL-encoded as %40)")
         port = int(g["port"])

@@ -188,6 +188,45 @@ def test_continuous_scrapes_lose_nothing_of_a_burst(bridge):
     assert sum(m["airflow_ti_finish_total"].values()) == sent
 
 
+def test_concurrent_scrapers_share_renderings_and_a_stalled_one_holds_nobody(bridge):
+    b = bridge("--airflow-tags", "on")
+    lines = [f"team{f}.rows:1|c|#k:{i:05d}" for f in range(40) for i in range(2500)]  # ~6 MB of text
+    for i in range(0, len(lines), 50):
+        b.send_udp("\n".join(lines[i:i + 50]))
+    b.wait_for(lambda m: len(m.get("team39_rows_total", {})) >= 2400, timeout=30)
+    before = b.scrape()
+    # a client that asks and never reads: the rendering it is part of waits for it, then drops it
+    stalled = socket.create_connection(("127.0.0.1", b.http))
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    time.sleep(0.5)
+    bodies: list = [None] * 20
+    failed: list = []
+
+    def scrape(i: int) -> None:
+        try:
+            req = urllib.request.Request(f"http://127.0.0.1:{b.http}/metrics",
+                                         headers={"Accept-Encoding": "gzip"} if i % 2 else {})
+            with urllib.request.urlopen(req, timeout=60) as r:
+                raw = r.read()
+                bodies[i] = gzip.decompress(raw) if r.headers.get("Content-Encoding") == "gzip" else raw
+        except Exception as e:  # noqa: BLE001 - reported below
+            failed.append(e)
+
+    threads = [threading.Thread(target=scrape, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+    stalled.close()
+    assert not failed, failed
+    assert all(body and body.count(b"team39_rows_total{") == 2500 for body in bodies)
+    after = b.scrape()
+    renders = after["airflow_monitor_bridge_renders_total"][()] - before["airflow_monitor_bridge_renders_total"][()]
+    scrapes = after["airflow_monitor_bridge_scrapes_total"][()] - before["airflow_monitor_bridge_scrapes_total"][()]
+    assert scrapes >= 21 and renders <= 4, (scrapes, renders)  # 21 scrapes: the stalled one's, then the rest
+
+
 def test_a_killed_web_process_comes_back_with_every_series(bridge):
     b = bridge("--airflow-tags", "on")
     b.send_udp("airflow.ti.finish:2|c|#dag_id:d.x,task_id:g.t,state:success", "airflow.dagbag_size:4|g")
