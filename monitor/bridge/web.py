@@ -23,6 +23,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from monitor.bridge.exposition import StoreView
@@ -91,6 +92,7 @@ class Web:
         self.last_duration = 0.0
         self.last_bytes = 0
         self.fanout = Fanout(self.pieces, self._rendered)
+        self.server = None  # the HTTP server, for its refusal counts
 
     def _rendered(self, scrapes: int, seconds: float, sent: int) -> None:
         self.scrapes += scrapes
@@ -120,6 +122,10 @@ class Web:
                 f"# TYPE {p}scrapes counter\n{p}scrapes_total {self.scrapes}\n"
                 f"# HELP {p}renders Renderings of /metrics; each serves every scrape waiting for it.\n"
                 f"# TYPE {p}renders counter\n{p}renders_total {self.fanout.renders}\n"
+                f"# HELP {p}http_refused HTTP connections refused: over the connection limit, or accept() "
+                f"failed (file descriptors exhausted).\n# TYPE {p}http_refused counter\n"
+                f'{p}http_refused_total{{reason="too_many_connections"}} {getattr(self.server, "refused", 0)}\n'
+                f'{p}http_refused_total{{reason="accept_error"}} {getattr(self.server, "accept_errors", 0)}\n'
                 f"# HELP {p}exposed_series Series the web process knows of.\n"
                 f"# TYPE {p}exposed_series gauge\n{p}exposed_series {self.view.series_count()}\n")
 
@@ -233,6 +239,7 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     slots = threading.BoundedSemaphore(64)
     refused = 0
+    accept_errors = 0
 
     def process_request(self, request, client_address):
         if not self.slots.acquire(blocking=False):
@@ -246,6 +253,14 @@ class _Server(ThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             self.slots.release()
+
+    def get_request(self):
+        try:
+            return super().get_request()
+        except OSError:  # EMFILE, ENFILE, ENOBUFS: the listener stays readable; pause, do not spin
+            self.accept_errors += 1
+            time.sleep(0.2)
+            raise
 
     def handle_error(self, request, client_address):  # a client that went away is not news
         if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
@@ -267,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     server.socket.close()
     server.socket = socket.socket(fileno=args.http_fd)
     server.server_address = server.socket.getsockname()
+    web.server = server
     server.serve_forever(poll_interval=0.5)
     return 0
 

@@ -276,6 +276,17 @@ def test_running_out_of_file_descriptors_does_not_stop_the_bridge(bridge):
         with socket.create_connection(("127.0.0.1", b.tcp)) as s:  # accepting again
             s.sendall(b"airflow.dagbag_size:8|g\n")
         b.wait_for(lambda m: m.get("airflow_dagbag_size", {}).get(()) == 8)
+        # the same on the HTTP port: the web process runs out, pauses accepting, and serves again
+        web = _web_pid(b)
+        for _ in range(80):
+            held.append(socket.create_connection(("127.0.0.1", b.http)))
+        time.sleep(1.5)
+        for s in held:
+            s.close()
+        held.clear()
+        m = b.wait_for(lambda m: m["airflow_monitor_bridge_http_refused_total"].get(
+            (("reason", "accept_error"),), 0) >= 1)
+        assert _web_pid(b) == web and b.proc.poll() is None, "neither process died nor was restarted"
     finally:
         for s in held:
             s.close()

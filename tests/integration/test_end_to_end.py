@@ -135,3 +135,30 @@ def test_alerts_fire_on_real_data(prom):
     assert ("AirflowSLABreached", "sla_never") in firing, firing
     assert ("AirflowSchedulerHeartbeatMissing", None) not in firing
     assert not any(a == "AirflowSLABreached" and d == "sla_ok" for a, d in firing)
+
+
+def test_hostile_lines_never_take_the_target_down(prom, stack):
+    """Reserved labels, clashing names and squatted families, sent to the bridge a real Prometheus
+    scrapes: the target stays up, and the bridge counts what it refused."""
+    import socket
+
+    hostile = [
+        "app.y:1|c|#__name__:evil", "app.y2:1|c|#__meta_x:1", "app.z:1|ms|#le:0.5", "app.q:1|h|#quantile:0.9",
+        "app.flag:1|c|#method:GET,flag", "app.flag:1|c|#method:GET,flag:", "app.t:5|ms", "app.t_sum:1|g",
+        "app.t_bucket:2|g", "app.x:1|c", "app.x_total:2|g", "app.rows:1|c", "app.rows_total:2|c",
+        "airflow_ti_finish:1|g", "airflow_sla_breached:0|g|#dag_id:sla_never,rule:fresh,priority:P3,reason:x",
+        "airflow_monitor_bridge_parse_errors:0|c|#reason:malformed_line", "_total:1|c", "app.v:1|g|#k:a\"b\\\\c\nd",
+    ]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for line in hostile:
+            s.sendto(line.encode(), ("127.0.0.1", stack.bridge.udp))
+    time.sleep(6)  # three scrape intervals
+    targets = prom.get("/api/v1/targets")["data"]["activeTargets"]
+    assert [(t["health"], t["lastError"]) for t in targets] == [("up", "")], targets
+    up = prom.query('up{job="airflow-monitor"}')["data"]["result"]
+    assert [r["value"][1] for r in up] == ["1"]
+    refused = {r["metric"]["reason"]: float(r["value"][1]) for r in prom.query(
+        "airflow_monitor_bridge_dropped_total")["data"]["result"]}
+    assert refused.get("reserved_label", 0) >= 3 and refused.get("conflict", 0) >= 3, refused
+    assert refused.get("reserved", 0) >= 3, refused
+    assert prom.query('app_flag_total{method="GET"}')["data"]["result"][0]["value"][1] == "2"
