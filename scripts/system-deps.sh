@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Tools the tests use: Prometheus + promtool and Alertmanager + amtool (Debian), Debian's Go and
-# Go Prometheus libraries (to build Prometheus' own text parser), and helm for rendering the chart.
+# Go Prometheus libraries (to build Prometheus' own text parser), PgBouncer, and helm for rendering
+# the chart.
 # Installed once; a no-op when they are already there.
 set -euo pipefail
 need=()
@@ -9,6 +10,8 @@ command -v amtool >/dev/null 2>&1 || need+=(prometheus-alertmanager)
 # Prometheus' own Go text parser (expfmt), for tests/tools/expfmtcheck: Debian's Go and libraries
 command -v go >/dev/null 2>&1 || need+=(golang-go)
 [ -d /usr/share/gocode/src/github.com/prometheus/common/expfmt ] || need+=(golang-github-prometheus-common-dev)
+# PgBouncer in front of PostgreSQL, as the official Airflow chart's pgbouncer.enabled puts it
+command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || need+=(pgbouncer)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo -n"
@@ -16,7 +19,9 @@ if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
   # the package starts system services we do not want running; tests start their own
-  $SUDO systemctl disable --now prometheus prometheus-alertmanager prometheus-node-exporter >/dev/null 2>&1 || true
+  $SUDO systemctl disable --now prometheus prometheus-alertmanager prometheus-node-exporter pgbouncer \
+    >/dev/null 2>&1 || true
+  $SUDO service pgbouncer stop >/dev/null 2>&1 || true
 fi
 
 # helm: Debian has none and get.helm.sh is not reachable from CI, but the npm registry is. AWS CDK's

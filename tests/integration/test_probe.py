@@ -105,6 +105,36 @@ def test_stale_heartbeat(airflow_pg, venv):
     assert code == 0, out
 
 
+@pytest.mark.parametrize("pool_mode", ["transaction", "session"])
+def test_behind_pgbouncer_the_probe_passes_and_can_fail(airflow_pg, venv, tmp_path, pool_mode):
+    """The chart's pgbouncer.enabled: PgBouncer refuses a startup `options` parameter, so the
+    statement timeout must be set another way, and must not leak into a pooled server connection."""
+    import psycopg2
+
+    from tests.integration.conftest import PG_PASSWORD, PG_USER
+    from tests.integration.pgbouncer import PgBouncer
+
+    af, url = airflow_pg
+    pb = PgBouncer(tmp_path / "pgbouncer", url.rsplit("/", 1)[1], PG_USER, PG_PASSWORD, pool_mode, pool_size=1)
+    try:
+        code, out = wait_probe(venv, 0, "--local", "--sql-alchemy-conn", pb.url)
+        assert (code, out["status"]) == (0, "healthy"), (out, pb.log())
+        with psycopg2.connect(pb.url) as c, c.cursor() as cur:  # the pool's one server connection
+            cur.execute("SHOW statement_timeout")
+            assert cur.fetchone()[0] == "0", "the probe's timeout leaked into the pool"
+        pids = af.signal("airflow scheduler", signal.SIGSTOP)
+        assert pids, "scheduler process not found"
+        try:
+            code, out = wait_probe(venv, 1, "--sql-alchemy-conn", pb.url, "--local", "--heartbeat-threshold", "4",
+                                   timeout=60)
+            assert (code, out["status"], out["check"]) == (1, "unhealthy", "heartbeat"), (out, pb.log())
+        finally:
+            af.signal("airflow scheduler", signal.SIGCONT)
+    finally:
+        pb.stop()
+    wait_probe(venv, 0, "--sql-alchemy-conn", url, "--local")
+
+
 def test_database_down_is_unknown_not_a_restart(venv):
     down = "postgresql://airflow_monitor:secret-pw@127.0.0.1:1/airflow"
     code, out = probe(venv, "--sql-alchemy-conn", down)
