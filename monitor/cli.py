@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 
 from monitor import __version__, redact
@@ -31,6 +32,15 @@ def _add_bridge_flags(p: argparse.ArgumentParser) -> None:
         "relay": "forward raw statsd packets to host:port",
         "datadog": "forward to Datadog: none (default), agent (DogStatsD) or api (agentless)",
         "datadog_api_key_file": "file holding the Datadog API key (else DD_API_KEY)",
+        "max_packet": "largest UDP datagram accepted, bytes (default 65535); larger ones are counted and dropped",
+        "udp_rcvbuf": "UDP receive buffer to ask for, bytes (default 8 MiB; the kernel caps it at rmem_max)",
+        "datadog_host": "DogStatsD agent host for --datadog agent (default 127.0.0.1)",
+        "datadog_port": "DogStatsD agent port (default 8125)",
+        "datadog_socket": "DogStatsD agent Unix socket, instead of host and port",
+        "datadog_site": "Datadog site for --datadog api (default datadoghq.com)",
+        "datadog_api_url": "Datadog API URL, instead of https://api.<site>",
+        "datadog_flush_interval": "seconds between sends to Datadog (default 10)",
+        "datadog_tags": "tags added to every Datadog point, comma separated (env:prod,team:data)",
     }
     for f in dataclasses.fields(BridgeConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -58,9 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     sla = sub.add_parser("sla", help="SLA watcher: page when a key DAG has not succeeded within its window",
                          description="run: watch on a schedule (default); check: evaluate once, exit 1 if "
                          "anything is breached; status: print watched DAGs, windows, last success and alerts")
-    sla.add_argument("action", nargs="?", choices=["run", "check", "status"], default="run")
+    sla.add_argument("action", nargs="?", choices=["run", "check", "status", "test-notify"], default="run",
+                     help="run: watch on a schedule; check: one dry look (exit 1 if breached); status: a table "
+                          "with the open alerts and the outbox; test-notify: one test alert through each notifier")
     sla.add_argument("--config", help="SLA YAML config (or $AIRFLOW_MONITOR_SLA_CONFIG)")
     sla.add_argument("--once", action="store_true", help="with check: evaluate once and exit (the default)")
+    sla.add_argument("--notify", action="store_true",
+                     help="with check: also open and close alerts and send their notices (default: print only)")
     sla.add_argument("--airflow-url", help="Airflow base URL, overriding the config")
     sla.add_argument("--state-file", help="SQLite alert state, overriding the config")
     sla.add_argument("--fresh-state", action="store_true",
@@ -70,34 +84,45 @@ def build_parser() -> argparse.ArgumentParser:
     sla.add_argument("--log-level", default=argparse.SUPPRESS, help="DEBUG, INFO, WARNING, ERROR")
 
     probe = sub.add_parser("probe", help="liveness probe: exit 1 when a component is stuck (for Kubernetes)")
-    probe.add_argument("component", choices=["scheduler", "triggerer", "dag-processor"])
+    probe.add_argument("component", choices=["scheduler", "triggerer", "dag-processor"],
+                       help="the Airflow component this container runs")
     probe.add_argument("--local", action="store_true", help="only this host's job (and, for the scheduler, "
                        "only tasks queued by it), like `airflow jobs check --local`")
     probe.add_argument("--hostname", help="the job's host name (instead of --local)")
     probe.add_argument("--json", action="store_true", help="print a JSON object instead of one line")
+    probe.add_argument("--log-level", default=argparse.SUPPRESS, help="DEBUG, INFO, WARNING, ERROR")
     probe.add_argument("--on-unknown", choices=["ok", "fail"], default="ok",
                        help="exit code when the database/API cannot be read (default ok: no restart storm)")
+    probe.add_argument("--on-misconfigured", choices=["ok", "fail"], default="fail",
+                       help="exit code when the probe's own settings are wrong: credentials refused, unknown "
+                            "database, unsupported URL, missing driver (default fail: the startup probe says so)")
     probe.add_argument("--checks", default="heartbeat,stuck_queue", help="comma separated: heartbeat,stuck_queue")
     probe.add_argument("--heartbeat-threshold", type=float, default=None,
                        help="seconds (default: Airflow's *_health_check_threshold, 30)")
     probe.add_argument("--queued-grace", type=float, default=300.0, help="seconds a task may wait queued (300)")
     probe.add_argument("--finished-window", type=float, default=300.0,
                        help="a task finished within this many seconds means the queue moves (300)")
-    probe.add_argument("--source", choices=["db", "api"], default="db")
+    probe.add_argument("--source", choices=["db", "api"], default="db",
+                       help="read the metadata database (default) or the Airflow REST API v2")
     probe.add_argument("--sql-alchemy-conn", help="database URL (default: Airflow's own setting)")
-    probe.add_argument("--api-url", help="Airflow API base URL for --source api")
-    probe.add_argument("--api-user", help="API user (password from AIRFLOW_MONITOR_API_PASSWORD or a file)")
-    probe.add_argument("--api-password-file")
-    probe.add_argument("--api-token-file", help="a JWT to use instead of user and password")
+    probe.add_argument("--api-url", help="Airflow API base URL for --source api (or $AIRFLOW_MONITOR_AIRFLOW_URL)")
+    probe.add_argument("--api-user", help="API user (or $AIRFLOW_MONITOR_AIRFLOW_USERNAME); its password from "
+                                          "$AIRFLOW_MONITOR_AIRFLOW_PASSWORD or --api-password-file")
+    probe.add_argument("--api-password-file", help="a file whose first line is the API user's password")
+    probe.add_argument("--api-token-file", help="a JWT to use instead of user and password "
+                                                "(or $AIRFLOW_MONITOR_AIRFLOW_TOKEN)")
     probe.add_argument("--timeout", type=float, default=0.8, help="connect and statement timeout, seconds")
 
     dash = sub.add_parser("dashboards", help="build the Grafana and Datadog dashboards from the catalog")
-    dash.add_argument("action", choices=["build"])
+    dash.add_argument("action", choices=["build"], help="write the dashboards and monitors (or --check them)")
+    dash.add_argument("--log-level", default=argparse.SUPPRESS, help="DEBUG, INFO, WARNING, ERROR")
     dash.add_argument("--output", help="root directory for dashboards/ and alerts/datadog/ (default: the repository)")
     dash.add_argument("--check", action="store_true", help="exit 1 if the files there are stale, write nothing")
 
     cat = sub.add_parser("catalog", help="print the metric catalog (Airflow statsd -> Prometheus / Datadog)")
-    cat.add_argument("--format", choices=["table", "markdown", "yaml"], default="table")
+    cat.add_argument("--format", choices=["table", "markdown", "yaml"], default="table",
+                     help="table (paged on a terminal), markdown, or the catalog's YAML")
+    cat.add_argument("--log-level", default=argparse.SUPPRESS, help="DEBUG, INFO, WARNING, ERROR")
     return parser
 
 
@@ -136,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `airflow-monitor catalog | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -1,43 +1,41 @@
 """Datadog forwarding: every flush interval, read the store and send what changed.
 
-Like the Datadog agent, the bridge aggregates per flush interval: counters are sent as the
-increase since the last flush (type count), gauges as their value, timers as .count, .avg,
-.median and .95percentile (milliseconds for Airflow timers, as Datadog's Airflow integration
-has them). Two targets, both through the `datadog` package:
-  agent: DogStatsD over UDP (host/port) or a Unix socket;
-  api:   agentless, the HTTP API (/api/v1/series) with an API key; batched, retried with
-         exponential backoff, and bounded in memory (oldest points dropped, counted) while
-         Datadog is unreachable.
+Counters are sent as the increase since the last flush (type count), gauges as their value.
+Timers (milliseconds for Airflow timers, as Datadog's Airflow integration has them) are never
+made up from histogram buckets: ingest hands each timer sample to the sink (a deque it drains
+every second), and
+  agent: each sample goes to the agent as a DogStatsD timing (`|ms`), so the agent computes
+         .count, .avg, .median, .95percentile and .max itself, as for every other client;
+  api:   agentless, the sink computes them from the samples of the flush interval: .count and
+         .avg exactly (from the store), .median, .95percentile and .max from the samples (exact
+         up to SAMPLES_PER_SERIES samples a series per interval, a uniform reservoir beyond).
+Both through the `datadog` package; the API target is batched (/api/v1/series), retried with
+exponential backoff, and bounded in memory (oldest points dropped, counted) while Datadog is
+unreachable.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections import Counter, deque
 
 from monitor import catalog
-from monitor.bridge.store import BUCKETS, COUNT, VALUE, Store
+from monitor.bridge.store import COUNT, VALUE, Store
 
 log = logging.getLogger(__name__)
 BATCH = 500
+SAMPLES_PER_SERIES = 2048  # timer samples kept per series per flush interval (agentless)
+MAX_PENDING_SAMPLES = 1_000_000  # timer samples waiting for the sink at most; more are dropped, counted
 
 
-def _quantile(q: float, bounds: tuple[float, ...], counts: list[float]) -> float:
-    """histogram_quantile over per-bucket (non-cumulative) counts; linear inside a bucket."""
-    total = sum(counts)
-    if total <= 0:
+def _quantile(q: float, ordered: list[float]) -> float:
+    """The q-quantile of samples (sorted), as the Datadog agent's histogram reports it."""
+    if not ordered:
         return 0.0
-    rank, acc = q * total, 0.0
-    for i, c in enumerate(counts):
-        if acc + c >= rank and c > 0:
-            lo = bounds[i - 1] if i > 0 else 0.0
-            if i >= len(bounds):
-                return bounds[-1] if bounds else lo
-            return lo + (bounds[i] - lo) * (rank - acc) / c
-        acc += c
-    return bounds[-1] if bounds else 0.0
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 class DatadogSink:
@@ -63,6 +61,9 @@ class DatadogSink:
         self.backoff_until = 0.0
         self.backoff = 0.0
         self.by_family = catalog.families()
+        self.timer_samples: deque = deque()  # (base, seconds, weight), appended by ingest
+        self.where: dict[int, tuple[str, list[str], float]] = {}  # base -> Datadog name, tags, unit scale
+        self.kept: dict[int, list] = {}  # agentless: base -> [seen, samples] of this flush interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         if target == "agent":
@@ -114,28 +115,83 @@ class DatadogSink:
                 if delta:
                     points.append((name, "count", delta, tags))
             else:
-                cur = (V[b + COUNT], value, V[b + BUCKETS : b + BUCKETS + len(fam.buckets) + 1].tolist())
-                pc, ps, pb = self.last.get(key, (0.0, 0.0, [0.0] * len(cur[2])))
+                cur = (V[b + COUNT], value)
+                pc, ps = self.last.get(key, (0.0, 0.0))
                 if cur[0] < pc:  # series was recreated
-                    pc, ps, pb = 0.0, 0.0, [0.0] * len(cur[2])
+                    pc, ps = 0.0, 0.0
                 self.last[key] = cur
                 dc = cur[0] - pc
-                if dc <= 0:
+                if dc <= 0 or self.target == "agent":  # the agent aggregates the samples itself
                     continue
                 scale = 1000.0 if ms else 1.0
-                db = [x - y for x, y in zip(cur[2], pb, strict=True)]
+                ordered = sorted(v for v, _ in (self.kept.pop(b, (0, []))[1]))
                 points.append((name + ".count", "count", dc, tags))
                 points.append((name + ".avg", "gauge", (cur[1] - ps) / dc * scale, tags))
-                points.append((name + ".median", "gauge", _quantile(0.5, fam.buckets, db) * scale, tags))
-                points.append((name + ".95percentile", "gauge",
-                               _quantile(0.95, fam.buckets, db) * scale, tags))
+                if ordered:
+                    points.append((name + ".median", "gauge", _quantile(0.5, ordered) * scale, tags))
+                    points.append((name + ".95percentile", "gauge", _quantile(0.95, ordered) * scale, tags))
+                    points.append((name + ".max", "gauge", ordered[-1] * scale, tags))
         for k in [k for k in self.last if k not in live]:
             del self.last[k]
+        self.kept.clear()  # samples of series that had no new count (gone since) are not kept
         return points
+
+    # --------------------------------------------------------------- timer samples
+    def attach(self, ingest) -> None:
+        """Ask ingest for every timer sample."""
+        ingest.timer_samples = self.timer_samples
+
+    def _look(self) -> None:
+        """base -> (Datadog name, tags, unit scale) of every timer series; made afresh at each
+        flush (a freed base is reused only after 30 s, so it never maps to a stale series)."""
+        self.where = {}
+        for fam, labels, b in self.store.items():
+            if fam.kind == "histogram":
+                name, tags, ms = self._names(fam.name, dict(labels))
+                self.where[b] = (name, tags, 1000.0 if ms else 1.0)
+
+    def drain(self) -> None:
+        """Take the timer samples ingest handed over: to the agent as timings, or kept for the
+        flush's percentiles (agentless)."""
+        q = self.timer_samples
+        n = len(q)
+        if n > MAX_PENDING_SAMPLES:
+            for _ in range(n - MAX_PENDING_SAMPLES):
+                q.popleft()
+            self.dropped["timer_samples_cap"] += n - MAX_PENDING_SAMPLES
+            n = MAX_PENDING_SAMPLES
+        looked = False
+        for _ in range(n):
+            base, v, w = q.popleft()
+            where = self.where.get(base)
+            if where is None and not looked:  # a series new since the last look
+                self._look()
+                looked = True
+                where = self.where.get(base)
+            if where is None:
+                continue
+            name, tags, scale = where
+            if self.target == "agent":
+                # the agent counts each timing once: a sampled timer (@0.5, weight 2) is sent
+                # weight times (the datadog client's own sample_rate would drop samples)
+                for _ in range(min(100, max(1, round(w)))):
+                    self.client.timing(name, v * scale, tags=tags)
+                    self.sent += 1
+            else:
+                slot = self.kept.setdefault(base, [0, []])
+                slot[0] += 1
+                if len(slot[1]) < SAMPLES_PER_SERIES:
+                    slot[1].append((v, w))
+                else:  # a uniform sample of the interval's values
+                    j = random.randrange(slot[0])
+                    if j < SAMPLES_PER_SERIES:
+                        slot[1][j] = (v, w)
 
     # --------------------------------------------------------------- sending
     def flush(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
+        self.drain()
+        self._look()
         points = self.collect(now)
         if self.target == "agent":
             for name, kind, value, tags in points:
@@ -192,9 +248,16 @@ class DatadogSink:
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.flush_interval):
+        next_flush = time.monotonic() + self.flush_interval
+        while not self._stop.wait(min(1.0, self.flush_interval)):
             try:
-                self.flush()
+                if time.monotonic() >= next_flush:
+                    next_flush += self.flush_interval
+                    self.flush()
+                else:
+                    self.drain()
+                    if self.target == "agent":
+                        self.client.flush()
             except Exception:  # noqa: BLE001 - the flusher must survive anything
                 log.exception("Datadog flush failed")
 

@@ -171,6 +171,10 @@ class SelfCollector(Collector):
                 [({"reason": r}, v) for r, v in list(st.socket_errors.items())])
         yield f("internal_errors", "counter", "Lines whose handling raised an unexpected error, by exception type.",
                 [({"type": t}, v) for t, v in list(st.internal_errors.items())])
+        yield f("twin_mode_switches", "counter",
+                "Switches of an Airflow metric between its tagged and its legacy form (Airflow's statsd tags "
+                "turned on or off), by catalog metric and the form counted since.",
+                [({"metric": m, "to": to}, v) for (m, to), v in list(st.mode_switches.items())])
         yield f("series", "gauge", "Series in the store.", [({}, b.store.count())])
         yield f("series_expired", "counter", "Series removed after their TTL.", [({}, st.series_expired)])
         yield f("mapping_rules", "gauge", "User mapping rules loaded.", [({}, len(b.ingest.mapper.rules))])

@@ -12,6 +12,11 @@ Per catalog metric the bridge learns which form is authoritative and counts only
 Until a metric's mode is known its first samples are held back, legacy or tagless, whichever
 Airflow sends first (it sends the pair back to back), so neither the first event is lost nor
 counted twice. `airflow_tags` pins it.
+
+The mode follows what arrives: a tagged sample switches a metric to "tagged" at once; a tagless
+sample in "tagged" mode (Airflow's tags were turned off) switches it to "plain" once the metric's
+tagged series have not moved for RELEARN_AFTER seconds. Each switch is counted
+(twin_mode_switches) and logged once per metric and direction.
 """
 
 from __future__ import annotations
@@ -34,10 +39,14 @@ log = logging.getLogger(__name__)
 #   (HIST,    base, unit scale x scale, 1/rate (weight), buckets, statsd type)
 #   (GAUGE,   base, scale, None, None, statsd type)       (scale: a mapping rule's `scale`)
 #   (SET, base) | (DROP, reason) | (ERROR, reason) | (PENDING, target, key, metric name)
-COUNTER, GAUGE, HIST, SET, DROP, ERROR, PENDING = range(7)
+#   (WATCH, entry, metric name, family, labels): a tagless sample in "tagged" mode, applied as
+#   `entry`, and a sign that Airflow's tags may have been turned off
+#   (LEGACY, metric name): a legacy sample in "tagged" mode, dropped (legacy_twin), its time noted
+COUNTER, GAUGE, HIST, SET, DROP, ERROR, PENDING, WATCH, LEGACY = range(9)
 _KIND = {"counter": COUNTER, "gauge": GAUGE, "histogram": HIST}
 PENDING_MAX_AGE = 1.0  # seconds a first legacy or tagless sample waits for its twin
 PENDING_MAX = 20_000  # samples of one metric held at most; then its mode is decided at once
+RELEARN_AFTER = 60.0  # seconds without a tagged sample before a tagless one switches a metric to plain
 MAX_SET_MEMBERS = 10_000  # distinct values a statsd set counts; more are dropped (set_cap)
 WHOLE_MAX = 50_000  # whole lines remembered (~12 MiB); when full it starts afresh
 ENTRY_BYTES = 160  # what a cache entry costs beside its key's bytes (dict slot, tuple, float), measured
@@ -58,6 +67,7 @@ class Stats:
         self.series_expired = 0
         self.internal_errors: Counter[str] = Counter()  # by exception type
         self.socket_errors: Counter[str] = Counter()  # by reason (emfile, too_many_connections...)
+        self.mode_switches: Counter[tuple[str, str]] = Counter()  # (catalog metric, new mode)
 
 
 def _const(kind: int, reason: str, _memo: dict = {}) -> tuple:  # noqa: B006 - a deliberate memo
@@ -82,6 +92,11 @@ class Ingest:
         self.mode: dict[str, str] = {}  # catalog metric name -> tagged | plain
         self.pending: dict[str, deque] = {}  # catalog metric name -> [(target, key, values, t)]
         self.held_forms: dict[str, set[str]] = {}  # catalog metric name -> forms in `pending` (O(1) _held)
+        # (base, seconds, weight) of each timer sample, for a Datadog sink that sends real
+        # percentiles; None unless one asked for them (monitor/bridge/datadog.py)
+        self.timer_samples: deque | None = None
+        self.legacy_seen: dict[str, float] = {}  # catalog metric -> last legacy sample dropped in "tagged" mode
+        self.relearn_checked: dict[str, float] = {}  # catalog metric -> when its tagged series were last looked at
         # raw line minus its value -> entry; a line's key is `name[tags]` + `|type...`
         self.cache: dict[bytes, tuple] = {}
         # whole counter and gauge lines -> (base, increment or value, is increment, type): Airflow
@@ -112,6 +127,8 @@ class Ingest:
         st.lines += len(lines)
         whole = self.whole
         samples = st.samples
+        legacy_seen = self.legacy_seen
+        timers = self.timer_samples
         for line in lines:
             w = whole.get(line)
             if w is not None:  # a counter or gauge line seen before, to the byte: no parsing at all
@@ -160,6 +177,8 @@ class Ingest:
                     V[b + 2] += w
                     V[b + 3 + bisect_left(e[4], v)] += w
                     V[b] = now
+                    if timers is not None:
+                        timers.append((b, v, w))
                 elif kind is GAUGE:
                     v = float(vals) * e[2]
                     if not -1e300 < v < 1e300:
@@ -176,6 +195,10 @@ class Ingest:
                     whole[line] = (b, v, delta, e[5])
                 elif kind is DROP:
                     st.dropped[e[1]] += 1
+                    continue
+                elif kind is LEGACY:
+                    st.dropped["legacy_twin"] += 1
+                    legacy_seen[e[1]] = now
                     continue
                 elif kind is ERROR:
                     st.parse_errors[e[1]] += 1
@@ -222,7 +245,7 @@ class Ingest:
             st.dropped["conflict"] += 1
         elif e[0] is PENDING:
             self._pend(e[3], e[1], e[2], values, now)
-        elif e[0] is SET:
+        elif e[0] is SET or e[0] is WATCH:
             self._slow(e, vals, now)
         else:
             self._apply(e, values, now)
@@ -239,6 +262,15 @@ class Ingest:
             self.vals[e[1] + 1] = float(len(members))
             self.vals[e[1]] = now
             st.samples["s"] += 1
+            return
+        if kind is WATCH:
+            _, inner, mname, family, labels = e
+            if inner[0] is DROP:
+                st.dropped[inner[1]] += 1
+            else:  # counted (its legacy twin, just before it, was dropped), then maybe the switch
+                self._slow(inner, vals, now)
+            if self._tags_stopped(mname, family, labels, now):
+                self._set_mode(mname, "plain")  # clears the cache: the legacy form counts from now on
             return
         if kind is PENDING:
             _, target, key, mname = e
@@ -262,6 +294,9 @@ class Ingest:
         if kind is DROP or kind is ERROR:
             (st.dropped if kind is DROP else st.parse_errors)[e[1]] += len(values or ()) or 1
             return
+        if kind is LEGACY:
+            st.dropped["legacy_twin"] += len(values or ()) or 1
+            return
         V, b = self.vals, e[1]
         if kind is SET:  # a held-back legacy sample whose series turned out to be a set
             st.dropped["conflict"] += 1
@@ -280,6 +315,8 @@ class Ingest:
                 V[b + 1] += v * e[3]
                 V[b + 2] += e[3]
                 V[b + 3 + bisect_left(e[4], v)] += e[3]
+                if self.timer_samples is not None:
+                    self.timer_samples.append((b, v, e[3]))
             V[b] = now
             st.samples[e[5]] += 1
 
@@ -301,7 +338,8 @@ class Ingest:
                     self._set_mode(m.name, "plain")
                     mode = "plain"
                 if mode == "tagged":
-                    return self._cache(ckey, _const(DROP, "legacy_twin"))
+                    self.legacy_seen[m.name] = now
+                    return self._cache(ckey, (LEGACY, m.name))
                 if mode is None:
                     return (PENDING, target, key, m.name)  # not cached: decided by its twin
             elif target.form == "twin":
@@ -312,7 +350,26 @@ class Ingest:
                     return self._cache(ckey, _const(DROP, "tagless_twin"))
                 if mode is None:  # held too, in case its legacy twin follows (dependency-check does)
                     return (PENDING, target, key, m.name)
+                if not self.pinned:  # "tagged", learned: watch for Airflow's tags being turned off
+                    return self._cache(ckey, (WATCH, self._entry(target, key, now), m.name, target.family,
+                                              target.labels))
         return self._cache(ckey, self._entry(target, key, now))
+
+    def _tags_stopped(self, mname: str, family: str, labels: tuple, now: float) -> bool:
+        """A tagless sample in "tagged" mode: is its legacy twin arriving too (the pair Airflow
+        sends without tags), while the metric's tagged series have stopped moving? Looked at once
+        in 5 s at most per metric (a family may hold thousands of series)."""
+        if now - self.legacy_seen.get(mname, float("-inf")) > 10.0:
+            return False  # the tagless form alone is how Airflow sends this metric
+        if now - self.relearn_checked.get(mname, float("-inf")) < 5.0:
+            return False
+        self.relearn_checked[mname] = now
+        fam = self.store.families.get(family)
+        if fam is None:
+            return True
+        V = self.vals
+        latest = max((V[b] for lab, b in fam.series.items() if lab != labels), default=float("-inf"))
+        return now - latest >= RELEARN_AFTER
 
     def _entry(self, target: Target, key: Key, now: float) -> tuple:
         try:
@@ -350,8 +407,16 @@ class Ingest:
     def _set_mode(self, mname: str, mode: str) -> None:
         if self.mode.get(mname) == mode:
             return
-        log.info("metric %s: %s form is authoritative", mname, "tagged" if mode == "tagged" else "legacy")
         before = self.mode.get(mname)
+        if before is None:
+            log.info("metric %s: %s form is authoritative", mname, "tagged" if mode == "tagged" else "legacy")
+        else:
+            self.stats.mode_switches[(mname, mode)] += 1
+            if self.stats.mode_switches[(mname, mode)] == 1:
+                log.warning("metric %s: now counting its %s (logged once per metric and direction)", mname,
+                            "tagged form: Airflow sends tags again" if mode == "tagged" else
+                            f"legacy form: no tagged sample for {RELEARN_AFTER:.0f}s while tagless ones "
+                            "arrive (Airflow's statsd tags were turned off)")
         self.mode[mname] = mode
         # while a metric's mode is unknown none of its forms is cached (see _resolve), so only a
         # change of a known mode invalidates cached decisions
@@ -397,7 +462,8 @@ class Ingest:
         if freed:
             self.stats.series_expired += len(freed)
             # entries that point at a freed series must go before its slots are reused
-            dead = [k for k, e in self.cache.items() if e[0] <= SET and e[1] in freed]
+            dead = [k for k, e in self.cache.items()
+                    if (e[0] <= SET and e[1] in freed) or (e[0] == WATCH and e[1][0] <= SET and e[1][1] in freed)]
             for k in dead:
                 del self.cache[k]
                 self.cache_used -= len(k) + ENTRY_BYTES

@@ -113,7 +113,7 @@ class AirflowMapping:
             family=m.prometheus,
             kind=kind,
             labels=tuple(sorted(labels.items())),
-            help=m.help,
+            help=m.exposed_help,
             buckets=self.buckets,
             scale=0.001 if key.type == "ms" else 1.0,
             metric=m,

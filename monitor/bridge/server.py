@@ -64,7 +64,9 @@ class Bridge:
         self.ingest = Ingest(self._mapper(), self.store, airflow_tags=cfg.airflow_tags,
                              max_packet=cfg.max_packet, cache_bytes=cfg.cache_bytes, relay=relay)
         if cfg.datadog != "none":
-            self.sinks.append(self._datadog())
+            sink = self._datadog()
+            sink.attach(self.ingest)
+            self.sinks.append(sink)
         # what only this process knows (its own health, the SLA watcher's series); the store's
         # series are rendered by the web process
         self.registry = CollectorRegistry(auto_describe=False)

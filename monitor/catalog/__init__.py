@@ -16,8 +16,9 @@ import yaml
 CATALOG_FILE = Path(__file__).with_name("airflow.yaml")
 TYPES = ("counter", "gauge", "timer")
 # Datadog gets a timer as per-flush aggregates, named like the Datadog agent's histogram aggregates
-DATADOG_TIMER_SUFFIXES = (".count", ".avg", ".median", ".95percentile")
+DATADOG_TIMER_SUFFIXES = (".count", ".avg", ".median", ".95percentile", ".max")
 _VAR = re.compile(r"\{([a-z_]+)\}")
+_MS = re.compile(r"\b[Mm]illiseconds\b")
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,17 @@ class Metric:
     optional_labels: dict[str, str] = field(default_factory=dict)
     const_labels: dict[str, str] = field(default_factory=dict)
     datadog_tags: dict[str, str] = field(default_factory=dict)  # dd tag -> airflow var
+    family_help: str | None = None  # HELP of the Prometheus family, where `help` does not fit it
+
+    @property
+    def exposed_help(self) -> str:
+        """HELP on /metrics, for what is exposed: timers are histograms in seconds, and a family
+        that folds several Airflow metrics says so (`family_help`)."""
+        if self.family_help:
+            return self.family_help
+        if self.type == "timer":
+            return _MS.sub(lambda m: "Seconds" if m.group(0)[0] == "M" else "seconds", self.help)
+        return self.help
 
     @property
     def name_vars(self) -> list[str]:

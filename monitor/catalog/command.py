@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shlex
+import shutil
+import subprocess
 import sys
 
 from monitor import catalog
@@ -30,6 +34,28 @@ def show(args) -> int:
             print("| " + " | ".join(f"`{c}`" if c else "" for c in r) + " |")
         return 0
     widths = [max(len(r[i]) for r in [head, *data]) for i in range(len(head))]
-    for r in [head, *data]:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    text = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in [head, *data]) + "\n"
+    size = shutil.get_terminal_size()
+    if sys.stdout.isatty() and (sum(widths) + 8 > size.columns or len(data) + 1 > size.lines):
+        return _page(text)
+    sys.stdout.write(text)
+    return 0
+
+
+def _page(text: str) -> int:
+    """On a terminal, a table wider or longer than it goes through $PAGER (default `less -S`:
+    one row a line, scroll sideways), as git does."""
+    cmd = os.environ.get("PAGER") or "less -S"
+    try:
+        proc = subprocess.Popen(shlex.split(cmd), stdin=subprocess.PIPE, text=True)
+    except OSError:
+        sys.stdout.write(text)
+        return 0
+    try:
+        proc.stdin.write(text)
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass
+    proc.wait()
     return 0

@@ -26,7 +26,7 @@ class Api:
                  password: str | None = None, timeout: float = 0.8):
         parts = urllib.parse.urlsplit(url.strip())
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise SourceError("--api-url must be an http(s) URL of the Airflow API server")
+            raise SourceError("--api-url must be an http(s) URL of the Airflow API server", True)
         if "@" in parts.netloc:  # credentials in the URL: used to log in, never printed
             userinfo, _, hostport = parts.netloc.rpartition("@")
             user, _, pw = userinfo.partition(":")
@@ -43,7 +43,7 @@ class Api:
         if self.token:
             return self.token
         if not self.username:
-            raise SourceError("the API source needs a token or a username and password")
+            raise SourceError("the API source needs a token or a username and password", True)
         body = json.dumps({"username": self.username, "password": self.password or ""}).encode()
         data = self._request("POST", "/auth/token", body=body, auth=False)
         self.token = data.get("access_token")
@@ -62,8 +62,10 @@ class Api:
             with urllib.request.urlopen(req, timeout=self.timeout) as r:
                 return json.load(r)
         except urllib.error.HTTPError as e:
-            hint = " (authentication failed)" if e.code in (401, 403) else ""
-            raise SourceError(f"Airflow API {method} {path} answered HTTP {e.code}{hint}") from None
+            hint = {401: " (authentication failed)", 403: " (the user may not read this)",
+                    404: " (not an Airflow 3 API server at this URL?)"}.get(e.code, "")
+            raise SourceError(f"Airflow API {method} {path} answered HTTP {e.code}{hint}",
+                              e.code in (401, 403, 404)) from None
         except (urllib.error.URLError, OSError, TimeoutError) as e:
             reason = getattr(e, "reason", e)
             raise SourceError(f"Airflow API at {self.url} unreachable: {reason}") from None

@@ -8,7 +8,7 @@ import sys
 
 from monitor.probe import settings
 from monitor.probe.db import SourceError
-from monitor.probe.rules import CHECKS, Thresholds, Verdict, evaluate
+from monitor.probe.rules import APPLIES, CHECKS, Thresholds, Verdict, evaluate
 
 
 def _secret(env_names: tuple[str, ...], file: str | None) -> str | None:
@@ -21,18 +21,25 @@ def _secret(env_names: tuple[str, ...], file: str | None) -> str | None:
     return next((os.environ[n] for n in env_names if os.environ.get(n)), None)
 
 
+def _env(*names: str) -> str | None:
+    return next((os.environ[n] for n in names if os.environ.get(n)), None)
+
+
 def _observe(args, th: Thresholds, checks: tuple[str, ...]):
     tasks = args.component == "scheduler" and "stuck_queue" in checks
     host = args.hostname or (settings.hostname() if args.local else None)
     if args.source == "api":
         from monitor.probe.api import Api
 
-        url = args.api_url or os.environ.get("AIRFLOW_MONITOR_API_URL")
+        # the SLA watcher's names for the same settings; the probe's first names still work
+        url = args.api_url or _env("AIRFLOW_MONITOR_AIRFLOW_URL", "AIRFLOW_MONITOR_API_URL")
         if not url:
-            raise SourceError("--source api needs --api-url (or AIRFLOW_MONITOR_API_URL)")
-        api = Api(url, token=_secret(("AIRFLOW_MONITOR_API_TOKEN",), args.api_token_file),
-                  username=args.api_user or os.environ.get("AIRFLOW_MONITOR_API_USER"),
-                  password=_secret(("AIRFLOW_MONITOR_API_PASSWORD",), args.api_password_file),
+            raise SourceError("--source api needs --api-url (or AIRFLOW_MONITOR_AIRFLOW_URL)", True)
+        token = _secret(("AIRFLOW_MONITOR_AIRFLOW_TOKEN", "AIRFLOW_MONITOR_API_TOKEN"), args.api_token_file)
+        api = Api(url, token=token,
+                  username=args.api_user or _env("AIRFLOW_MONITOR_AIRFLOW_USERNAME", "AIRFLOW_MONITOR_API_USER"),
+                  password=_secret(("AIRFLOW_MONITOR_AIRFLOW_PASSWORD", "AIRFLOW_MONITOR_API_PASSWORD"),
+                                   args.api_password_file),
                   timeout=args.timeout)
         return api.observe(args.component, th, hostname=host, tasks=tasks)
     from monitor.probe.db import connect, observe
@@ -52,6 +59,11 @@ def run(args) -> int:
     if bad:
         print(f"airflow-monitor: error: unknown check {bad[0]!r} (known: {', '.join(CHECKS)})", file=sys.stderr)
         return 2
+    checks = tuple(c for c in checks if c in APPLIES[args.component])
+    if not checks:
+        print(f"airflow-monitor: error: none of --checks applies to the {args.component} "
+              f"(it has: {', '.join(APPLIES[args.component])})", file=sys.stderr)
+        return 2
     try:
         th = Thresholds(
             heartbeat=args.heartbeat_threshold or settings.heartbeat_threshold(args.component),
@@ -59,9 +71,11 @@ def run(args) -> int:
         )
         obs = _observe(args, th, checks)
         verdict = evaluate(obs, th, checks)
-    except (SourceError, settings.SettingError) as e:
-        verdict = Verdict("unknown", "source", str(e))
-    code = verdict.exit_code(args.on_unknown)
+    except SourceError as e:
+        verdict = Verdict("misconfigured" if e.misconfigured else "unknown", "source", str(e))
+    except settings.SettingError as e:  # Airflow's settings as the probe reads them: a person's to fix
+        verdict = Verdict("misconfigured", "source", str(e))
+    code = verdict.exit_code(args.on_unknown, args.on_misconfigured)
     if args.json:
         print(json.dumps({"component": args.component, "status": verdict.status, "check": verdict.check,
                           "reason": verdict.reason, "exit_code": code, **verdict.details}, default=str))
@@ -69,5 +83,7 @@ def run(args) -> int:
         tail = ""
         if verdict.status == "unknown":
             tail = " (not failing: --on-unknown=ok)" if code == 0 else " (failing: --on-unknown=fail)"
+        elif verdict.status == "misconfigured":
+            tail = " (failing: a person must fix the probe's settings)" if code else " (--on-misconfigured=ok)"
         print(f"{verdict.status}: {verdict.reason}{tail}")
     return code

@@ -5,7 +5,16 @@ PyMySQL (MySQL), sqlite3. Every query is served by one of Airflow's indexes:
   job:            job_type_heart (job_type, latest_heartbeat)
   queued/running: ti_state (state)
   finished:       ti_heartbeat (last_heartbeat_at); a task that ended in the window heartbeat in it
-and runs under a statement timeout, so a probe fits in Kubernetes' default 1 s timeout.
+and runs under a statement timeout, so a probe fits in Kubernetes' default 1 s timeout. The
+timeout is set inside the probe's own read-only transaction (`SET LOCAL`), never in the startup
+packet: PgBouncer (the official chart's `pgbouncer.enabled`) refuses startup parameters other
+than those in `ignore_startup_parameters`, and in transaction pooling a session-level SET would
+stay on a server connection that other clients then get.
+
+Errors are of two kinds: an outage (cannot connect, timeout, the server is starting or shutting
+down) that a restart cannot fix and that may pass (SourceError), and a mistake only a person can
+fix (credentials refused, unknown database or user, unsupported scheme, missing driver, a URL
+that cannot be read): SourceError with `misconfigured=True`.
 """
 
 from __future__ import annotations
@@ -21,7 +30,25 @@ from monitor.probe.settings import COMPONENTS
 
 
 class SourceError(Exception):
-    """The database could not be read; the message is safe to print (no credentials)."""
+    """The database could not be read; the message is safe to print (no credentials).
+    `misconfigured`: a mistake only a person can fix, not an outage."""
+
+    def __init__(self, message: str, misconfigured: bool = False):
+        super().__init__(message)
+        self.misconfigured = misconfigured
+
+
+# Server and driver messages that mean a person must change something (PostgreSQL, PgBouncer,
+# MySQL; servers answer in English unless lc_messages says otherwise). Anything else is an outage.
+_MISTAKES = ("password authentication failed", "sasl authentication failed", "authentication failed",
+             "no pg_hba.conf entry", "does not exist", "no such database", "no such user",
+             "access denied for user", "unknown database", "not permitted to log in", "invalid password",
+             "pg_hba.conf rejects", "(1045", "(1049", "(1044")
+
+
+def _misconfigured(msg: str) -> bool:
+    low = msg.lower()
+    return any(m in low for m in _MISTAKES)
 
 
 def _scrub(msg: str, secret: str | None) -> str:
@@ -60,7 +87,7 @@ def parse_url(url: str) -> DbUrl:
     """A database URL as SQLAlchemy parses it; SourceError (never quoting the URL) otherwise."""
     m = _URL.match(url.strip())
     if m is None:
-        raise SourceError("the database URL is not of the form dialect[+driver]://user:password@host/db")
+        raise SourceError("the database URL is not of the form dialect[+driver]://user:password@host/db", True)
     g = m.groupdict()
     port = None
     # `host:` with nothing after the colon is an error too, as in SQLAlchemy; the port part comes
@@ -68,11 +95,11 @@ def parse_url(url: str) -> DbUrl:
     if g["port"] is not None:
         if not g["port"].isascii() or not g["port"].isdigit():
             raise SourceError("the database URL's port is not a number (a password with '@' must be "
-                              "URL-encoded as %40)")
+                              "URL-encoded as %40)", True)
         port = int(g["port"])
     if "@" in (g["host"] or ""):  # the rest of a password with an unencoded '@': never quote it
         raise SourceError("the database URL's host has an '@' in it (a password with '@' must be "
-                          "URL-encoded as %40)")
+                          "URL-encoded as %40)", True)
     dialect, _, driver = g["scheme"].partition("+")
     return DbUrl(dialect=dialect, driver=driver or None,
                  user=unquote(g["user"]) if g["user"] is not None else None,
@@ -92,7 +119,7 @@ def connect(url: str, timeout: float = 0.8):
 
             path = u.database or ""
             if not path:
-                raise SourceError("sqlite URL has no database file")
+                raise SourceError("sqlite URL has no database file", True)
             conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout)
             return conn, "?", "sqlite"
         query = u.query
@@ -104,13 +131,15 @@ def connect(url: str, timeout: float = 0.8):
         if dialect in ("postgresql", "postgres"):
             mods = {"psycopg2": ["psycopg2"], "psycopg": ["psycopg"]}.get(driver or "", ["psycopg2", "psycopg"])
             mod = _import(mods, "PostgreSQL")
-            ms = max(1, int(timeout * 1000))
             conn = mod.connect(dbname=db, port=port or 5432, connect_timeout=max(1, round(timeout + 0.49)),
-                               options=f"-c statement_timeout={ms}", **common, **query)
+                               **common, **query)
+            # one read-only transaction per probe (BEGIN READ ONLY); the timeout lives and dies with it
             if mod.__name__ == "psycopg2":
-                conn.set_session(readonly=True, autocommit=True)
+                conn.set_session(readonly=True, autocommit=False)
             else:
-                conn.autocommit = True
+                conn.read_only = True
+                conn.autocommit = False
+            conn.cursor().execute(f"SET LOCAL statement_timeout = {max(1, int(timeout * 1000))}")
             return conn, "%s", "postgresql"
         if dialect == "mysql":
             mods = {"mysqldb": ["MySQLdb"], "pymysql": ["pymysql"]}.get(driver or "", ["MySQLdb", "pymysql"])
@@ -123,8 +152,10 @@ def connect(url: str, timeout: float = 0.8):
     except SourceError:
         raise
     except Exception as e:  # noqa: BLE001 - every driver has its own error classes
-        raise SourceError(f"cannot connect to the {dialect} database: {_scrub(e, password)}") from None
-    raise SourceError(f"unsupported database URL scheme {dialect + ('+' + driver if driver else '')!r}")
+        msg = _scrub(e, password)
+        raise SourceError(f"cannot connect to the {dialect} database: {msg}", _misconfigured(msg)) from None
+    raise SourceError(f"unsupported database URL scheme {dialect + ('+' + driver if driver else '')!r} "
+                      "(the probe reads postgresql, mysql and sqlite)", True)
 
 
 def _import(names: list[str], what: str):
@@ -133,7 +164,7 @@ def _import(names: list[str], what: str):
             return importlib.import_module(n)
         except ImportError:
             continue
-    raise SourceError(f"no {what} driver installed (tried {', '.join(names)})")
+    raise SourceError(f"no {what} driver installed (tried {', '.join(names)})", True)
 
 
 def parse_ts(v) -> datetime | None:
@@ -194,4 +225,5 @@ def observe(conn, ph: str, dialect: str, component: str, th: Thresholds, *, host
     except SourceError:
         raise
     except Exception as e:  # noqa: BLE001
-        raise SourceError(f"query failed: {_scrub(e, None)}") from None
+        msg = _scrub(e, None)
+        raise SourceError(f"query failed: {msg}", _misconfigured(msg)) from None

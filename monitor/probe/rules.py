@@ -1,9 +1,12 @@
 """Health rules as pure functions over an observation. No I/O, no clock: `now` is in the observation.
 
 The verdict of each check is one of:
-  healthy   - the check passed
-  unhealthy - the component should be restarted
-  unknown   - the data could not be read; restarting would not fix that
+  healthy       - the check passed
+  unhealthy     - the component should be restarted
+  unknown       - the data could not be read (an outage); restarting would not fix that
+  misconfigured - the probe cannot work until a person fixes its settings (credentials, database,
+                  URL, driver); it fails by default, so that the startup probe stops the rollout
+                  and `kubectl describe` shows the reason in the pod's events
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ HEARTBEAT_THRESHOLD = 30.0
 QUEUED_GRACE = 300.0
 FINISHED_WINDOW = 300.0
 CHECKS = ("heartbeat", "stuck_queue")
+# what applies to each component: only the scheduler has a task queue
+APPLIES = {"scheduler": ("heartbeat", "stuck_queue"), "triggerer": ("heartbeat",), "dag-processor": ("heartbeat",)}
 
 
 @dataclass(frozen=True)
@@ -53,8 +58,10 @@ class Verdict:
     reason: str
     details: dict = field(default_factory=dict)
 
-    def exit_code(self, on_unknown: str = "ok") -> int:
+    def exit_code(self, on_unknown: str = "ok", on_misconfigured: str = "fail") -> int:
         if self.status == "unhealthy" or (self.status == "unknown" and on_unknown == "fail"):
+            return 1
+        if self.status == "misconfigured" and on_misconfigured == "fail":
             return 1
         return 0
 
@@ -107,7 +114,9 @@ def check_stuck_queue(obs: Observation, th: Thresholds) -> Verdict:
 
 
 def evaluate(obs: Observation, th: Thresholds, checks: tuple[str, ...] = CHECKS) -> Verdict:
-    """All checks; the first unhealthy one wins, then the first unknown, else healthy."""
+    """The checks that apply to the component; the first unhealthy one wins, then the first
+    unknown, else healthy."""
+    checks = tuple(c for c in checks if c in APPLIES.get(obs.component, CHECKS))
     verdicts = []
     if "heartbeat" in checks:
         verdicts.append(check_heartbeat(obs, th))

@@ -1,4 +1,8 @@
-"""`airflow-monitor sla [run|check|status]`: the watcher alone, once, or as a table."""
+"""`airflow-monitor sla [run|check|status|test-notify]`: the watcher alone, a dry look, a table,
+or a test alert through every notifier.
+
+`check` evaluates and prints; it notifies and changes the state file only with --notify (it shares
+the state with the running watcher, so a look from a laptop must page nobody)."""
 
 from __future__ import annotations
 
@@ -81,6 +85,50 @@ def _rows(watcher) -> list[dict]:
     return rows
 
 
+def _stored_rows(watcher) -> list[dict]:
+    """The open alerts as the state file has them (Airflow unreadable)."""
+    try:
+        stored = watcher.state.alerts("open")
+    except sqlite3.Error as e:
+        watcher.state.fail(e)
+        stored = {}
+    rows = [{"dag_id": d, "rule": r, "priority": a.priority, "state": "BREACHED (stored)", "reason": a.reason,
+             "alert": f"open since {_ts(datetime.fromtimestamp(a.opened_at, UTC))}"}
+            for (d, r), a in sorted(stored.items())]
+    if watcher.state.broken:
+        rows.append({"dag_id": "_watcher", "rule": "state", "priority": watcher.cfg.blind_priority,
+                     "state": "BROKEN", "reason": "state_broken", "alert": watcher.problem()})
+    return rows
+
+
+def test_notify(watcher) -> int:
+    """One test alert through each configured notifier, opened and closed at once, without the
+    state file; exit 1 if any notifier did not take both."""
+    from monitor.alerting import Refused, Retry
+
+    if not watcher.notifiers:
+        print("no notifier configured (notify: opsgenie, datadog or webhook)")
+        return 1
+    now = datetime.now(UTC)
+    notice = {"alias": f"airflow-sla:test:{now.strftime('%Y%m%dT%H%M%S')}", "dag_id": "_test", "rule": "test",
+              "reason": "test", "message": "[SLA] airflow-monitor test alert (closed at once; nothing is wrong)",
+              "description": "Sent by `airflow-monitor sla test-notify` to check the notifier's settings.",
+              "priority": "P5", "responders": [], "tags": ["airflow-sla", "test"], "entity": "airflow-monitor",
+              "runbook": "", "details": {"test": "true"}, "note": "", "at": now.isoformat()}
+    failed = 0
+    for n in watcher.notifiers:
+        try:
+            opened = n.send("open", notice)
+            closed = n.send("close", {**notice, "note": "test over", "at": datetime.now(UTC).isoformat()})
+        except (Retry, Refused) as e:
+            failed += 1
+            print(f"{n.name}: FAILED: {e}")
+            continue
+        ids = ", ".join(x for x in (opened, closed) if x)
+        print(f"{n.name}: ok: test alert {notice['alias']} opened and closed" + (f" ({ids})" if ids else ""))
+    return 1 if failed else 0
+
+
 def _outbox(watcher, as_json: bool) -> None:
     """What the state file holds beside the alerts: undelivered notices and refused ones."""
     if as_json or watcher.state.broken:
@@ -117,21 +165,34 @@ def _airflow_error(e) -> UserError:
 def run(args) -> int:
     action = args.action or "run"
     watcher = _build(args)
+    if action == "test-notify":
+        return test_notify(watcher)
     if action == "status":
         from monitor.airflow.rest import AirflowError
 
         try:
             watcher.cycle(apply=False)
-        except AirflowError as e:
-            raise _airflow_error(e) from None
+        except AirflowError as e:  # what is on disk is still worth showing
+            print(f"Airflow could not be read ({e}); showing the state file only")
+            _print(_stored_rows(watcher), args.json, ("dag_id", "rule", "priority", "state", "reason", "alert"))
+            _outbox(watcher, args.json)
+            return 1
         _print(_rows(watcher), args.json,
                ("dag_id", "rule", "window", "last_success", "state", "reason", "alert"))
         _outbox(watcher, args.json)
         return 0
     if action == "check":
-        watcher.cycle()
-        if watcher.stats.consecutive_errors:
-            raise _airflow_error(watcher.stats.last_error)
+        from monitor.airflow.rest import AirflowError
+
+        if args.notify:
+            watcher.cycle()
+            if watcher.stats.consecutive_errors:
+                raise _airflow_error(watcher.stats.last_error)
+        else:
+            try:
+                watcher.cycle(apply=False)
+            except AirflowError as e:
+                raise _airflow_error(e) from None
         _print(_rows(watcher), args.json, ("dag_id", "rule", "priority", "state", "reason", "message"))
         _outbox(watcher, args.json)
         return 1 if any(j.verdict.breached for j in watcher.judgements.values()) else 0

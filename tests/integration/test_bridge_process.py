@@ -82,7 +82,7 @@ def test_datadog_agent_receives_mapped_dogstatsd(bridge):
                "airflow.task.duration:1500|ms|#dag_id:d.x,task_id:g.t")
     got = b""
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and b"airflow.dag.task.duration.avg" not in got:
+    while time.monotonic() < deadline and b"airflow.dag.task.duration:" not in got:
         try:
             got += agent.recv(65536) + b"\n"
         except TimeoutError:
@@ -95,8 +95,10 @@ def test_datadog_agent_receives_mapped_dogstatsd(bridge):
             points[name] = (float(value), kind, set(tags.lstrip("#").split(",")))
     assert points["airflow.ti.finish"] == (1.0, "c", {"dag_id:d.x", "task_id:g.t", "state:success", "env:test"})
     assert points["airflow.pool.open_slots"] == (7.0, "g", {"pool_name:default_pool", "env:test"})
-    assert points["airflow.dag.task.duration.avg"][:2] == (1500.0, "g")  # Datadog's Airflow timers are in ms
-    assert points["airflow.dag.task.duration.count"][:2] == (1.0, "c")
+    # each timer sample goes to the agent as a timing (in ms, as Datadog's Airflow integration has
+    # them): the agent computes .avg, .median, .95percentile and .max from real samples
+    assert points["airflow.dag.task.duration"] == (1500.0, "ms", {"dag_id:d.x", "task_id:g.t", "env:test"})
+    assert not any(name.endswith((".avg", ".median", ".95percentile")) for name in points)
 
 
 def test_datadog_agentless_retries_and_never_logs_the_key(bridge, tmp_path):
@@ -107,15 +109,21 @@ def test_datadog_agentless_retries_and_never_logs_the_key(bridge, tmp_path):
     keyfile.write_text("s3cr3t-datadog-key\n")
     b = bridge("--datadog", "api", "--datadog-api-key-file", str(keyfile), "--datadog-flush-interval", "0.5",
                "--datadog-api-url", srv.url, "--log-level", "DEBUG")
-    b.send_udp("airflow.ti.finish:1|c|#dag_id:d.x,task_id:g.t,state:success")
+    b.send_udp("airflow.ti.finish:1|c|#dag_id:d.x,task_id:g.t,state:success",
+               "airflow.task.duration:1500|ms|#dag_id:d.x,task_id:g.t")
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and not any(s["metric"] == "airflow.ti.finish" for s in srv.series):
+    while time.monotonic() < deadline and not all(any(s["metric"] == m for s in srv.series) for m in (
+            "airflow.ti.finish", "airflow.dag.task.duration.95percentile")):
         time.sleep(0.2)
     srv.close()
     series = [s for s in srv.series if s["metric"] == "airflow.ti.finish"]
     assert len(series) == 1, "the count must arrive exactly once after the 429 and the 500"
     assert series[0]["type"] == "count" and series[0]["points"][0][1] == 1
     assert sorted(series[0]["tags"]) == ["dag_id:d.x", "state:success", "task_id:g.t"]
+    # percentiles from the samples themselves: one 1,500 ms sample is 1,500 at every percentile
+    timer = {s["metric"].rsplit(".", 1)[1]: s["points"][0][1] for s in srv.series
+             if s["metric"].startswith("airflow.dag.task.duration.")}
+    assert timer == {"count": 1, "avg": 1500, "median": 1500, "95percentile": 1500, "max": 1500}, timer
     assert set(srv.keys) == {"s3cr3t-datadog-key"}
     b.stop()
     assert "s3cr3t" not in b.log.read_text()

@@ -144,6 +144,39 @@ def test_database_down_is_unknown_not_a_restart(venv):
     assert (code, out["status"]) == (1, "unknown")
 
 
+def test_a_mistake_is_told_apart_from_an_outage(airflow_pg, venv):
+    """Outage: unknown, exit 0 (a restart fixes nothing). A person's mistake: misconfigured, exit 1,
+    so the startup probe stops the rollout and the reason is in the pod's events."""
+    af, url = airflow_pg
+    base, db = url.rsplit("/", 1)
+    mistakes = {
+        "wrong password": url.replace("monitor-test-pw", "wrong-pw"),
+        "unknown database": f"{base}/no_such_db",
+        "unknown user": url.replace("airflow_monitor:", "nobody_here:"),
+        "unsupported scheme": f"mssql+pyodbc://u:p@127.0.0.1/{db}",
+        "missing driver": f"mysql+mysqldb://u:p@127.0.0.1/{db}",
+        "not Airflow's database": f"{base}/postgres",
+    }
+    for what, bad in mistakes.items():
+        code, out = probe(venv, "--sql-alchemy-conn", bad)
+        assert (code, out["status"], out["check"]) == (1, "misconfigured", "source"), (what, out)
+        assert "wrong-pw" not in out["reason"] and "monitor-test-pw" not in out["reason"]
+        code, _ = probe(venv, "--sql-alchemy-conn", bad, "--on-misconfigured", "ok")
+        assert code == 0, what
+    code, out = probe(venv, "--sql-alchemy-conn", "postgresql://u:p@127.0.0.1:1/x")  # nothing listens
+    assert (code, out["status"]) == (0, "unknown"), out
+
+
+def test_triggerer_and_dag_processor_run_only_their_checks(airflow_pg, venv):
+    """No task queue for them: a healthy one is healthy, never 'task counts not available'."""
+    af, url = airflow_pg
+    for comp in ("triggerer", "dag-processor"):
+        code, out = wait_probe(venv, 0, "--local", "--sql-alchemy-conn", url, "--on-unknown", "fail",
+                               component=comp)
+        assert (code, out["status"]) == (0, "healthy"), (comp, out)
+        assert "queued" not in out, out
+
+
 def test_connection_strings_are_read_as_sqlalchemy_reads_them(venv):
     """The probe's parser against SQLAlchemy's own make_url (the Airflow image's), on hostile URLs."""
     import random
@@ -206,7 +239,7 @@ def test_an_unencoded_password_works_and_no_credential_is_ever_printed(airflow_p
                  ["--source", "api", "--api-url", "http://admin:SecretPart@127.0.0.1:1/"]):
         code, out = probe(venv, *args)
         text = json.dumps(out)
-        assert out["status"] == "unknown" and out["check"] == "source", out
+        assert out["status"] in ("unknown", "misconfigured") and out["check"] == "source", out
         assert not any(part in text for part in ("Wrong", "Se@", "cretPart", "SecretPart")), text
 
 
@@ -256,7 +289,7 @@ def test_sqlite_schema_from_airflow_db_migrate(tmp_path, venv):
 def test_rest_api_source_with_jwt(airflow_pg, venv, tmp_path):
     af, _ = airflow_pg
     api = ["--source", "api", "--api-url", af.api_url, "--api-user", "admin", "--local"]
-    code, out = wait_probe(venv, 0, *api, env={"AIRFLOW_MONITOR_API_PASSWORD": "admin"})
+    code, out = wait_probe(venv, 0, *api, env={"AIRFLOW_MONITOR_AIRFLOW_PASSWORD": "admin"})
     assert (code, out["status"]) == (0, "healthy"), out
     code, out = probe(venv, *api, env={"AIRFLOW_MONITOR_API_PASSWORD": "wrong-pw"})
     assert (code, out["status"]) == (0, "unknown") and "authentication failed" in out["reason"], out

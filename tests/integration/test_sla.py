@@ -74,7 +74,7 @@ def test_lifecycle_open_no_repeat_resolve(airflow, og, tmp_path):
         time.sleep(0.5)
     time.sleep(6)
 
-    first = sla("check", "--once", "--config", str(cfg))
+    first = sla("check", "--once", "--notify", "--config", str(cfg))
     assert first.returncode == 1, first.stderr
     assert {p["alias"] for p in og.pages} == {alias("sla_fail", "fresh"), alias("sla_never", "fresh"),
                                              alias("sla_slow", "max_duration")}, first.stdout
@@ -90,7 +90,7 @@ def test_lifecycle_open_no_repeat_resolve(airflow, og, tmp_path):
     assert og.heartbeats == ["airflow-sla-test"]
 
     # a second process on the same state (a restart, or cron): nobody is paged twice
-    again = sla("check", "--once", "--config", str(cfg))
+    again = sla("check", "--once", "--notify", "--config", str(cfg))
     assert again.returncode == 1
     assert len(og.pages) == 3
     assert len([r for r in og.requests if r[1] == "/v2/alerts"]) == 3
@@ -99,7 +99,7 @@ def test_lifecycle_open_no_repeat_resolve(airflow, og, tmp_path):
     (airflow.home / "sla_fixed").write_text("yes")
     assert airflow.wait_run("sla_fail", airflow.trigger("sla_fail")) == "success"
     assert airflow.wait_run("sla_slow", slow, timeout=120) == "success"
-    third = sla("check", "--once", "--config", str(cfg))
+    third = sla("check", "--once", "--notify", "--config", str(cfg))
     assert third.returncode == 1, "sla_never is still breached"
     assert {a for a, _ in og.closes} == {alias("sla_fail", "fresh"), alias("sla_slow", "max_duration")}
     assert og.open_aliases() == {alias("sla_never", "fresh")}
@@ -266,3 +266,29 @@ def test_a_broken_state_file_is_said_and_paged_and_an_empty_one_refused(airflow,
     assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
     fresh = sla("status", "--config", str(cfg), "--fresh-state")
     assert fresh.returncode == 0, fresh.stderr
+
+
+def test_check_is_a_dry_look_test_notify_pages_and_closes_and_status_reads_the_disk(airflow, og, tmp_path):
+    cfg = config(tmp_path, airflow, og, [{"dag_id": "sla_never", "rules": [{"max_age": "1h", "name": "dry"}]}])
+    look = sla("check", "--config", str(cfg))  # from a laptop, against production: nobody is paged
+    assert look.returncode == 1 and "BREACHED" in look.stdout, look.stdout + look.stderr
+    assert og.requests == [] and og.pages == []
+    status = sla("status", "--config", str(cfg), "--json")
+    assert [r["alert"] for r in json.loads(status.stdout)] == ["-"], "check opened no alert"
+
+    sent = sla("test-notify", "--config", str(cfg))
+    assert sent.returncode == 0 and "opsgenie: ok" in sent.stdout, sent.stdout + sent.stderr
+    assert [p["alias"] for p in og.pages] == [a for a, _ in og.closes] and og.open_aliases() == set()
+    assert og.pages[0]["alias"].startswith("airflow-sla:test:") and og.pages[0]["priority"] == "P5"
+
+    acted = sla("check", "--notify", "--config", str(cfg))
+    assert acted.returncode == 1 and og.open_aliases() == {alias("sla_never", "dry")}
+
+    # Airflow down: what is on disk is shown, with a line saying Airflow could not be read
+    down = dict(yaml.safe_load(cfg.read_text()))
+    down["airflow"] = {**down["airflow"], "url": "http://127.0.0.1:1"}
+    cfg.write_text(yaml.safe_dump(down))
+    shown = sla("status", "--config", str(cfg))
+    assert shown.returncode == 1, shown.stderr
+    assert "Airflow could not be read" in shown.stdout and "sla_never" in shown.stdout, shown.stdout
+    assert "BREACHED (stored)" in shown.stdout and "open since" in shown.stdout

@@ -42,3 +42,37 @@ def test_catalog_command_prints_every_metric():
     r = run("catalog", "--format", "markdown")
     assert r.returncode == 0
     assert "`airflow_ti_finish_total`" in r.stdout and "`airflow.dag.task.duration`" in r.stdout
+
+
+
+def test_every_flag_has_help_and_every_command_takes_log_level():
+    import argparse
+
+    from monitor.cli import build_parser
+
+    missing, no_level = [], []
+
+    def walk(parser, path):
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        for a in parser._actions:
+            if a in subs or a.dest == "help":
+                continue
+            if a.help in (None, argparse.SUPPRESS):
+                missing.append((path, a.option_strings or a.dest))
+        if path and not any("--log-level" in a.option_strings for a in parser._actions):
+            no_level.append(path)
+        for sp in subs:
+            for name, child in sp.choices.items():
+                walk(child, [*path, name])
+
+    walk(build_parser(), [])
+    assert not missing and not no_level, (missing, no_level)
+
+
+def test_catalog_into_a_closed_pipe_says_nothing():
+    import subprocess
+    import sys
+
+    r = subprocess.run(f"{sys.executable} -m monitor.cli catalog | head -1", shell=True, capture_output=True,
+                       text=True, timeout=60)
+    assert r.stdout.startswith("statsd name") and r.stderr == "", r.stderr

@@ -124,6 +124,38 @@ def test_a_flood_of_lone_legacy_samples_is_decided_bounded_and_never_crashes(har
     assert not h2.ingest.stats.internal_errors and h2.value("airflow_pool_open_slots", pool="p1") == 1
 
 
+def test_the_twin_mode_follows_airflow_when_its_tags_are_turned_off_and_on(h):
+    """DogStatsD first; then Airflow's tags are turned off (legacy + tagless pairs); then on again."""
+    from monitor.bridge.ingest import RELEARN_AFTER
+
+    def tagged():
+        h.send("airflow.ti.finish.etl.load.success:1|c", "airflow.ti.finish:1|c|#dag_id:etl,task_id:load,state:success")
+
+    def plain():
+        h.send("airflow.ti.finish.etl.load.success:1|c", "airflow.ti.finish:1|c")
+
+    for _ in range(3):
+        tagged()
+    h.ingest.housekeeping(h.now + 2)
+    ids = (("dag_id", "etl"), ("state", "success"), ("task_id", "load"))
+    assert h.samples("airflow_ti_finish_total") == {ids: 3}
+    h.now += 10
+    plain()  # tags just turned off: the tagged series moved 10 s ago, so not yet
+    h.now += RELEARN_AFTER
+    for _ in range(4):
+        plain()
+        h.now += 6
+    assert h.ingest.mode["ti.finish"] == "plain"
+    assert h.ingest.stats.mode_switches[("ti.finish", "plain")] == 1
+    # the per-DAG series move again, from the legacy form; the tagless samples that arrived until
+    # the switch are counted label-less: no event lost, none counted twice
+    after = h.samples("airflow_ti_finish_total")
+    assert after == {ids: 3 + 3, (): 2}, after
+    h.send("airflow.ti.finish:1|c|#dag_id:etl,task_id:load,state:success")  # tags back on: at once
+    assert h.ingest.mode["ti.finish"] == "tagged"
+    assert h.ingest.stats.mode_switches[("ti.finish", "tagged")] == 1
+
+
 def test_a_tagless_twin_that_comes_first_is_not_counted_twice(h):
     for _ in range(3):  # Airflow sends dagrun.dependency-check's tagless form before its legacy one
         h.send("airflow.dagrun.dependency-check:20|ms", "airflow.dagrun.dependency-check.etl:20|ms")
@@ -246,3 +278,19 @@ def test_bounds_on_names_tags_values_and_sets(h):
     assert h.value("airflow_ti_start_total", dag_id=dag, task_id=task) == 1
     assert h.value("app_users") == 10_000 and h.ingest.stats.dropped["set_cap"] == 51
     assert len(h.text()) < 200_000
+
+
+def test_help_is_written_for_what_is_exposed(h):
+    """Timers are histograms in seconds; a family folding two Airflow metrics says so."""
+    from monitor import catalog
+
+    h.send("airflow.dagrun.duration.failed:1500|ms|#dag_id:d", "airflow.dagrun.duration.success:900|ms|#dag_id:d",
+           "airflow.scheduler.scheduler_loop_duration:40|ms", "airflow.task.duration:5|ms|#dag_id:d,task_id:t")
+    helps = {line.split()[2]: line.split(None, 3)[3] for line in h.text().splitlines() if line.startswith("# HELP")}
+    assert helps["airflow_dagrun_duration"].startswith("Seconds taken for a DagRun to reach its final state")
+    assert helps["airflow_scheduler_scheduler_loop_duration_seconds"] == "Seconds spent running one scheduler loop"
+    assert all("illisecond" not in m.exposed_help for m in catalog.load() if m.type == "timer")
+    folded: dict = {}
+    for m in catalog.load():
+        folded.setdefault(m.prometheus, set()).add(m.exposed_help)
+    assert all(len(v) == 1 for v in folded.values()), {k: v for k, v in folded.items() if len(v) > 1}

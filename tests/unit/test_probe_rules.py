@@ -54,3 +54,40 @@ def test_finished_count_only_needed_when_queue_looks_stuck():
     assert needs_finished(obs(queued_stuck=2, running=0))
     assert not needs_finished(obs(queued_stuck=2, running=1))
     assert not needs_finished(obs(queued_stuck=0, running=0))
+
+
+def test_components_without_a_queue_run_only_their_checks():
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    obs = Observation(now=now, component="triggerer", job_id=3, heartbeat=now - timedelta(seconds=5))
+    v = evaluate(obs, Thresholds())
+    assert (v.status, v.check) == ("healthy", "all") and "queued" not in v.reason
+
+
+def test_a_misconfigured_probe_fails_unless_told_otherwise():
+    from monitor.probe.rules import Verdict
+
+    v = Verdict("misconfigured", "source", "cannot connect: password authentication failed")
+    assert v.exit_code() == 1 and v.exit_code(on_misconfigured="ok") == 0
+    assert Verdict("unknown", "source", "timeout").exit_code() == 0
+
+
+@pytest.mark.parametrize("message, mistake", [
+    ('connection to server at "db" (10.0.0.5), port 5432 failed: FATAL:  password authentication failed '
+     'for user "airflow"', True),
+    ('FATAL:  database "airflw" does not exist', True),
+    ("ERROR:  no such database: airflow-metdata", True),  # PgBouncer
+    ("FATAL:  SASL authentication failed", True),
+    ("(1045, \"Access denied for user 'airflow'@'10.0.0.3' (using password: YES)\")", True),
+    ('relation "job" does not exist', True),
+    ('connection to server at "db" (10.0.0.5), port 5432 failed: Connection refused', False),
+    ("timeout expired", False),
+    ("FATAL:  the database system is shutting down", False),
+    ("FATAL:  the database system is starting up", False),
+    ("server closed the connection unexpectedly", False),
+    ("ERROR:  query_wait_timeout", False),
+    ("(2003, \"Can't connect to MySQL server on 'db' (111)\")", False),
+])
+def test_mistakes_and_outages_are_told_apart(message, mistake):
+    from monitor.probe.db import _misconfigured
+
+    assert _misconfigured(message) is mistake
