@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--api-token-file", help="a JWT to use instead of user and password "
                                                 "(or $AIRFLOW_MONITOR_AIRFLOW_TOKEN)")
     probe.add_argument("--timeout", type=float, default=0.8, help="connect and statement timeout, seconds")
+    probe.add_argument("--deadline", type=float, default=4.0,
+                       help="the whole probe answers within this many seconds, unknown if the source has not "
+                            "(default 4; keep it under the Kubernetes probe's timeoutSeconds)")
 
     dash = sub.add_parser("dashboards", help="build the Grafana and Datadog dashboards from the catalog")
     dash.add_argument("action", choices=["build"], help="write the dashboards and monitors (or --check them)")

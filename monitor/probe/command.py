@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 
 from monitor.probe import settings
 from monitor.probe.db import SourceError
@@ -53,6 +54,37 @@ def _observe(args, th: Thresholds, checks: tuple[str, ...]):
         conn.close()
 
 
+_STUCK = threading.Event()  # the source did not answer in time: its thread may never end
+
+
+def _judge(args, checks: tuple[str, ...]) -> Verdict:
+    try:
+        th = Thresholds(
+            heartbeat=args.heartbeat_threshold or settings.heartbeat_threshold(args.component),
+            queued_grace=args.queued_grace, finished_window=args.finished_window,
+        )
+        return evaluate(_observe(args, th, checks), th, checks)
+    except SourceError as e:
+        return Verdict("misconfigured" if e.misconfigured else "unknown", "source", str(e))
+    except settings.SettingError as e:  # Airflow's settings as the probe reads them: a person's to fix
+        return Verdict("misconfigured", "source", str(e))
+
+
+def _within(deadline: float, judge) -> Verdict:
+    """The verdict, or `unknown` when the source does not answer within the deadline: a query
+    waiting for a pooled connection (PgBouncer with none free) blocks in the driver, beyond any
+    statement timeout, and a probe killed by the kubelet's timeout counts as a failure."""
+    out: list[Verdict] = []
+    worker = threading.Thread(target=lambda: out.append(judge()), daemon=True)
+    worker.start()
+    worker.join(deadline)
+    if out:
+        return out[0]
+    _STUCK.set()
+    return Verdict("unknown", "source", f"the database or API did not answer within {deadline:g}s (no free "
+                   "pooled connection, or a server that hangs)")
+
+
 def run(args) -> int:
     checks = tuple(c.strip().replace("-", "_") for c in args.checks.split(",") if c.strip())
     bad = [c for c in checks if c not in CHECKS]
@@ -64,17 +96,7 @@ def run(args) -> int:
         print(f"airflow-monitor: error: none of --checks applies to the {args.component} "
               f"(it has: {', '.join(APPLIES[args.component])})", file=sys.stderr)
         return 2
-    try:
-        th = Thresholds(
-            heartbeat=args.heartbeat_threshold or settings.heartbeat_threshold(args.component),
-            queued_grace=args.queued_grace, finished_window=args.finished_window,
-        )
-        obs = _observe(args, th, checks)
-        verdict = evaluate(obs, th, checks)
-    except SourceError as e:
-        verdict = Verdict("misconfigured" if e.misconfigured else "unknown", "source", str(e))
-    except settings.SettingError as e:  # Airflow's settings as the probe reads them: a person's to fix
-        verdict = Verdict("misconfigured", "source", str(e))
+    verdict = _within(args.deadline, lambda: _judge(args, checks))
     code = verdict.exit_code(args.on_unknown, args.on_misconfigured)
     if args.json:
         print(json.dumps({"component": args.component, "status": verdict.status, "check": verdict.check,
@@ -86,4 +108,7 @@ def run(args) -> int:
         elif verdict.status == "misconfigured":
             tail = " (failing: a person must fix the probe's settings)" if code else " (--on-misconfigured=ok)"
         print(f"{verdict.status}: {verdict.reason}{tail}")
+    if verdict.check == "source" and _STUCK.is_set():  # a worker still blocked in the driver
+        sys.stdout.flush()
+        os._exit(code)
     return code

@@ -54,6 +54,13 @@ def _ts(t: datetime | None) -> str:
     return t.strftime("%Y-%m-%d %H:%M:%SZ") if t else "never"
 
 
+def _state(j) -> str:
+    if j.verdict.breached:
+        return (f"MUTED until {j.muted.until:%Y-%m-%d %H:%M}Z" + (f" ({j.muted.reason})" if j.muted.reason else "")
+                if j.muted else "BREACHED")
+    return {"n/a": "n/a", "grace": "grace (new DAG)"}.get(j.verdict.reason, "ok")
+
+
 def _rows(watcher) -> list[dict]:
     try:
         open_alerts = watcher.state.alerts("open")
@@ -70,7 +77,7 @@ def _rows(watcher) -> list[dict]:
             window = j.rule.describe()
         rows.append({"dag_id": dag_id, "rule": rule, "window": window, "priority": j.rule.priority,
                      "last_success": _ts(watcher.history.last_success(dag_id)),
-                     "state": "BREACHED" if j.verdict.breached else ("n/a" if j.verdict.reason == "n/a" else "ok"),
+                     "state": _state(j),
                      "reason": j.verdict.reason, "message": j.verdict.message,
                      "alert": (f"open since {_ts(datetime.fromtimestamp(alert.opened_at, UTC))}" if alert else "-")})
     if ("_watcher", "blind") in open_alerts:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 import os
 from dataclasses import dataclass
+from datetime import UTC, date, datetime
 
 from monitor.config import ConfigError, read_secret, read_yaml
 from monitor.durations import parse_duration
@@ -43,6 +44,24 @@ class Watch:
         if self.selector == "match":
             return fnmatch.fnmatchcase(dag.dag_id, self.value)
         return self.value in dag.tags
+
+
+@dataclass(frozen=True)
+class Mute:
+    """A `mutes:` entry: no page for the DAG(s) and rule until `until` (UTC)."""
+
+    selector: str  # dag_id | match
+    value: str
+    rule: str | None  # None: every rule of the DAG
+    until: datetime
+    reason: str = ""
+
+    def covers(self, dag_id: str, rule: str, now: datetime) -> bool:
+        if now >= self.until or (self.rule is not None and self.rule != rule):
+            return False
+        if self.selector == "dag_id":
+            return dag_id == self.value
+        return fnmatch.fnmatchcase(dag_id, self.value)
 
 
 @dataclass
@@ -87,6 +106,11 @@ class SLAConfig:
     datadog: DatadogNotify | None = None
     webhook: str | None = None
     source: str = ""  # the file it came from, for messages
+    new_dag_grace: float = 3600.0  # a DAG first seen less than this ago is not judged yet
+    mutes: tuple[Mute, ...] = ()
+
+    def mute_for(self, dag_id: str, rule: str, now: datetime) -> Mute | None:
+        return next((m for m in self.mutes if m.covers(dag_id, rule, now)), None)
 
     def rules_for(self, dag: Dag) -> list[Rule]:
         """The rules watching a DAG; a rule name already taken by an earlier entry is skipped."""
@@ -162,6 +186,15 @@ def _tags(v, where: str) -> tuple[str, ...]:
 
 
 _META = {"name", "priority", "responders", "tags", "runbook"}
+# the keys each place of the file takes (the Helm chart's values.schema.json is held to these)
+TOP_KEYS = {"airflow", "watcher", "notify", "defaults", "watch", "mutes", "bridge"}
+AIRFLOW_KEYS = {"url", "username", "password_file", "token_file", "timeout", "verify_tls", "password", "token"}
+WATCHER_KEYS = {"interval", "state_file", "blind_after", "blind_priority", "blind_responders", "renotify",
+                "lookback", "metrics_listen", "new_dag_grace"}
+WATCH_KEYS = {"dag_id", "match", "tag", "rules", *_META - {"name"}}
+RULE_KEYS = {*_META, "max_age", "deadline", "from_schedule", "max_duration", "timezone"}
+DEFAULTS_KEYS = _META - {"name"}
+MUTE_KEYS = {"dag_id", "match", "rule", "until", "reason"}
 
 
 def _check_meta(d: dict, where: str) -> None:
@@ -221,6 +254,34 @@ def _watch(raw, where: str, defaults: dict) -> Watch:
     return Watch(sels[0], str(raw[sels[0]]), rules)
 
 
+def _until(v, where: str) -> datetime:
+    """An expiry: an ISO date or date-time (UTC unless it says otherwise)."""
+    if isinstance(v, datetime):
+        t = v
+    elif isinstance(v, date):
+        t = datetime(v.year, v.month, v.day)
+    else:
+        try:
+            t = datetime.fromisoformat(str(v).strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise SLAConfigError(f"{where}: until must be an ISO date or date-time (2026-12-01T08:00Z), "
+                                 f"not {v!r}") from None
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def _mute(raw, where: str) -> Mute:
+    raw = _map(raw, where)
+    sels = [k for k in ("dag_id", "match") if k in raw]
+    if len(sels) != 1 or not raw[sels[0]]:
+        raise SLAConfigError(f"{where}: needs exactly one of dag_id or match (a glob)")
+    _only(raw, {sels[0], "rule", "until", "reason"}, where)
+    if "until" not in raw:
+        raise SLAConfigError(f"{where}: needs until (a mute without an end is forgotten, then misses a real "
+                             "breach)")
+    return Mute(sels[0], str(raw[sels[0]]), str(raw["rule"]) if raw.get("rule") else None,
+                _until(raw["until"], f"{where}.until"), str(raw.get("reason") or ""))
+
+
 def _secret(sec: dict, key: str, env: tuple[str, ...], where: str) -> str | None:
     if key in sec:
         raise SLAConfigError(f"{where}.{key}: secrets are not read from the config file; "
@@ -230,10 +291,9 @@ def _secret(sec: dict, key: str, env: tuple[str, ...], where: str) -> str | None
 
 def parse(doc: dict, source: str = "config", airflow_url: str | None = None) -> SLAConfig:
     doc = _map(doc, source)
-    _only(doc, {"airflow", "watcher", "notify", "defaults", "watch", "bridge"}, source)
+    _only(doc, TOP_KEYS, source)
     a = _map(doc.get("airflow"), "airflow")
-    _only(a, {"url", "username", "password_file", "token_file", "timeout", "verify_tls", "password", "token"},
-          "airflow")
+    _only(a, AIRFLOW_KEYS, "airflow")
     airflow = AirflowAccess(
         url=(airflow_url or os.environ.get("AIRFLOW_MONITOR_AIRFLOW_URL") or str(a.get("url") or
              AirflowAccess.url)).rstrip("/"),
@@ -249,8 +309,7 @@ def parse(doc: dict, source: str = "config", airflow_url: str | None = None) -> 
                              "$AIRFLOW_MONITOR_AIRFLOW_TOKEN)")
 
     w = _map(doc.get("watcher"), "watcher")
-    _only(w, {"interval", "state_file", "blind_after", "blind_priority", "blind_responders", "renotify",
-              "lookback", "metrics_listen"}, "watcher")
+    _only(w, WATCHER_KEYS, "watcher")
     try:
         blind_after = int(w.get("blind_after", 3))
     except (TypeError, ValueError):
@@ -297,12 +356,16 @@ def parse(doc: dict, source: str = "config", airflow_url: str | None = None) -> 
             raise SLAConfigError("notify.webhook: needs an http(s) url (url, url_file or $AIRFLOW_MONITOR_WEBHOOK_URL)")
 
     defaults = _map(doc.get("defaults"), "defaults")
-    _only(defaults, _META - {"name"}, "defaults")
+    _only(defaults, DEFAULTS_KEYS, "defaults")
     _check_meta(defaults, "defaults")
     watch_raw = doc.get("watch")
     if not isinstance(watch_raw, list) or not watch_raw:
         raise SLAConfigError(f"{source}: 'watch' must be a non-empty list of DAG selectors with rules")
     watches = tuple(_watch(x, f"watch[{i}]", defaults) for i, x in enumerate(watch_raw))
+    mutes_raw = doc.get("mutes") or []
+    if not isinstance(mutes_raw, list):
+        raise SLAConfigError("mutes: must be a list")
+    mutes = tuple(_mute(x, f"mutes[{i}]") for i, x in enumerate(mutes_raw))
     return SLAConfig(
         airflow=airflow, watches=watches, interval=interval,
         state_file=str(w.get("state_file") or SLAConfig.state_file), blind_after=blind_after,
@@ -312,6 +375,7 @@ def parse(doc: dict, source: str = "config", airflow_url: str | None = None) -> 
         lookback=_duration(w.get("lookback", "7d"), "watcher.lookback"),
         metrics_listen=str(w.get("metrics_listen", ":9103")),
         opsgenie=opsgenie, datadog=datadog, webhook=webhook, source=source,
+        new_dag_grace=_duration(w.get("new_dag_grace", "1h"), "watcher.new_dag_grace"), mutes=mutes,
     )
 
 

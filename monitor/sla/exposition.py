@@ -19,16 +19,21 @@ class SLACollector:
         since = GaugeMetricFamily("airflow_sla_seconds_since_success",
                                   "Seconds since the DAG's latest successful run ended (absent: never)",
                                   labels=["dag_id"])
+        muted = GaugeMetricFamily("airflow_sla_muted", "1 while a breached (DAG, rule) is muted by the SLA config "
+                                  "(shown, not paged)", labels=["dag_id", "rule"])
         now = time.time()
         seen = set()
         for (dag_id, rule), j in sorted(w.judgements.items()):
             breached.add_metric([dag_id, rule, j.rule.priority, j.verdict.reason], 1.0 if j.verdict.breached else 0.0)
+            if j.muted is not None:
+                muted.add_metric([dag_id, rule], 1.0)
             if dag_id not in seen:
                 seen.add(dag_id)
                 last = w.history.last_success(dag_id)
                 if last is not None:
                     since.add_metric([dag_id], max(0.0, now - last.timestamp()))
         yield breached
+        yield muted
         yield since
         s = w.stats
         yield GaugeMetricFamily("airflow_monitor_sla_blind", "1 while the watcher cannot read Airflow",

@@ -52,6 +52,10 @@ CREATE TABLE IF NOT EXISTS outbox (
     dead INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (notifier, done_at, id);
+CREATE TABLE IF NOT EXISTS seen (
+    dag_id TEXT PRIMARY KEY,
+    first_seen REAL NOT NULL         -- when the watcher first judged it; 0: there at its first cycle
+);
 """
 
 
@@ -213,6 +217,18 @@ class State:
         self.db.executemany(
             "INSERT INTO outbox (notifier, action, dag_id, rule, payload, created_at, next_at) VALUES (?,?,?,?,?,?,?)",
             [(name, action, dag_id, rule, json.dumps(payload), now, now) for name, payload in notices])
+
+    # ------------------------------------------------------------------ DAGs seen
+    def first_seen(self, dag_ids: list[str], now: float, record: bool = True) -> dict[str, float]:
+        """When each DAG was first seen; new ones are recorded (with `record`) as seen now, or
+        as 0 (not new) on the watcher's very first cycle, so installing it starts no grace."""
+        with self.lock:
+            known = dict(self.db.execute("SELECT dag_id, first_seen FROM seen").fetchall())
+            new = [d for d in dag_ids if d not in known]
+            when = now if known else 0.0
+            if new and record:
+                self.db.executemany("INSERT OR IGNORE INTO seen VALUES (?, ?)", [(d, when) for d in new])
+        return {d: known.get(d, when) for d in dag_ids}
 
     # ------------------------------------------------------------------ outbox
     def pending(self, notifier: str, now: float | None = None, limit: int = 100) -> list[OutboxItem]:

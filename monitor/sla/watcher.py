@@ -24,7 +24,7 @@ from monitor.airflow.rest import AirflowError
 from monitor.alerting import Refused, Retry
 from monitor.alerting.delivery import Delivery
 from monitor.sla import windows
-from monitor.sla.config import SLAConfig
+from monitor.sla.config import Mute, SLAConfig
 from monitor.sla.history import ACTIVE, OVERLAP, RunHistory
 from monitor.sla.rules import Dag, Rule, Verdict, evaluate
 from monitor.sla.state import State
@@ -39,6 +39,7 @@ class Judgement:
     dag: Dag
     rule: Rule
     verdict: Verdict
+    muted: Mute | None = None  # breached, but a `mutes:` entry says page nobody until it ends
 
 
 @dataclass
@@ -177,6 +178,7 @@ class Watcher:
                     for rule in w.rules:
                         judgements.setdefault((dag_id, rule.name), Judgement(dag, rule, Verdict(
                             True, "not_found", f"DAG {dag_id} is not in Airflow (deleted, renamed or not parsed)")))
+        self._grace_and_mutes(judgements, now, apply)
         self.judgements = judgements
         if not apply:
             return list(judgements.values())
@@ -189,6 +191,27 @@ class Watcher:
                 n.heartbeat()
         self.delivery.drain()
         return list(judgements.values())
+
+    def _grace_and_mutes(self, judgements: dict[tuple[str, str], Judgement], now: datetime, apply: bool) -> None:
+        """A DAG first seen less than new_dag_grace ago is not judged yet (a new deployment pages
+        nobody while it settles); a breach under a mute is shown, not paged."""
+        ts = now.timestamp()
+        try:
+            seen = self.state.first_seen(sorted({d for d, _ in judgements}), ts, record=apply)
+        except sqlite3.Error:
+            if apply:
+                raise
+            seen = {}
+        for (dag_id, rule), j in judgements.items():
+            if not j.verdict.breached:
+                continue
+            first = seen.get(dag_id, 0.0)
+            if first and ts - first < self.cfg.new_dag_grace:
+                until = datetime.fromtimestamp(first + self.cfg.new_dag_grace, UTC)
+                j.verdict = Verdict(False, "grace", f"new DAG {dag_id}, judged from {until:%Y-%m-%d %H:%M} UTC "
+                                    f"(would be: {j.verdict.message})", {"grace_until": until.isoformat()})
+            else:
+                j.muted = self.cfg.mute_for(dag_id, rule, now)
 
     # ------------------------------------------------------------------ alerts
     def _notices(self, notice: dict) -> list[tuple[str, dict]]:
@@ -217,6 +240,8 @@ class Watcher:
             self._resolve_blind(now)
         for key, j in self.judgements.items():
             current = open_alerts.get(key)
+            if j.verdict.breached and j.muted is not None:
+                continue  # shown (sla status, /metrics), paged to nobody; an open alert stays as it is
             if j.verdict.breached:
                 if current is None:
                     if self.state.open(*key, j.verdict.reason, j.verdict.message, j.rule.priority,

@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from tests.integration.airflow_harness import free_port
 
 
 class PgBouncer:
-    def __init__(self, tmp: Path, dbname: str, user: str, password: str, pool_mode: str = "transaction",
+    def __init__(self, dbname: str, user: str, password: str, pool_mode: str = "transaction",
                  pool_size: int = 10):
         exe = shutil.which("pgbouncer") or ("/usr/sbin/pgbouncer" if os.path.exists("/usr/sbin/pgbouncer") else None)
         if exe is None:
@@ -27,8 +28,8 @@ class PgBouncer:
                 pytest.fail(msg)
             pytest.skip(msg)
         self.port = free_port()
-        self.dir = tmp
-        tmp.mkdir(parents=True, exist_ok=True)
+        # PgBouncer runs as postgres, which cannot enter pytest's private tmp_path: a directory of its own
+        tmp = self.dir = Path(tempfile.mkdtemp(prefix="pgbouncer-"))
         (tmp / "users.txt").write_text(f'"{user}" "{password}"\n')
         (tmp / "pgbouncer.ini").write_text(f"""[databases]
 airflow-metadata = host=127.0.0.1 dbname={dbname} port=5432 pool_size={pool_size}
@@ -78,3 +79,4 @@ pidfile = {tmp / "pgbouncer.pid"}
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -82,7 +82,8 @@ def test_datadog_agent_receives_mapped_dogstatsd(bridge):
                "airflow.task.duration:1500|ms|#dag_id:d.x,task_id:g.t")
     got = b""
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and b"airflow.dag.task.duration:" not in got:
+    wanted = (b"airflow.dag.task.duration:", b"airflow.ti.finish:", b"airflow.pool.open_slots:")
+    while time.monotonic() < deadline and not all(name in got for name in wanted):
         try:
             got += agent.recv(65536) + b"\n"
         except TimeoutError:

@@ -106,7 +106,7 @@ def test_stale_heartbeat(airflow_pg, venv):
 
 
 @pytest.mark.parametrize("pool_mode", ["transaction", "session"])
-def test_behind_pgbouncer_the_probe_passes_and_can_fail(airflow_pg, venv, tmp_path, pool_mode):
+def test_behind_pgbouncer_the_probe_passes_and_can_fail(airflow_pg, venv, pool_mode):
     """The chart's pgbouncer.enabled: PgBouncer refuses a startup `options` parameter, so the
     statement timeout must be set another way, and must not leak into a pooled server connection."""
     import psycopg2
@@ -115,13 +115,18 @@ def test_behind_pgbouncer_the_probe_passes_and_can_fail(airflow_pg, venv, tmp_pa
     from tests.integration.pgbouncer import PgBouncer
 
     af, url = airflow_pg
-    pb = PgBouncer(tmp_path / "pgbouncer", url.rsplit("/", 1)[1], PG_USER, PG_PASSWORD, pool_mode, pool_size=1)
+    pb = PgBouncer(url.rsplit("/", 1)[1], PG_USER, PG_PASSWORD, pool_mode, pool_size=1)
     try:
         code, out = wait_probe(venv, 0, "--local", "--sql-alchemy-conn", pb.url)
         assert (code, out["status"]) == (0, "healthy"), (out, pb.log())
-        with psycopg2.connect(pb.url) as c, c.cursor() as cur:  # the pool's one server connection
+        other = psycopg2.connect(pb.url)  # gets the pool's one server connection, the probe's before
+        with other.cursor() as cur:
             cur.execute("SHOW statement_timeout")
             assert cur.fetchone()[0] == "0", "the probe's timeout leaked into the pool"
+        # while it holds it (in a transaction), the probe waits for a connection: unknown in time
+        code, out = probe(venv, "--local", "--sql-alchemy-conn", pb.url, "--deadline", "2")
+        assert (code, out["status"]) == (0, "unknown") and "did not answer within 2s" in out["reason"], out
+        other.close()
         pids = af.signal("airflow scheduler", signal.SIGSTOP)
         assert pids, "scheduler process not found"
         try:
@@ -291,8 +296,8 @@ def test_rest_api_source_with_jwt(airflow_pg, venv, tmp_path):
     api = ["--source", "api", "--api-url", af.api_url, "--api-user", "admin", "--local"]
     code, out = wait_probe(venv, 0, *api, env={"AIRFLOW_MONITOR_AIRFLOW_PASSWORD": "admin"})
     assert (code, out["status"]) == (0, "healthy"), out
-    code, out = probe(venv, *api, env={"AIRFLOW_MONITOR_API_PASSWORD": "wrong-pw"})
-    assert (code, out["status"]) == (0, "unknown") and "authentication failed" in out["reason"], out
+    code, out = probe(venv, *api, env={"AIRFLOW_MONITOR_API_PASSWORD": "wrong-pw"})  # the former name works
+    assert (code, out["status"]) == (1, "misconfigured") and "authentication failed" in out["reason"], out
     assert "wrong-pw" not in json.dumps(out)
     token = tmp_path / "jwt"
     token.write_text(af.token())

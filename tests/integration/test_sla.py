@@ -292,3 +292,30 @@ def test_check_is_a_dry_look_test_notify_pages_and_closes_and_status_reads_the_d
     assert shown.returncode == 1, shown.stderr
     assert "Airflow could not be read" in shown.stdout and "sla_never" in shown.stdout, shown.stdout
     assert "BREACHED (stored)" in shown.stdout and "open since" in shown.stdout
+
+
+def test_a_new_dag_has_a_grace_and_a_mute_pages_nobody_until_it_ends(airflow, og, tmp_path):
+    run = airflow.trigger("sla_ok")
+    assert airflow.wait_run("sla_ok", run) == "success"
+    first = config(tmp_path, airflow, og, [{"dag_id": "sla_ok", "rules": [{"max_age": "1h", "name": "fresh"}]}])
+    assert sla("check", "--notify", "--config", str(first)).returncode == 0  # the watcher's first cycle
+    # a DAG the watcher has not seen before is deployed and watched: no page for new_dag_grace
+    cfg = config(tmp_path, airflow, og, [{"dag_id": d, "rules": [{"max_age": "1h", "name": "fresh"}]}
+                                         for d in ("sla_ok", "sla_never")], new_dag_grace="1h")
+    graced = sla("check", "--notify", "--config", str(cfg), "--json")
+    assert graced.returncode == 0, graced.stdout + graced.stderr
+    rows = {r["dag_id"]: r for r in json.loads(graced.stdout)}
+    assert rows["sla_never"]["state"] == "grace (new DAG)" and "has never run" in rows["sla_never"]["message"]
+    assert og.pages == []
+    # a mute with an end: shown as muted, paged to nobody; once it has ended, paged
+    doc = yaml.safe_load(cfg.read_text())
+    doc["watcher"]["new_dag_grace"] = "0s"
+    doc["mutes"] = [{"dag_id": "sla_never", "until": "2099-01-01", "reason": "being rebuilt"}]
+    cfg.write_text(yaml.safe_dump(doc))
+    muted = sla("status", "--config", str(cfg))
+    assert "MUTED until 2099-01-01 00:00Z (being rebuilt)" in muted.stdout, muted.stdout
+    assert sla("check", "--notify", "--config", str(cfg)).returncode == 1 and og.pages == []
+    doc["mutes"] = [{"dag_id": "sla_never", "until": "2020-01-01"}]
+    cfg.write_text(yaml.safe_dump(doc))
+    assert sla("check", "--notify", "--config", str(cfg)).returncode == 1
+    assert [p["alias"] for p in og.pages] == [alias("sla_never", "fresh")]

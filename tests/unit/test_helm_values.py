@@ -129,3 +129,25 @@ def test_the_airflow_chart_snippet_sends_statsd_to_the_bridge():
     assert snippet["statsd"] == {"enabled": False}
     assert snippet["config"]["metrics"]["statsd_on"] == "True"
     assert snippet["config"]["metrics"]["statsd_port"] == VALUES["service"]["statsdPort"]
+
+
+
+def test_the_sla_config_schema_takes_what_the_watcher_takes():
+    """A typo inside sla.config (max_agee) fails `helm install`, not the watcher at start."""
+    from monitor.sla import config as c
+
+    sla = SCHEMA["properties"]["sla"]["properties"]["config"]["properties"]
+    secrets = {"password", "token"}  # never in values: they come from Secrets
+    owned = {"state_file", "metrics_listen"}  # the chart sets them
+    assert set(sla) == c.TOP_KEYS - {"bridge"}
+    assert set(sla["airflow"]["properties"]) == c.AIRFLOW_KEYS - secrets
+    assert set(sla["watcher"]["properties"]) | owned == c.WATCHER_KEYS
+    assert set(sla["watch"]["items"]["properties"]) == c.WATCH_KEYS
+    assert set(sla["watch"]["items"]["properties"]["rules"]["items"]["properties"]) == c.RULE_KEYS
+    assert set(sla["defaults"]["properties"]) == c.DEFAULTS_KEYS
+    assert set(sla["mutes"]["items"]["properties"]) == c.MUTE_KEYS
+    typos = [{"dag_id": "d", "rules": [{"max_agee": "1h"}]}, {"dag_id": "d", "rule": [{"max_age": "1h"}]},
+             {"dag_id": "d", "rules": [{"max_age": "1h", "timezon": "UTC"}]}]
+    for watch in typos:
+        assert errors(with_("sla", {**SLA_ON, "config": {**SLA_ON["config"], "watch": [watch]}})), watch
+    assert errors(with_("sla", {**SLA_ON, "config": {**SLA_ON["config"], "mutes": [{"dag_id": "d"}]}}))

@@ -76,12 +76,34 @@ def test_jsm_endpoint(monkeypatch):
     ([{"dag_id": "d", "rules": [{"max_age": "1h"}]}], {"notify": {"opsgenie": {}}}, "notify.opsgenie: no API key"),
     ([{"dag_id": "d", "rules": [{"max_age": "1h"}]}], {"notify": {"pagerduty": {}}}, "unknown setting 'pagerduty'"),
     ([{"dag_id": "d", "rules": [{"max_age": "1h"}]}], {"watcher": {"blind_after": 0}}, "at least 1"),
+    ([{"dag_id": "d", "rules": [{"max_age": "1h"}]}], {"mutes": [{"dag_id": "d"}]}, "mutes[0]: needs until"),
+    ([{"dag_id": "d", "rules": [{"max_age": "1h"}]}], {"mutes": [{"dag_id": "d", "until": "next week"}]},
+     "mutes[0].until: until must be an ISO date"),
+    ([{"dag_id": "d", "rules": [{"max_age": "1h"}]}], {"mutes": [{"until": "2026-12-01"}]},
+     "mutes[0]: needs exactly one of dag_id or match"),
+    ([{"dag_id": "d", "rules": [{"max_age": "1h"}]}], {"mutes": [{"dag_id": "d", "until": "2026-12-01", "x": 1}]},
+     "mutes[0]: unknown setting 'x'"),
+    ([{"dag_id": "d", "rules": [{"max_age": "1h"}]}], {"watcher": {"new_dag_grace": "soon"}},
+     "watcher.new_dag_grace: invalid duration"),
 ])
 def test_mistakes_are_one_line_errors(watch, extra, message):
     with pytest.raises(SLAConfigError) as e:
         cfg(watch, **extra)
     assert message in str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_mutes_cover_their_dags_and_rules_until_they_end():
+    from datetime import UTC, datetime
+
+    c = cfg([{"match": "fin_*", "rules": [{"max_age": "1h"}, {"max_duration": "1h"}]}],
+            mutes=[{"match": "fin_*", "rule": "max_age", "until": "2026-12-01T08:00Z", "reason": "migration"},
+                   {"dag_id": "fin_x", "until": "2026-11-30"}])
+    before, after = datetime(2026, 11, 22, tzinfo=UTC), datetime(2026, 12, 2, tzinfo=UTC)
+    assert c.mute_for("fin_a", "max_age", before).reason == "migration"
+    assert c.mute_for("fin_a", "max_duration", before) is None
+    assert c.mute_for("fin_x", "max_duration", before) is not None
+    assert c.mute_for("fin_a", "max_age", after) is None and c.new_dag_grace == 3600
 
 
 def test_credentials_are_required(monkeypatch):
