@@ -20,9 +20,12 @@ def _add_bridge_flags(p: argparse.ArgumentParser) -> None:
         "statsd_tcp": "TCP statsd listen address (default :9125)",
         "statsd_unix": "Unix datagram socket path for statsd (default: off)",
         "web_listen": "HTTP address for /metrics and health (default :9102)",
+        "web_enable_lifecycle": "allow POST /-/reload (off by default; SIGHUP always reloads the mapping)",
         "mapping_file": "statsd_exporter mapping file; its rules win over the built-in Airflow mapping",
         "statsd_prefix": "Airflow's statsd_prefix (default airflow)",
         "airflow_tags": "which twin counts: auto (learned), on (tagged), off (legacy names)",
+        "dogstatsd_timer_unit": "unit of Airflow's timer() metrics in DogStatsD mode: auto (seconds once DogStatsD "
+                                "tags are seen; Airflow 3.x sends seconds labelled ms), s, or ms (a fixed Airflow)",
         "ttl": "expire series not updated for this long (default 24h; 0 = never)",
         "max_series_per_family": "cardinality cap per metric family (default 10000)",
         "max_series": "cap on all series together (default 500000)",
@@ -44,7 +47,11 @@ def _add_bridge_flags(p: argparse.ArgumentParser) -> None:
     }
     for f in dataclasses.fields(BridgeConfig):
         flag = "--" + f.name.replace("_", "-")
-        p.add_argument(flag, dest=f.name, default=None, help=help_.get(f.name, argparse.SUPPRESS))
+        if f.type in (bool, "bool"):  # a switch, as statsd_exporter's --web.enable-lifecycle
+            p.add_argument(flag, dest=f.name, default=None, action="store_const", const="true",
+                           help=help_.get(f.name, argparse.SUPPRESS))
+        else:
+            p.add_argument(flag, dest=f.name, default=None, help=help_.get(f.name, argparse.SUPPRESS))
 
 
 def build_parser() -> argparse.ArgumentParser:

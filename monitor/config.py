@@ -22,9 +22,11 @@ class BridgeConfig:
     statsd_tcp: str = ":9125"
     statsd_unix: str = ""
     web_listen: str = ":9102"
+    web_enable_lifecycle: bool = False  # POST /-/reload (SIGHUP always reloads), as statsd_exporter's flag
     mapping_file: str = ""
     statsd_prefix: str = "airflow"
     airflow_tags: str = "auto"  # auto | on | off
+    dogstatsd_timer_unit: str = "auto"  # auto | s | ms: the unit of Airflow's timer() metrics sent with DogStatsD
     ttl: str = "24h"
     max_series_per_family: int = 10000
     max_series: int = 500_000  # all families together
@@ -47,6 +49,15 @@ class BridgeConfig:
 
 def _coerce(name: str, typ, raw):
     try:
+        if typ in (bool, "bool"):
+            if isinstance(raw, bool):
+                return raw
+            word = str(raw).strip().lower()
+            if word in ("1", "true", "yes", "on"):
+                return True
+            if word in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(word)
         if typ in (int, "int"):
             return int(raw)
         if typ in (float, "float"):

@@ -175,6 +175,11 @@ class SelfCollector(Collector):
                 "Switches of an Airflow metric between its tagged and its legacy form (Airflow's statsd tags "
                 "turned on or off), by catalog metric and the form counted since.",
                 [({"metric": m, "to": to}, v) for (m, to), v in list(st.mode_switches.items())])
+        yield f("dogstatsd_timers_in_seconds", "gauge",
+                "1 while Airflow's timer() metrics are read as seconds (DogStatsD mode sends them in seconds "
+                "labelled ms), by how it was decided (auto, or pinned by dogstatsd_timer_unit).",
+                [({"decided": "auto" if b.ingest.timer_unit == "auto" else "pinned"},
+                  1.0 if b.ingest.timers_in_seconds else 0.0)])
         yield f("series", "gauge", "Series in the store.", [({}, b.store.count())])
         yield f("series_expired", "counter", "Series removed after their TTL.", [({}, st.series_expired)])
         yield f("mapping_rules", "gauge", "User mapping rules loaded.", [({}, len(b.ingest.mapper.rules))])

@@ -77,9 +77,18 @@ def _const(kind: int, reason: str, _memo: dict = {}) -> tuple:  # noqa: B006 - a
 
 class Ingest:
     def __init__(self, mapper: Mapper, store: Store, *, airflow_tags: str = "auto",
-                 max_packet: int = 65535, cache_bytes: int = 96 << 20, relay=None) -> None:
+                 max_packet: int = 65535, cache_bytes: int = 96 << 20, relay=None,
+                 dogstatsd_timer_unit: str = "auto") -> None:
         if airflow_tags not in ("auto", "on", "off"):
             raise ValueError("airflow_tags must be auto, on or off")
+        if dogstatsd_timer_unit not in ("auto", "s", "ms"):
+            raise ValueError("dogstatsd_timer_unit must be auto, s or ms")
+        # Airflow 3.x's DogStatsD client sends what it times with Stats.timer() in seconds while
+        # labelling it |ms (datadog's `timed` without use_ms; Airflow issue 72110); the plain and
+        # InfluxDB clients send milliseconds. auto: seconds once an Airflow line with DogStatsD
+        # tags (`|#`) has been seen; s / ms pin it.
+        self.timer_unit = dogstatsd_timer_unit
+        self.dogstatsd_seen = False
         self.mapper = mapper
         self.store = store
         self.vals = store.vals
@@ -240,6 +249,8 @@ class Ingest:
         if values is not None and key.type == "c" and any(v < 0 for v, _ in values):
             st.parse_errors["negative_counter"] += 1
             return
+        if not self.dogstatsd_seen and b"#" in tail:
+            self._dogstatsd(key)
         e = self._resolve(key, ckey, now)
         if e[0] is PENDING and values is None:  # a set under a legacy Airflow name: not Airflow's
             st.dropped["conflict"] += 1
@@ -371,6 +382,22 @@ class Ingest:
         latest = max((V[b] for lab, b in fam.series.items() if lab != labels), default=float("-inf"))
         return now - latest >= RELEARN_AFTER
 
+    @property
+    def timers_in_seconds(self) -> bool:
+        """Whether Airflow's timer() metrics arrive in seconds (see __init__)."""
+        return self.timer_unit == "s" or (self.timer_unit == "auto" and self.dogstatsd_seen)
+
+    def _dogstatsd(self, key: Key) -> None:
+        """A line with DogStatsD tags: if it is Airflow's, Airflow uses its DogStatsD client."""
+        t = self.mapper.airflow.map(key)
+        if t is None or t.metric is None:
+            return
+        self.dogstatsd_seen = True
+        if self.timer_unit == "auto":
+            log.warning("Airflow sends DogStatsD: its timer() metrics (scheduler loop, critical section, "
+                        "dependency check...) arrive in seconds labelled ms, and are read as seconds")
+            self._clear_cache()  # entries made before now read them as milliseconds
+
     def _entry(self, target: Target, key: Key, now: float) -> tuple:
         try:
             base = self.store.series(target.family, target.kind, target.labels, target.help,
@@ -383,7 +410,10 @@ class Ingest:
         if kind is COUNTER:
             return (COUNTER, base, target.mult / key.rate, None, None, key.type)
         if kind is HIST:
-            return (HIST, base, target.scale * target.mult, 1.0 / key.rate, target.buckets, key.type)
+            scale = target.scale
+            if key.type == "ms" and target.metric is not None and target.metric.timer_call and self.timers_in_seconds:
+                scale = 1.0
+            return (HIST, base, scale * target.mult, 1.0 / key.rate, target.buckets, key.type)
         return (GAUGE, base, target.mult, None, None, key.type)
 
     def _cache(self, ckey: bytes, entry: tuple) -> tuple:

@@ -27,7 +27,8 @@ BATCH = 20_000  # journal records per pickled frame
 
 class WebProcess:
     def __init__(self, store, http_sock: socket.socket, *, metrics, ready, reload, sla_ready=lambda: None,
-                 log_level: str = "INFO"):
+                 log_level: str = "INFO", lifecycle: bool = False):
+        self.lifecycle = lifecycle
         self.store = store
         self.http_sock = http_sock
         self.reload = reload
@@ -53,7 +54,8 @@ class WebProcess:
         slots = self.store.slots
         cmd = [sys.executable, "-m", "monitor.bridge.web", "--slots-fd", str(slots.fd),
                "--slots-bytes", str(len(slots.map)), "--journal-fd", str(r), "--control-fd", str(theirs.fileno()),
-               "--http-fd", str(self.http_sock.fileno()), "--log-level", self.log_level]
+               "--http-fd", str(self.http_sock.fileno()), "--log-level", self.log_level,
+               *(["--enable-lifecycle"] if self.lifecycle else [])]
         self.proc = subprocess.Popen(cmd, pass_fds=(slots.fd, r, theirs.fileno(), self.http_sock.fileno()),
                                      stdin=subprocess.DEVNULL)
         os.close(r)

@@ -41,7 +41,7 @@ class Bridge:
         self.cfg = cfg
         self.buckets = tuple(sorted(cfg.buckets)) if cfg.buckets else DEFAULT_BUCKETS
         for name, allowed in (("airflow_tags", ("auto", "on", "off")), ("unmapped", ("export", "drop")),
-                              ("datadog", ("none", "agent", "api"))):
+                              ("datadog", ("none", "agent", "api")), ("dogstatsd_timer_unit", ("auto", "s", "ms"))):
             if getattr(cfg, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not {getattr(cfg, name)!r}")
         try:
@@ -62,6 +62,7 @@ class Bridge:
                 raise ConfigError(f"relay: {e}") from None
             self.sinks.append(relay)
         self.ingest = Ingest(self._mapper(), self.store, airflow_tags=cfg.airflow_tags,
+                             dogstatsd_timer_unit=cfg.dogstatsd_timer_unit,
                              max_packet=cfg.max_packet, cache_bytes=cfg.cache_bytes, relay=relay)
         if cfg.datadog != "none":
             sink = self._datadog()
@@ -117,7 +118,7 @@ class Bridge:
         self.http_sock = _listen_http(cfg.web_listen)
         self.web = WebProcess(self.store, self.http_sock, metrics=lambda: generate_latest(self.registry).decode(),
                               ready=lambda: self.ready, reload=self.reload, sla_ready=lambda: self.sla_ready(),
-                              log_level=log_level)
+                              log_level=log_level, lifecycle=cfg.web_enable_lifecycle)
         try:
             self.listeners = Listeners(self.ingest, udp=cfg.statsd_udp or None, tcp=cfg.statsd_tcp or None,
                                        unix=cfg.statsd_unix or None, rcvbuf=cfg.udp_rcvbuf)

@@ -93,6 +93,7 @@ class Web:
         self.last_bytes = 0
         self.fanout = Fanout(self.pieces, self._rendered)
         self.server = None  # the HTTP server, for its refusal counts
+        self.lifecycle = False  # POST /-/reload allowed
 
     def _rendered(self, scrapes: int, seconds: float, sent: int) -> None:
         self.scrapes += scrapes
@@ -203,7 +204,9 @@ def _handler(web: Web):
                 raise
 
         def do_POST(self):
-            if self.path.split("?", 1)[0] == "/-/reload":
+            if self.path.split("?", 1)[0] == "/-/reload" and not web.lifecycle:
+                self._send(403, b"Lifecycle API is not enabled (--web-enable-lifecycle); SIGHUP reloads\n")
+            elif self.path.split("?", 1)[0] == "/-/reload":
                 answer = web.control.ask(b"r")
                 if answer is None:
                     self._send(503, b"the bridge did not answer\n")
@@ -272,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("slots-fd", "slots-bytes", "journal-fd", "control-fd", "http-fd"):
         ap.add_argument("--" + name, type=int, required=True)
     ap.add_argument("--log-level", default="INFO")
+    ap.add_argument("--enable-lifecycle", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s web: %(message)s")
@@ -283,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     server.socket = socket.socket(fileno=args.http_fd)
     server.server_address = server.socket.getsockname()
     web.server = server
+    web.lifecycle = args.enable_lifecycle
     server.serve_forever(poll_interval=0.5)
     return 0
 

@@ -34,6 +34,7 @@ class Metric:
     const_labels: dict[str, str] = field(default_factory=dict)
     datadog_tags: dict[str, str] = field(default_factory=dict)  # dd tag -> airflow var
     family_help: str | None = None  # HELP of the Prometheus family, where `help` does not fit it
+    timer_call: bool = False  # emitted through Stats.timer(): seconds labelled |ms in DogStatsD mode
 
     @property
     def exposed_help(self) -> str:

@@ -122,6 +122,19 @@ def test_durations_are_histograms_in_seconds(run):
     assert only(m["airflow_dag_processing_last_duration_count"], dag_file="bridge_demo", bundle="dags-folder") >= 1
 
 
+def test_timers_have_the_same_magnitude_in_every_mode(run):
+    """Airflow 3.3.2's DogStatsD client sends Stats.timer() durations in seconds labelled ms (a 40 ms
+    scheduler loop arrives as `0.04|ms`); the bridge reads them as seconds, so each timer lands in the
+    same band in all three modes (a real loop or dependency check: milliseconds to seconds)."""
+    mode, m, cap, (dag, task), _ = run
+    for family in ("airflow_scheduler_scheduler_loop_duration_seconds", "airflow_dagrun_dependency_check"):
+        total = sum(m[family + "_sum"].values())
+        count = sum(m[family + "_count"].values())
+        assert count > 0, (mode, family)
+        assert 0.0002 < total / count < 30, (mode, family, total / count)
+    assert m["airflow_monitor_bridge_dogstatsd_timers_in_seconds"][(("decided", "auto"),)] == (mode == "datadog")
+
+
 def test_scheduler_pool_and_executor_gauges(run):
     mode, m, cap, _, _ = run
     assert only(m["airflow_pool_open_slots"], pool="default_pool") > 0

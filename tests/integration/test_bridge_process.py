@@ -40,7 +40,10 @@ def test_udp_tcp_unix_health_and_self_metrics(bridge):
 def test_mapping_reload_by_sighup_and_http_keeps_old_on_error(bridge, tmp_path):
     mapping = tmp_path / "mapping.yml"
     mapping.write_text("mappings:\n- match: airflow.dagbag_size\n  name: first_name\n")
-    b = bridge("--mapping-file", str(mapping))
+    closed = bridge("--mapping-file", str(mapping))  # without --web-enable-lifecycle: refused, as statsd_exporter
+    code, body = closed.post("/-/reload")
+    assert code == 403 and "--web-enable-lifecycle" in body
+    b = bridge("--mapping-file", str(mapping), "--web-enable-lifecycle")
     b.send_udp("airflow.dagbag_size:1|g")
     b.wait_for(lambda m: "first_name" in m)
 

@@ -294,3 +294,22 @@ def test_help_is_written_for_what_is_exposed(h):
     for m in catalog.load():
         folded.setdefault(m.prometheus, set()).add(m.exposed_help)
     assert all(len(v) == 1 for v in folded.values()), {k: v for k, v in folded.items() if len(v) > 1}
+
+
+
+@pytest.mark.parametrize("unit, dogstatsd, want", [
+    ("auto", True, 0.04), ("auto", False, 0.04), ("s", True, 0.04), ("ms", True, 0.00004)])
+def test_timer_metrics_have_the_same_magnitude_in_every_mode(harness, unit, dogstatsd, want):
+    """Airflow 3.x's DogStatsD client sends Stats.timer() durations in seconds labelled ms; task and
+    DAG-run durations (Stats.timing) are milliseconds in every mode."""
+    h = harness(dogstatsd_timer_unit=unit)
+    if dogstatsd:  # a 40 ms scheduler loop, as each client sends it
+        h.send("airflow.ti.finish:1|c|#dag_id:d,task_id:t,state:success",
+               "airflow.scheduler.scheduler_loop_duration:0.04|ms", "airflow.dagrun.dependency-check:0.04|ms|#dag_id:d",
+               "airflow.task.duration:40|ms|#dag_id:d,task_id:t")
+    else:
+        h.send("airflow.scheduler.scheduler_loop_duration:40|ms", "airflow.task.duration:40|ms|#dag_id:d,task_id:t")
+    assert h.value("airflow_scheduler_scheduler_loop_duration_seconds_sum") == pytest.approx(want)
+    assert h.value("airflow_task_duration_sum", dag_id="d", task_id="t") == pytest.approx(0.04)
+    if dogstatsd:
+        assert h.value("airflow_dagrun_dependency_check_sum", dag_id="d") == pytest.approx(want)
