@@ -61,12 +61,17 @@ def _state(j) -> str:
     return {"n/a": "n/a", "grace": "grace (new DAG)"}.get(j.verdict.reason, "ok")
 
 
-def _rows(watcher) -> list[dict]:
+def _open_alerts(watcher) -> dict:
+    """The open alerts in the state file ({} when it cannot be read: the state row says why)."""
     try:
-        open_alerts = watcher.state.alerts("open")
+        return watcher.state.alerts("open")
     except sqlite3.Error as e:
         watcher.state.fail(e)
-        open_alerts = {}
+        return {}
+
+
+def _rows(watcher) -> list[dict]:
+    open_alerts = _open_alerts(watcher)
     now = datetime.now(UTC)
     rows = []
     for (dag_id, rule), j in sorted(watcher.judgements.items()):
@@ -94,11 +99,7 @@ def _rows(watcher) -> list[dict]:
 
 def _stored_rows(watcher) -> list[dict]:
     """The open alerts as the state file has them (Airflow unreadable)."""
-    try:
-        stored = watcher.state.alerts("open")
-    except sqlite3.Error as e:
-        watcher.state.fail(e)
-        stored = {}
+    stored = _open_alerts(watcher)
     rows = [{"dag_id": d, "rule": r, "priority": a.priority, "state": "BREACHED (stored)", "reason": a.reason,
              "alert": f"open since {_ts(datetime.fromtimestamp(a.opened_at, UTC))}"}
             for (d, r), a in sorted(stored.items())]
