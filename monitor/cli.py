@@ -91,37 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     sla.add_argument("--log-level", default=argparse.SUPPRESS, help="DEBUG, INFO, WARNING, ERROR")
 
     probe = sub.add_parser("probe", help="liveness probe: exit 1 when a component is stuck (for Kubernetes)")
-    probe.add_argument("component", choices=["scheduler", "triggerer", "dag-processor"],
-                       help="the Airflow component this container runs")
-    probe.add_argument("--local", action="store_true", help="only this host's job (and, for the scheduler, "
-                       "only tasks queued by it), like `airflow jobs check --local`")
-    probe.add_argument("--hostname", help="the job's host name (instead of --local)")
-    probe.add_argument("--json", action="store_true", help="print a JSON object instead of one line")
-    probe.add_argument("--log-level", default=argparse.SUPPRESS, help="DEBUG, INFO, WARNING, ERROR")
-    probe.add_argument("--on-unknown", choices=["ok", "fail"], default="ok",
-                       help="exit code when the database/API cannot be read (default ok: no restart storm)")
-    probe.add_argument("--on-misconfigured", choices=["ok", "fail"], default="fail",
-                       help="exit code when the probe's own settings are wrong: credentials refused, unknown "
-                            "database, unsupported URL, missing driver (default fail: the startup probe says so)")
-    probe.add_argument("--checks", default="heartbeat,stuck_queue", help="comma separated: heartbeat,stuck_queue")
-    probe.add_argument("--heartbeat-threshold", type=float, default=None,
-                       help="seconds (default: Airflow's *_health_check_threshold, 30)")
-    probe.add_argument("--queued-grace", type=float, default=300.0, help="seconds a task may wait queued (300)")
-    probe.add_argument("--finished-window", type=float, default=300.0,
-                       help="a task finished within this many seconds means the queue moves (300)")
-    probe.add_argument("--source", choices=["db", "api"], default="db",
-                       help="read the metadata database (default) or the Airflow REST API v2")
-    probe.add_argument("--sql-alchemy-conn", help="database URL (default: Airflow's own setting)")
-    probe.add_argument("--api-url", help="Airflow API base URL for --source api (or $AIRFLOW_MONITOR_AIRFLOW_URL)")
-    probe.add_argument("--api-user", help="API user (or $AIRFLOW_MONITOR_AIRFLOW_USERNAME); its password from "
-                                          "$AIRFLOW_MONITOR_AIRFLOW_PASSWORD or --api-password-file")
-    probe.add_argument("--api-password-file", help="a file whose first line is the API user's password")
-    probe.add_argument("--api-token-file", help="a JWT to use instead of user and password "
-                                                "(or $AIRFLOW_MONITOR_AIRFLOW_TOKEN)")
-    probe.add_argument("--timeout", type=float, default=0.8, help="connect and statement timeout, seconds")
-    probe.add_argument("--deadline", type=float, default=4.0,
-                       help="the whole probe answers within this many seconds, unknown if the source has not "
-                            "(default 4; keep it under the Kubernetes probe's timeoutSeconds)")
+    from monitor.probe.command import add_arguments as probe_arguments
+
+    probe_arguments(probe)
 
     dash = sub.add_parser("dashboards", help="build the Grafana and Datadog dashboards from the catalog")
     dash.add_argument("action", choices=["build"], help="write the dashboards and monitors (or --check them)")

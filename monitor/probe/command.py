@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -10,6 +11,41 @@ import threading
 from monitor.probe import settings
 from monitor.probe.db import SourceError
 from monitor.probe.rules import APPLIES, CHECKS, Thresholds, Verdict, evaluate
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The probe's flags: `airflow-monitor probe` and the standalone zipapp share them."""
+    p.add_argument("component", choices=["scheduler", "triggerer", "dag-processor"],
+                   help="the Airflow component this container runs")
+    p.add_argument("--local", action="store_true", help="only this host's job (and, for the scheduler, "
+                   "only tasks queued by it), like `airflow jobs check --local`")
+    p.add_argument("--hostname", help="the job's host name (instead of --local)")
+    p.add_argument("--json", action="store_true", help="print a JSON object instead of one line")
+    p.add_argument("--log-level", default=argparse.SUPPRESS, help="DEBUG, INFO, WARNING, ERROR")
+    p.add_argument("--on-unknown", choices=["ok", "fail"], default="ok",
+                   help="exit code when the database/API cannot be read (default ok: no restart storm)")
+    p.add_argument("--on-misconfigured", choices=["ok", "fail"], default="fail",
+                   help="exit code when the probe's own settings are wrong: credentials refused, unknown "
+                        "database, unsupported URL, missing driver (default fail: the startup probe says so)")
+    p.add_argument("--checks", default="heartbeat,stuck_queue", help="comma separated: heartbeat,stuck_queue")
+    p.add_argument("--heartbeat-threshold", type=float, default=None,
+                   help="seconds (default: Airflow's *_health_check_threshold, 30)")
+    p.add_argument("--queued-grace", type=float, default=300.0, help="seconds a task may wait queued (300)")
+    p.add_argument("--finished-window", type=float, default=300.0,
+                   help="a task finished within this many seconds means the queue moves (300)")
+    p.add_argument("--source", choices=["db", "api"], default="db",
+                   help="read the metadata database (default) or the Airflow REST API v2")
+    p.add_argument("--sql-alchemy-conn", help="database URL (default: Airflow's own setting)")
+    p.add_argument("--api-url", help="Airflow API base URL for --source api (or $AIRFLOW_MONITOR_AIRFLOW_URL)")
+    p.add_argument("--api-user", help="API user (or $AIRFLOW_MONITOR_AIRFLOW_USERNAME); its password from "
+                                      "$AIRFLOW_MONITOR_AIRFLOW_PASSWORD or --api-password-file")
+    p.add_argument("--api-password-file", help="a file whose first line is the API user's password")
+    p.add_argument("--api-token-file", help="a JWT to use instead of user and password "
+                                            "(or $AIRFLOW_MONITOR_AIRFLOW_TOKEN)")
+    p.add_argument("--timeout", type=float, default=0.8, help="connect and statement timeout, seconds")
+    p.add_argument("--deadline", type=float, default=4.0,
+                   help="the whole probe answers within this many seconds, unknown if the source has not "
+                        "(default 4; keep it under the Kubernetes probe's timeoutSeconds)")
 
 
 def _secret(env_names: tuple[str, ...], file: str | None) -> str | None:

@@ -82,7 +82,7 @@ def test_defaults_render_the_bridge_alone(tmp_path):
 def test_every_object_is_valid_kubernetes(rendered, tmp_path):
     docs = [d for d in yaml.safe_load_all(template(tmp_path, full_values()).stdout) if d]
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds == sorted(["ServiceAccount", "ConfigMap", "ConfigMap", "Service", "Deployment",
+    assert kinds == sorted(["ServiceAccount", "ConfigMap", "ConfigMap", "ConfigMap", "Service", "Deployment",
                             "PersistentVolumeClaim", "ServiceMonitor", "PrometheusRule"])
     for doc in docs:
         if doc["apiVersion"].startswith("monitoring.coreos.com"):
@@ -136,6 +136,20 @@ def test_prometheus_rule_ships_the_tested_rules(rendered, tmp_path):
     assert spec == yaml.safe_load((REPO / "alerts" / "prometheus" / "airflow-rules.yaml").read_text())
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump(spec))
     assert "SUCCESS: 10 rules found" in run(tool("promtool"), "check", "rules", str(tmp_path / "rules.yaml")).stdout
+
+
+def test_the_probe_configmap_ships_the_zipapp_into_airflows_namespace(tmp_path):
+    """What helm/airflow-values.yaml mounts into the official chart's pods: the built zipapp, byte
+    for byte, in the namespace the values name (a ConfigMap volume is read in the pod's own)."""
+    import base64
+
+    from monitor.probe.zipapp import build
+
+    objs = objects(tmp_path, {"probe": {"namespace": "airflow"}})
+    cm = objs["ConfigMap/airflow-monitor-probe"]
+    assert cm["metadata"]["namespace"] == "airflow"
+    assert base64.b64decode(cm["binaryData"]["airflow-monitor-probe.pyz"]) == build()
+    assert "ConfigMap/airflow-monitor-probe" not in objects(tmp_path, {"probe": {"enabled": False}})
 
 
 def test_grafana_dashboards_configmap_ships_the_built_dashboards(rendered):

@@ -303,3 +303,47 @@ def test_rest_api_source_with_jwt(airflow_pg, venv, tmp_path):
     token.write_text(af.token())
     code, out = probe(venv, "--source", "api", "--api-url", af.api_url, "--api-token-file", str(token))
     assert code == 0, out
+
+
+def test_the_one_file_probe_runs_with_the_images_python_alone(airflow_pg, airflow, venv, tmp_path):
+    """The official image has no airflow-monitor: the zipapp the chart ships, run by the Airflow
+    venv's Python without the repository on its path, gives `airflow-monitor probe`'s verdicts, on
+    PostgreSQL and on SQLite, healthy and stuck."""
+    from monitor.probe.zipapp import build
+
+    pyz = tmp_path / "airflow-monitor-probe.pyz"
+    pyz.write_bytes(build())
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    python = str(venv / "bin" / "python")
+    assert subprocess.run([python, "-c", "import monitor"], cwd=tmp_path, env=env,
+                          capture_output=True).returncode != 0, "airflow-monitor must not be importable here"
+
+    def one(component, *args):
+        r = subprocess.run([python, str(pyz), component, "--json", *args], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=60)
+        out = json.loads(r.stdout)
+        assert out["exit_code"] == r.returncode, r.stderr
+        return r.returncode, out
+
+    af, url = airflow_pg
+    sqlite = f"sqlite:///{airflow.home / 'airflow.db'}"
+    for conn, proc in ((url, af), (sqlite, airflow)):
+        deadline = time.monotonic() + 90
+        while (code := one("scheduler", "--local", "--sql-alchemy-conn", conn)[0]) != 0 and \
+                time.monotonic() < deadline:
+            time.sleep(1)
+        assert code == 0
+        for comp in ("scheduler", "triggerer", "dag-processor"):
+            z = one(comp, "--local", "--sql-alchemy-conn", conn)
+            c = probe(venv, "--local", "--sql-alchemy-conn", conn, component=comp)
+            assert (z[0], z[1]["status"]) == (c[0], c[1]["status"]) == (0, "healthy"), (conn, comp, z, c)
+        pids = proc.signal("airflow scheduler", signal.SIGSTOP)
+        assert pids
+        try:
+            deadline = time.monotonic() + 60
+            while (z := one("scheduler", "--local", "--sql-alchemy-conn", conn, "--heartbeat-threshold", "4"))[0] \
+                    != 1 and time.monotonic() < deadline:
+                time.sleep(1)
+            assert (z[0], z[1]["status"], z[1]["check"]) == (1, "unhealthy", "heartbeat"), z
+        finally:
+            proc.signal("airflow scheduler", signal.SIGCONT)
