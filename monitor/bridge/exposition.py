@@ -180,6 +180,8 @@ class SelfCollector(Collector):
                 "labelled ms), by how it was decided (auto, or pinned by dogstatsd_timer_unit).",
                 [({"decided": "auto" if b.ingest.timer_unit == "auto" else "pinned"},
                   1.0 if b.ingest.timers_in_seconds else 0.0)])
+        yield f("web_restarts", "counter", "Times the web process (HTTP, /metrics) died and was started again.",
+                [({}, b.web.restarts if b.web is not None else 0)])
         yield f("series", "gauge", "Series in the store.", [({}, b.store.count())])
         yield f("series_expired", "counter", "Series removed after their TTL.", [({}, st.series_expired)])
         yield f("mapping_rules", "gauge", "User mapping rules loaded.", [({}, len(b.ingest.mapper.rules))])

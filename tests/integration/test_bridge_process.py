@@ -257,6 +257,8 @@ def test_a_killed_web_process_comes_back_with_every_series(bridge):
     after = b.wait_for(lambda m: m.get("airflow_ti_finish_total", {}).get(K) == 3)
     assert after["airflow_dagbag_size"] == before["airflow_dagbag_size"]
     assert "the web process exited" in b.log.read_text()
+    assert before["airflow_monitor_bridge_web_restarts_total"][()] == 0
+    assert after["airflow_monitor_bridge_web_restarts_total"][()] == 1
 
 
 def test_an_over_long_tcp_line_is_dropped_whole(bridge):
