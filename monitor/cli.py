@@ -20,6 +20,8 @@ def _add_bridge_flags(p: argparse.ArgumentParser) -> None:
         "statsd_tcp": "TCP statsd listen address (default :9125)",
         "statsd_unix": "Unix datagram socket path for statsd (default: off)",
         "web_listen": "HTTP address for /metrics and health (default :9102)",
+        "web_config_file": "TLS and basic auth for every HTTP endpoint, in the exporter-toolkit's web config "
+                           "format (as statsd_exporter's --web.config.file)",
         "web_enable_lifecycle": "allow POST /-/reload (off by default; SIGHUP always reloads the mapping)",
         "mapping_file": "statsd_exporter mapping file; its rules win over the built-in Airflow mapping",
         "statsd_prefix": "Airflow's statsd_prefix (default airflow)",

@@ -22,6 +22,7 @@ class BridgeConfig:
     statsd_tcp: str = ":9125"
     statsd_unix: str = ""
     web_listen: str = ":9102"
+    web_config_file: str = ""  # TLS and basic auth, exporter-toolkit format (monitor/webconfig.py)
     web_enable_lifecycle: bool = False  # POST /-/reload (SIGHUP always reloads), as statsd_exporter's flag
     mapping_file: str = ""
     statsd_prefix: str = "airflow"

@@ -27,8 +27,9 @@ BATCH = 20_000  # journal records per pickled frame
 
 class WebProcess:
     def __init__(self, store, http_sock: socket.socket, *, metrics, ready, reload, sla_ready=lambda: None,
-                 log_level: str = "INFO", lifecycle: bool = False):
+                 log_level: str = "INFO", lifecycle: bool = False, web_config: str = ""):
         self.lifecycle = lifecycle
+        self.web_config = web_config
         self.store = store
         self.http_sock = http_sock
         self.reload = reload
@@ -55,7 +56,8 @@ class WebProcess:
         cmd = [sys.executable, "-m", "monitor.bridge.web", "--slots-fd", str(slots.fd),
                "--slots-bytes", str(len(slots.map)), "--journal-fd", str(r), "--control-fd", str(theirs.fileno()),
                "--http-fd", str(self.http_sock.fileno()), "--log-level", self.log_level,
-               *(["--enable-lifecycle"] if self.lifecycle else [])]
+               *(["--enable-lifecycle"] if self.lifecycle else []),
+               *(["--web-config-file", self.web_config] if self.web_config else [])]
         self.proc = subprocess.Popen(cmd, pass_fds=(slots.fd, r, theirs.fileno(), self.http_sock.fileno()),
                                      stdin=subprocess.DEVNULL)
         os.close(r)

@@ -44,6 +44,10 @@ class Bridge:
                               ("datadog", ("none", "agent", "api")), ("dogstatsd_timer_unit", ("auto", "s", "ms"))):
             if getattr(cfg, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not {getattr(cfg, name)!r}")
+        if cfg.web_config_file:  # its one-line errors here, before anything listens
+            from monitor.webconfig import load as load_web_config
+
+            load_web_config(cfg.web_config_file)
         try:
             ttl = parse_duration(cfg.ttl)
         except MappingError as e:
@@ -118,7 +122,8 @@ class Bridge:
         self.http_sock = _listen_http(cfg.web_listen)
         self.web = WebProcess(self.store, self.http_sock, metrics=lambda: generate_latest(self.registry).decode(),
                               ready=lambda: self.ready, reload=self.reload, sla_ready=lambda: self.sla_ready(),
-                              log_level=log_level, lifecycle=cfg.web_enable_lifecycle)
+                              log_level=log_level, lifecycle=cfg.web_enable_lifecycle,
+                              web_config=cfg.web_config_file)
         try:
             self.listeners = Listeners(self.ingest, udp=cfg.statsd_udp or None, tcp=cfg.statsd_tcp or None,
                                        unix=cfg.statsd_unix or None, rcvbuf=cfg.udp_rcvbuf)

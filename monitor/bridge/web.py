@@ -20,6 +20,7 @@ import os
 import pickle
 import queue
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -94,6 +95,7 @@ class Web:
         self.fanout = Fanout(self.pieces, self._rendered)
         self.server = None  # the HTTP server, for its refusal counts
         self.lifecycle = False  # POST /-/reload allowed
+        self.webconfig = None  # TLS and basic auth (monitor.webconfig.Watched)
 
     def _rendered(self, scrapes: int, seconds: float, sent: int) -> None:
         self.scrapes += scrapes
@@ -127,6 +129,7 @@ class Web:
                 f"failed (file descriptors exhausted).\n# TYPE {p}http_refused counter\n"
                 f'{p}http_refused_total{{reason="too_many_connections"}} {getattr(self.server, "refused", 0)}\n'
                 f'{p}http_refused_total{{reason="accept_error"}} {getattr(self.server, "accept_errors", 0)}\n'
+                f'{p}http_refused_total{{reason="tls_handshake"}} {getattr(self.server, "tls_failures", 0)}\n'
                 f"# HELP {p}exposed_series Series the web process knows of.\n"
                 f"# TYPE {p}exposed_series gauge\n{p}exposed_series {self.view.series_count()}\n")
 
@@ -153,7 +156,21 @@ def _handler(web: Web):
             self.end_headers()
             self.wfile.write(body)
 
+        def _allowed(self) -> bool:
+            """Basic auth of the web config (every endpoint, as exporter-toolkit does)."""
+            cfg = web.webconfig.get() if web.webconfig else None
+            if cfg is None or cfg.allows(self.headers.get("Authorization")):
+                return True
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="airflow-monitor"')
+            self.send_header("Content-Length", "13")
+            self.end_headers()
+            self.wfile.write(b"Unauthorized\n")
+            return False
+
         def do_GET(self):
+            if not self._allowed():
+                return
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
                 self._metrics()
@@ -204,6 +221,8 @@ def _handler(web: Web):
                 raise
 
         def do_POST(self):
+            if not self._allowed():
+                return
             if self.path.split("?", 1)[0] == "/-/reload" and not web.lifecycle:
                 self._send(403, b"Lifecycle API is not enabled (--web-enable-lifecycle); SIGHUP reloads\n")
             elif self.path.split("?", 1)[0] == "/-/reload":
@@ -243,6 +262,8 @@ class _Server(ThreadingHTTPServer):
     slots = threading.BoundedSemaphore(64)
     refused = 0
     accept_errors = 0
+    tls_failures = 0
+    webconfig = None  # monitor.webconfig.Watched, when --web-config-file
 
     def process_request(self, request, client_address):
         if not self.slots.acquire(blocking=False):
@@ -259,11 +280,25 @@ class _Server(ThreadingHTTPServer):
 
     def get_request(self):
         try:
-            return super().get_request()
+            sock, addr = super().get_request()
         except OSError:  # EMFILE, ENFILE, ENOBUFS: the listener stays readable; pause, do not spin
             self.accept_errors += 1
             time.sleep(0.2)
             raise
+        cfg = self.webconfig.get() if self.webconfig else None
+        if cfg is not None and cfg.context is not None:  # the handshake happens in the connection's thread
+            sock = cfg.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, addr
+
+    def finish_request(self, request, client_address):
+        if isinstance(request, ssl.SSLSocket):
+            request.settimeout(IDLE_TIMEOUT)
+            try:
+                request.do_handshake()
+            except (OSError, ssl.SSLError):  # a plain-HTTP client, a wrong certificate, a stalled handshake
+                self.tls_failures += 1
+                return
+        super().finish_request(request, client_address)
 
     def handle_error(self, request, client_address):  # a client that went away is not news
         if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
@@ -276,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.add_argument("--" + name, type=int, required=True)
     ap.add_argument("--log-level", default="INFO")
     ap.add_argument("--enable-lifecycle", action="store_true")
+    ap.add_argument("--web-config-file", default="")
     args = ap.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s web: %(message)s")
@@ -288,6 +324,10 @@ def main(argv: list[str] | None = None) -> int:
     server.server_address = server.socket.getsockname()
     web.server = server
     web.lifecycle = args.enable_lifecycle
+    if args.web_config_file:
+        from monitor.webconfig import Watched
+
+        web.webconfig = server.webconfig = Watched(args.web_config_file)
     server.serve_forever(poll_interval=0.5)
     return 0
 

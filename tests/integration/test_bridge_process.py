@@ -304,3 +304,80 @@ def test_running_out_of_file_descriptors_does_not_stop_the_bridge(bridge):
     finally:
         for s in held:
             s.close()
+
+
+def test_tls_and_basic_auth_from_a_web_config_file(tmp_path):
+    """The exporter-toolkit's web config (statsd_exporter's --web.config.file): a certificate made
+    here, a bcrypt user as htpasswd makes it, a real Prometheus scraping over TLS with basic auth."""
+    import base64
+    import json
+    import ssl
+    import subprocess
+    import sys
+    import urllib.error
+
+    import bcrypt
+
+    from tests.integration.airflow_harness import free_port
+    from tests.integration.tools import Prometheus
+
+    crt, key = tmp_path / "server.crt", tmp_path / "server.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(crt),
+                    "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    hashed = bcrypt.hashpw(b"s3cret-pw", bcrypt.gensalt(10)).decode().replace("$2b$", "$2y$", 1)
+    web = tmp_path / "web.yml"
+    web.write_text(f"tls_server_config:\n  cert_file: {crt}\n  key_file: {key}\n"
+                   f"basic_auth_users:\n  prom: '{hashed}'\n")
+    udp, http = free_port(socket.SOCK_DGRAM), free_port()
+    log = tmp_path / "bridge.log"
+    proc = subprocess.Popen([sys.executable, "-m", "monitor.cli", "serve", "--statsd-udp", f"127.0.0.1:{udp}",
+                             "--statsd-tcp", "", "--web-listen", f"127.0.0.1:{http}", "--web-config-file", str(web)],
+                            stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    ctx = ssl.create_default_context(cafile=str(crt))
+
+    def get(path, user=None, pw=None, scheme="https", method="GET"):
+        req = urllib.request.Request(f"{scheme}://127.0.0.1:{http}{path}", method=method,
+                                     data=b"" if method == "POST" else None)
+        if user:
+            req.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode())
+        try:
+            with urllib.request.urlopen(req, timeout=5, context=ctx if scheme == "https" else None) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    prom = None
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if get("/-/ready", "prom", "s3cret-pw")[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.2)
+        assert get("/-/ready", "prom", "s3cret-pw")[0] == 200, log.read_text()
+        assert get("/metrics")[0] == 401 and get("/metrics", "prom", "wrong")[0] == 401
+        assert get("/metrics", "nobody", "s3cret-pw")[0] == 401
+        with pytest.raises((OSError, urllib.error.URLError)):  # plain HTTP gets no answer
+            get("/metrics", "prom", "s3cret-pw", scheme="http")
+        code, body = get("/metrics", "prom", "s3cret-pw")
+        assert code == 200 and "airflow_monitor_bridge_lines_total" in body
+        assert get("/-/reload", "prom", "s3cret-pw", method="POST")[0] == 403, "no lifecycle without the flag"
+        prom = Prometheus(tmp_path / "prometheus", f"127.0.0.1:{http}", scrape={
+            "scheme": "https", "basic_auth": {"username": "prom", "password": "s3cret-pw"},
+            "tls_config": {"ca_file": str(crt)}})
+        deadline = time.monotonic() + 30
+        up = []
+        while time.monotonic() < deadline and [r["value"][1] for r in up] != ["1"]:
+            time.sleep(1)
+            up = prom.query('up{job="airflow-monitor"}')["data"]["result"]
+        assert [r["value"][1] for r in up] == ["1"], json.dumps(prom.get("/api/v1/targets"))[:2000]
+        refused = get("/metrics", "prom", "s3cret-pw")[1]
+        assert 'http_refused_total{reason="tls_handshake"} ' in refused
+        assert "s3cret" not in log.read_text()
+    finally:
+        if prom is not None:
+            prom.stop()
+        proc.terminate()
+        proc.wait(timeout=10)

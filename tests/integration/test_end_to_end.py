@@ -8,67 +8,20 @@ Prometheus also loads alerts/prometheus/airflow-rules.yaml and must report the r
 from __future__ import annotations
 
 import json
-import subprocess
 import time
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
 from monitor.dashboards import grafana
-from tests.integration.airflow_harness import free_port
-from tests.integration.tools import tool
+from tests.integration.tools import Prometheus
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "alerts" / "prometheus" / "airflow-rules.yaml"
 PER_DAG = "sla_ok"  # the per-DAG dashboard is checked on a DAG that ran and succeeded
-
-
-class Prometheus:
-    def __init__(self, tmp: Path, target: str):
-        binary = tool("prometheus")
-        self.port = free_port()
-        cfg = tmp / "prometheus.yml"
-        cfg.write_text(yaml.safe_dump({
-            "global": {"scrape_interval": "2s", "evaluation_interval": "2s"},
-            "rule_files": [str(RULES)],
-            "scrape_configs": [{"job_name": "airflow-monitor", "static_configs": [{"targets": [target]}]}],
-        }))
-        self.log = tmp / "prometheus.log"
-        self.proc = subprocess.Popen(
-            [binary, f"--config.file={cfg}", f"--storage.tsdb.path={tmp / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{self.port}"], stdout=open(self.log, "wb"), stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if self.get("/-/ready"):
-                    return
-            except OSError:
-                time.sleep(0.3)
-        raise TimeoutError(self.log.read_text()[-2000:])
-
-    def get(self, path: str, **params) -> dict | str:
-        url = f"http://127.0.0.1:{self.port}{path}" + (f"?{urllib.parse.urlencode(params)}" if params else "")
-        try:
-            with urllib.request.urlopen(url, timeout=10) as r:
-                body = r.read().decode()
-        except urllib.error.HTTPError as e:
-            body = e.read().decode()
-        try:
-            return json.loads(body)
-        except ValueError:
-            return body
-
-    def query(self, expr: str) -> dict:
-        return self.get("/api/v1/query", query=expr)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
 
 
 def concrete(expr: str) -> str:
@@ -79,7 +32,7 @@ def concrete(expr: str) -> str:
 
 @pytest.fixture(scope="module")
 def prom(stack, tmp_path_factory):
-    p = Prometheus(tmp_path_factory.mktemp("prometheus"), f"127.0.0.1:{stack.bridge.http}")
+    p = Prometheus(tmp_path_factory.mktemp("prometheus"), f"127.0.0.1:{stack.bridge.http}", rules=RULES)
     af = stack.airflow
     runs = {d: af.trigger(d) for d in ("team.sales_daily", "sla_ok", "sla_fail")}
     for dag, run_id in runs.items():

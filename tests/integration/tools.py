@@ -3,12 +3,20 @@ them; missing under CI is a failure (CI must run them), elsewhere a skip that sa
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
+
+from tests.integration.airflow_harness import free_port
 
 CACHE_BIN = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "airflow-monitor" / "bin"
 
@@ -28,3 +36,51 @@ def run(*cmd: str, cwd: Path | None = None, ok: bool = True) -> subprocess.Compl
     if ok:
         assert r.returncode == 0, r.stdout + r.stderr
     return r
+
+
+class Prometheus:
+    """A real Prometheus scraping one target every 2 s (`scrape` adds to its scrape config: scheme,
+    basic_auth, tls_config...)."""
+
+    def __init__(self, tmp: Path, target: str, rules: Path | None = None, scrape: dict | None = None):
+        binary = tool("prometheus")
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        cfg = tmp / "prometheus.yml"
+        cfg.write_text(yaml.safe_dump({
+            "global": {"scrape_interval": "2s", "evaluation_interval": "2s"},
+            "rule_files": [str(rules)] if rules else [],
+            "scrape_configs": [{"job_name": "airflow-monitor", "static_configs": [{"targets": [target]}],
+                                **(scrape or {})}],
+        }))
+        self.log = tmp / "prometheus.log"
+        self.proc = subprocess.Popen(
+            [binary, f"--config.file={cfg}", f"--storage.tsdb.path={tmp / 'tsdb'}",
+             f"--web.listen-address=127.0.0.1:{self.port}"], stdout=open(self.log, "wb"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if self.get("/-/ready"):
+                    return
+            except OSError:
+                time.sleep(0.3)
+        raise TimeoutError(self.log.read_text()[-2000:])
+
+    def get(self, path: str, **params) -> dict | str:
+        url = f"http://127.0.0.1:{self.port}{path}" + (f"?{urllib.parse.urlencode(params)}" if params else "")
+        try:
+            with urllib.request.urlopen(url, timeout=10) as r:
+                body = r.read().decode()
+        except urllib.error.HTTPError as e:
+            body = e.read().decode()
+        try:
+            return json.loads(body)
+        except ValueError:
+            return body
+
+    def query(self, expr: str) -> dict:
+        return self.get("/api/v1/query", query=expr)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)

@@ -1,0 +1,178 @@
+"""`--web-config-file`: TLS and basic auth for every HTTP endpoint, in the Prometheus
+exporter-toolkit's format (the `--web.config.file` of statsd_exporter, node_exporter, Prometheus):
+
+    tls_server_config:
+      cert_file: server.crt          # or cert: <PEM>
+      key_file: server.key           # or key: <PEM>
+      client_auth_type: RequireAndVerifyClientCert   # NoClientCert (default), ...
+      client_ca_file: ca.crt
+      min_version: TLS12             # TLS10 .. TLS13
+      max_version: TLS13
+    basic_auth_users:
+      alice: $2y$10$...              # bcrypt hashes (htpasswd -nBC 10 "")
+
+Every mistake is a one-line WebConfigError naming the key. Settings the toolkit has and we do not
+(cipher_suites, curve_preferences, http_server_config, rate_limit) are refused by name rather than
+ignored: a user who set them expects them to work. The file is read again when it changes, so
+renewed certificates are picked up without a restart.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import ssl
+import tempfile
+import threading
+from dataclasses import dataclass, field
+
+from monitor.config import ConfigError, read_yaml
+
+CLIENT_AUTH = {"NoClientCert": ssl.CERT_NONE, "RequestClientCert": ssl.CERT_OPTIONAL,
+               "RequireAnyClientCert": ssl.CERT_REQUIRED, "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
+               "RequireAndVerifyClientCert": ssl.CERT_REQUIRED}
+VERSIONS = {"TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1, "TLS12": ssl.TLSVersion.TLSv1_2,
+            "TLS13": ssl.TLSVersion.TLSv1_3}
+TLS_KEYS = {"cert", "cert_file", "key", "key_file", "client_auth_type", "client_ca_file", "min_version",
+            "max_version"}
+UNSUPPORTED = {"cipher_suites", "curve_preferences", "prefer_server_cipher_suites", "client_allowed_sans"}
+
+
+class WebConfigError(ConfigError):
+    pass
+
+
+@dataclass
+class WebConfig:
+    context: ssl.SSLContext | None = None
+    users: dict[str, bytes] = field(default_factory=dict)  # user -> bcrypt hash
+    _ok: set[bytes] = field(default_factory=set)  # sha256 of credentials bcrypt accepted (bcrypt is slow)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def allows(self, authorization: str | None) -> bool:
+        """Whether a request's Authorization header passes basic auth (always, without users)."""
+        if not self.users:
+            return True
+        if not authorization or not authorization.startswith("Basic "):
+            return False
+        try:
+            user, _, password = base64.b64decode(authorization[6:], validate=True).decode().partition(":")
+        except (ValueError, UnicodeDecodeError):
+            return False
+        hashed = self.users.get(user)
+        if hashed is None:
+            return False
+        key = hashlib.sha256(f"{user}\0{password}".encode() + hashed).digest()
+        if key in self._ok:
+            return True
+        import bcrypt
+
+        try:
+            good = bcrypt.checkpw(password.encode(), hashed)
+        except ValueError:
+            good = False
+        if good:
+            with self._lock:
+                self._ok.add(key)
+        return good
+
+
+def _pem_file(pem: str) -> str:
+    f = tempfile.NamedTemporaryFile("w", suffix=".pem", delete=False)  # noqa: SIM115 - read by ssl, then removed
+    f.write(pem)
+    f.close()
+    return f.name
+
+
+def _context(tls: dict, path: str) -> ssl.SSLContext:
+    where = f"web config {path}: tls_server_config"
+    unknown = set(tls) - TLS_KEYS
+    if unknown:
+        key = sorted(map(str, unknown))[0]
+        raise WebConfigError(f"{where}.{key}: " + ("not supported here" if key in UNSUPPORTED else "unknown setting"))
+    for inline in ("cert", "key"):
+        if tls.get(inline) and tls.get(inline + "_file"):
+            raise WebConfigError(f"{where}: give {inline} or {inline}_file, not both")
+    if not (tls.get("cert") or tls.get("cert_file")) or not (tls.get("key") or tls.get("key_file")):
+        raise WebConfigError(f"{where}: needs a certificate and a key (cert_file and key_file)")
+    temp = [_pem_file(str(tls[k])) for k in ("cert", "key") if tls.get(k)]
+    cert = temp[0] if tls.get("cert") else tls.get("cert_file")
+    key = temp[-1] if tls.get("key") else tls.get("key_file")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        ctx.load_cert_chain(str(cert), str(key))
+    except (OSError, ssl.SSLError) as e:
+        why = getattr(e, "strerror", None) or e
+        raise WebConfigError(f"{where}: cannot load the certificate and key: {why}") from None
+    finally:
+        for t in temp:
+            os.unlink(t)
+    try:
+        ctx.minimum_version = VERSIONS[str(tls.get("min_version", "TLS12"))]
+        ctx.maximum_version = VERSIONS[str(tls.get("max_version", "TLS13"))]
+    except KeyError as e:
+        raise WebConfigError(f"{where}: TLS version {e.args[0]!r} is not one of {', '.join(VERSIONS)}") from None
+    auth = str(tls.get("client_auth_type", "NoClientCert"))
+    if auth not in CLIENT_AUTH:
+        raise WebConfigError(f"{where}.client_auth_type: one of {', '.join(CLIENT_AUTH)}, not {auth!r}")
+    ctx.verify_mode = CLIENT_AUTH[auth]
+    if auth in ("VerifyClientCertIfGiven", "RequireAndVerifyClientCert"):
+        if not tls.get("client_ca_file"):
+            raise WebConfigError(f"{where}: client_auth_type {auth} needs client_ca_file")
+    if tls.get("client_ca_file"):
+        try:
+            ctx.load_verify_locations(str(tls["client_ca_file"]))
+        except (OSError, ssl.SSLError) as e:
+            raise WebConfigError(f"{where}.client_ca_file: {getattr(e, 'strerror', None) or e}") from None
+    return ctx
+
+
+def load(path: str) -> WebConfig:
+    doc = read_yaml(path, "web config", WebConfigError) or {}
+    if not isinstance(doc, dict):
+        raise WebConfigError(f"web config {path}: must be a mapping")
+    for key in doc:
+        if key not in ("tls_server_config", "basic_auth_users"):
+            raise WebConfigError(f"web config {path}: {key!r} is " + (
+                "not supported here" if key in ("http_server_config", "rate_limit") else "not a setting"))
+    cfg = WebConfig()
+    tls = doc.get("tls_server_config")
+    if tls:
+        if not isinstance(tls, dict):
+            raise WebConfigError(f"web config {path}: tls_server_config must be a mapping")
+        cfg.context = _context(tls, path)
+    users = doc.get("basic_auth_users") or {}
+    if not isinstance(users, dict):
+        raise WebConfigError(f"web config {path}: basic_auth_users must map user names to bcrypt hashes")
+    for user, hashed in users.items():
+        h = str(hashed)
+        if not h.startswith(("$2a$", "$2b$", "$2y$")) or len(h) != 60:
+            raise WebConfigError(f"web config {path}: basic_auth_users.{user}: not a bcrypt hash "
+                                 "(make one with: htpasswd -nBC 10 \"\" | tr -d ':\\n')")
+        cfg.users[str(user)] = h.encode()
+    return cfg
+
+
+class Watched:
+    """The web config, read again when its file changes (renewed certificates, new users)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.mtime = os.stat(path).st_mtime_ns
+        self.current = load(path)
+
+    def get(self) -> WebConfig:
+        try:
+            mtime = os.stat(self.path).st_mtime_ns
+        except OSError:
+            return self.current
+        if mtime != self.mtime:
+            self.mtime = mtime
+            try:
+                self.current = load(self.path)
+            except WebConfigError as e:  # keep serving with what worked
+                import logging
+
+                logging.getLogger("airflow_monitor.web").error("web config not reloaded, keeping the last: %s", e)
+        return self.current
