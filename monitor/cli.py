@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     sla.add_argument("--state-file", help="SQLite alert state, overriding the config")
     sla.add_argument("--fresh-state", action="store_true",
                      help="accept a state file that is empty (it lost its open alerts; they are paged again)")
+    sla.add_argument("--web-config-file", help="with run: TLS and basic auth for its HTTP port, in the "
+                     "exporter-toolkit's web config format (as serve's --web-config-file)")
     sla.add_argument("--metrics-listen", help="with run: HTTP address for /metrics ('' to disable; default :9103)")
     sla.add_argument("--json", action="store_true", help="with check and status: print JSON")
     sla.add_argument("--log-level", default=argparse.SUPPRESS, help="DEBUG, INFO, WARNING, ERROR")

@@ -176,3 +176,24 @@ class Watched:
 
                 logging.getLogger("airflow_monitor.web").error("web config not reloaded, keeping the last: %s", e)
         return self.current
+
+
+def wrap(watched: Watched | None, sock):
+    """An accepted socket, TLS-wrapped when the web config has a certificate; the handshake is left
+    to handshake(), in the connection's own thread, so a slow client holds no accept loop."""
+    cfg = watched.get() if watched is not None else None
+    if cfg is not None and cfg.context is not None:
+        return cfg.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+    return sock
+
+
+def handshake(request, timeout: float) -> bool:
+    """Complete a TLS handshake (a no-op for a plain socket); False when it fails."""
+    if not isinstance(request, ssl.SSLSocket):
+        return True
+    request.settimeout(timeout)
+    try:
+        request.do_handshake()
+    except (OSError, ssl.SSLError):  # a plain-HTTP client, a wrong certificate, a stalled handshake
+        return False
+    return True

@@ -20,13 +20,13 @@ import os
 import pickle
 import queue
 import socket
-import ssl
 import struct
 import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from monitor import webconfig
 from monitor.bridge.exposition import StoreView
 from monitor.bridge.fanout import FAILED, Fanout
 
@@ -285,19 +285,12 @@ class _Server(ThreadingHTTPServer):
             self.accept_errors += 1
             time.sleep(0.2)
             raise
-        cfg = self.webconfig.get() if self.webconfig else None
-        if cfg is not None and cfg.context is not None:  # the handshake happens in the connection's thread
-            sock = cfg.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-        return sock, addr
+        return webconfig.wrap(self.webconfig, sock), addr
 
     def finish_request(self, request, client_address):
-        if isinstance(request, ssl.SSLSocket):
-            request.settimeout(IDLE_TIMEOUT)
-            try:
-                request.do_handshake()
-            except (OSError, ssl.SSLError):  # a plain-HTTP client, a wrong certificate, a stalled handshake
-                self.tls_failures += 1
-                return
+        if not webconfig.handshake(request, IDLE_TIMEOUT):
+            self.tls_failures += 1
+            return
         super().finish_request(request, client_address)
 
     def handle_error(self, request, client_address):  # a client that went away is not news
@@ -325,9 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     web.server = server
     web.lifecycle = args.enable_lifecycle
     if args.web_config_file:
-        from monitor.webconfig import Watched
-
-        web.webconfig = server.webconfig = Watched(args.web_config_file)
+        web.webconfig = server.webconfig = webconfig.Watched(args.web_config_file)
     server.serve_forever(poll_interval=0.5)
     return 0
 

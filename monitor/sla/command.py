@@ -204,16 +204,21 @@ def run(args) -> int:
         _print(_rows(watcher), args.json, ("dag_id", "rule", "priority", "state", "reason", "message"))
         _outbox(watcher, args.json)
         return 1 if any(j.verdict.breached for j in watcher.judgements.values()) else 0
-    return serve_alone(watcher, args.metrics_listen)
+    return serve_alone(watcher, args.metrics_listen, getattr(args, "web_config_file", None))
 
 
-def _web_app(watcher, registry):
-    """/metrics, /-/healthy, and /-/ready: 503 with the reason while the watcher cannot work."""
+def _web_app(watcher, registry, web=None):
+    """/metrics, /-/healthy, and /-/ready: 503 with the reason while the watcher cannot work; all
+    behind the web config's basic auth when it has users."""
     from prometheus_client import make_wsgi_app
 
     metrics = make_wsgi_app(registry)
 
     def app(environ, start_response):
+        if web is not None and not web.get().allows(environ.get("HTTP_AUTHORIZATION")):
+            start_response("401 Unauthorized", [("Content-Type", "text/plain"),
+                                                ("WWW-Authenticate", 'Basic realm="airflow-monitor"')])
+            return [b"Unauthorized\n"]
         path = environ.get("PATH_INFO", "")
         if path in ("/-/healthy", "/-/ready", "/-/ready/sla"):
             why = "" if path == "/-/healthy" else watcher.problem()
@@ -224,13 +229,14 @@ def _web_app(watcher, registry):
     return app
 
 
-def serve_alone(watcher, listen: str | None) -> int:
+def serve_alone(watcher, listen: str | None, web_config: str | None = None) -> int:
     """The watcher with its own /metrics, /-/healthy and /-/ready until SIGTERM or SIGINT."""
     from wsgiref.simple_server import WSGIRequestHandler, make_server
 
     from prometheus_client import CollectorRegistry
     from prometheus_client.exposition import ThreadingWSGIServer
 
+    from monitor import webconfig
     from monitor.bridge.listener import parse_address
     from monitor.sla.exposition import SLACollector
     from monitor.sla.service import Schedule
@@ -246,8 +252,22 @@ def serve_alone(watcher, listen: str | None) -> int:
                 pass
 
         try:
+            web = webconfig.Watched(web_config) if web_config else None
+        except (webconfig.WebConfigError, OSError) as e:
+            raise UserError(str(e)) from None
+
+        class Server(ThreadingWSGIServer):  # TLS from the web config, handshakes in the connection's thread
+            def get_request(self):
+                sock, addr = super().get_request()
+                return webconfig.wrap(web, sock), addr
+
+            def finish_request(self, request, client_address):
+                if webconfig.handshake(request, 30.0):
+                    super().finish_request(request, client_address)
+
+        try:
             host, port = parse_address(listen)
-            server = make_server(host or "0.0.0.0", port, _web_app(watcher, registry), ThreadingWSGIServer,
+            server = make_server(host or "0.0.0.0", port, _web_app(watcher, registry, web), Server,
                                  handler_class=Quiet)
         except (OSError, ValueError) as e:
             raise UserError(f"metrics listen address {listen}: {e}") from None

@@ -316,19 +316,10 @@ def test_tls_and_basic_auth_from_a_web_config_file(tmp_path):
     import sys
     import urllib.error
 
-    import bcrypt
-
     from tests.integration.airflow_harness import free_port
-    from tests.integration.tools import Prometheus
+    from tests.integration.tools import Prometheus, web_config
 
-    crt, key = tmp_path / "server.crt", tmp_path / "server.key"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(crt),
-                    "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True)
-    hashed = bcrypt.hashpw(b"s3cret-pw", bcrypt.gensalt(10)).decode().replace("$2b$", "$2y$", 1)
-    web = tmp_path / "web.yml"
-    web.write_text(f"tls_server_config:\n  cert_file: {crt}\n  key_file: {key}\n"
-                   f"basic_auth_users:\n  prom: '{hashed}'\n")
+    web, crt = web_config(tmp_path, "prom", "s3cret-pw")
     udp, http = free_port(socket.SOCK_DGRAM), free_port()
     log = tmp_path / "bridge.log"
     proc = subprocess.Popen([sys.executable, "-m", "monitor.cli", "serve", "--statsd-udp", f"127.0.0.1:{udp}",

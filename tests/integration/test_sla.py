@@ -325,3 +325,45 @@ def test_a_new_dag_has_a_grace_and_a_mute_pages_nobody_until_it_ends(airflow, og
     cfg.write_text(yaml.safe_dump(doc))
     assert sla("check", "--notify", "--config", str(cfg)).returncode == 1
     assert [p["alias"] for p in og.pages] == [alias("sla_never", "fresh")]
+
+
+
+def test_sla_run_serves_over_tls_with_basic_auth(airflow, og, tmp_path):
+    import base64
+    import ssl
+
+    from tests.integration.tools import web_config
+
+    cfg = config(tmp_path, airflow, og, [{"dag_id": "sla_ok", "rules": [{"max_age": "1h"}]}])
+    web, crt = web_config(tmp_path, "prom", "s3cret-pw")
+    http = free_port()
+    log = tmp_path / "sla-run.log"
+    proc = subprocess.Popen([sys.executable, "-m", "monitor.cli", "sla", "run", "--config", str(cfg),
+                             "--metrics-listen", f"127.0.0.1:{http}", "--web-config-file", str(web)],
+                            env=env(), stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    ctx = ssl.create_default_context(cafile=str(crt))
+
+    def get(path, auth=True):
+        req = urllib.request.Request(f"https://127.0.0.1:{http}{path}")
+        if auth:
+            req.add_header("Authorization", "Basic " + base64.b64encode(b"prom:s3cret-pw").decode())
+        try:
+            with urllib.request.urlopen(req, timeout=5, context=ctx) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if get("/-/healthy")[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.3)
+        code, body = get("/metrics")
+        assert code == 200 and "airflow_monitor_sla_cycles_total" in body, log.read_text()[-2000:]
+        assert get("/metrics", auth=False)[0] == 401 and get("/-/ready", auth=False)[0] == 401
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -84,3 +84,19 @@ class Prometheus:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=30)
+
+
+def web_config(tmp: Path, user: str, password: str) -> tuple[Path, Path]:
+    """A --web-config-file with a certificate for 127.0.0.1 made here (openssl) and one bcrypt user,
+    hashed as htpasswd does ($2y$). Returns (web config, certificate)."""
+    import bcrypt
+
+    crt, key = tmp / "server.crt", tmp / "server.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(crt),
+                    "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(10)).decode().replace("$2b$", "$2y$", 1)
+    web = tmp / "web.yml"
+    web.write_text(f"tls_server_config:\n  cert_file: {crt}\n  key_file: {key}\n"
+                   f"basic_auth_users:\n  {user}: '{hashed}'\n")
+    return web, crt
