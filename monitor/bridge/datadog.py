@@ -100,11 +100,14 @@ class DatadogSink:
         """Points (name, type, value, tags) for what changed since the last collect."""
         points = []
         live = set()
+        where = {}  # the timer series' Datadog names, made afresh here (see _look)
         V = self.store.vals
         for fam, labels, b in self.store.items():
             key = (fam.name, labels)
             live.add(key)
             name, tags, ms = self._names(fam.name, dict(labels))
+            if fam.kind == "histogram":
+                where[b] = (name, tags, 1000.0 if ms else 1.0)
             value = V[b + VALUE]
             if fam.kind == "gauge":
                 points.append((name, "gauge", value, tags))
@@ -134,6 +137,7 @@ class DatadogSink:
         for k in [k for k in self.last if k not in live]:
             del self.last[k]
         self.kept.clear()  # samples of series that had no new count (gone since) are not kept
+        self.where = where
         return points
 
     # --------------------------------------------------------------- timer samples
@@ -142,8 +146,9 @@ class DatadogSink:
         ingest.timer_samples = self.timer_samples
 
     def _look(self) -> None:
-        """base -> (Datadog name, tags, unit scale) of every timer series; made afresh at each
-        flush (a freed base is reused only after 30 s, so it never maps to a stale series)."""
+        """base -> (Datadog name, tags, unit scale) of every timer series; collect() makes it afresh
+        at each flush (a freed base is reused only after 30 s, so it never maps to a stale series),
+        and a drain that meets a series newer than that looks here once."""
         self.where = {}
         for fam, labels, b in self.store.items():
             if fam.kind == "histogram":
@@ -191,7 +196,6 @@ class DatadogSink:
     def flush(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
         self.drain()
-        self._look()
         points = self.collect(now)
         if self.target == "agent":
             for name, kind, value, tags in points:

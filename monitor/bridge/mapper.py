@@ -274,20 +274,13 @@ def load_rules(path: str | Path, default_buckets: tuple[float, ...] = DEFAULT_BU
 _METRIC_TYPE = {"c": "counter", "g": "gauge", "s": "gauge", "ms": "observer", "h": "observer", "d": "observer"}
 
 
-def _family(name: str, kind: str) -> str:
-    """A Prometheus family name, as spelled; a counter's sample takes `_total` unless the name
-    already ends in it (store.sample_name), so `rows` and `rows_total` stay two families, and the
-    store refuses the second as a clash instead of merging them."""
-    return sanitize_name(name)
-
-
 def _user_target(rule: Rule, m: re.Match, key: Key) -> Target:
     if rule.action == "drop":
         return Target(family="", kind="drop", reason="drop_rule", form="user")
     mapped = {k: _expand(v, m) for k, v in rule.labels.items()}
     labels = {**mapped, **dict(key.tags)} if rule.honor_labels else {**dict(key.tags), **mapped}
     return Target(
-        family=_family(_expand(rule.name, m), KIND[key.type]),
+        family=sanitize_name(_expand(rule.name, m)),  # as spelled: store.sample_name adds `_total`
         kind=KIND[key.type],
         labels=tuple(sorted(labels.items())),
         help=rule.help,
@@ -343,7 +336,7 @@ class Mapper:
         if self.unmapped == "drop":
             return Target(family="", kind="drop", reason="unmapped", form="unmapped")
         return Target(
-            family=_family(key.name, KIND[key.type]),
+            family=sanitize_name(key.name),
             kind=KIND[key.type],
             labels=key.tags,
             help=f"statsd metric {key.name} (not in the Airflow catalog)",

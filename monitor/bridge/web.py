@@ -223,16 +223,16 @@ def _handler(web: Web):
         def do_POST(self):
             if not self._allowed():
                 return
-            if self.path.split("?", 1)[0] == "/-/reload" and not web.lifecycle:
+            if self.path.split("?", 1)[0] != "/-/reload":
+                self._send(404, b"not found\n")
+            elif not web.lifecycle:
                 self._send(403, b"Lifecycle API is not enabled (--web-enable-lifecycle); SIGHUP reloads\n")
-            elif self.path.split("?", 1)[0] == "/-/reload":
+            else:
                 answer = web.control.ask(b"r")
                 if answer is None:
                     self._send(503, b"the bridge did not answer\n")
                 else:
                     self._send(200 if answer[:1] == b"1" else 500, answer[1:] + b"\n")
-            else:
-                self._send(404, b"not found\n")
 
         do_PUT = do_POST
 
