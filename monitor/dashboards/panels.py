@@ -87,10 +87,10 @@ OVERVIEW = (
             q(f"sum by (executor) ({p('executor.open_slots')})", "open slots {{executor}}")), "short",
             description="Queued tasks with none running for minutes is a stuck executor."),
         Panel("Pool slots", (
-            q(f"sum by (pool) ({p('pool.open_slots')})", "open {{pool}}"),
-            q(f"sum by (pool) ({p('pool.running_slots')})", "running {{pool}}"),
-            q(f"sum by (pool) ({p('pool.starving_tasks')})", "starving {{pool}}")), "short"),
-        Panel("DAG runs running", (q(f"sum({p('scheduler.dagruns.running')})", "running"),), "short", "stat"),
+            q(f"max by (pool) ({p('pool.open_slots')})", "open {{pool}}"),
+            q(f"max by (pool) ({p('pool.running_slots')})", "running {{pool}}"),
+            q(f"max by (pool) ({p('pool.starving_tasks')})", "starving {{pool}}")), "short"),
+        Panel("DAG runs running", (q(f"max({p('scheduler.dagruns.running')})", "running"),), "short", "stat"),
     )),
     Row("Tasks and DAG runs", (
         Panel("Task outcomes", (q(f"sum by (state) (increase({p('ti.finish')}[$__range]))", "{{state}}"),),
@@ -168,7 +168,7 @@ DATADOG_WIDGETS = (
     ("Scheduler loop duration (avg, ms)", f"avg:{dd('scheduler.scheduler_loop_duration', '.avg')}{{*}}"),
     ("Queued tasks", f"sum:{dd('executor.queued_tasks')}{{*}} by {{{ddtag('executor.queued_tasks', 'executor')}}}"),
     ("Running tasks", f"sum:{dd('executor.running_tasks')}{{*}} by {{{ddtag('executor.running_tasks', 'executor')}}}"),
-    ("Open pool slots", f"sum:{dd('pool.open_slots')}{{*}} by {{{ddtag('pool.open_slots', 'pool')}}}"),
+    ("Open pool slots", f"max:{dd('pool.open_slots')}{{*}} by {{{ddtag('pool.open_slots', 'pool')}}}"),
     ("Task finishes by state", f"sum:{dd('ti.finish')}{{*}} by {{state}}.as_count()"),
     ("Successful DAG runs", f"sum:{dd('dagrun.duration.success', '.count')}{{*}} by {{dag_id}}.as_count()"),
     ("Failed DAG runs", f"sum:{dd('dagrun.duration.failed', '.count')}{{*}} by {{dag_id}}.as_count()"),
