@@ -11,6 +11,7 @@ that joins into its bucket, _sum and _count lines.
 
 from __future__ import annotations
 
+from collections import Counter
 from itertools import accumulate
 
 from prometheus_client.core import Metric
@@ -148,8 +149,17 @@ class SelfCollector(Collector):
         yield f("packets", "counter", "Packets (datagrams or TCP reads) received, by transport.",
                 [({"transport": t}, v) for t, v in list(st.packets.items())])
         yield f("lines", "counter", "Statsd lines received.", [({}, st.lines)])
+        by_type: Counter[str] = Counter()
+        by_metric: Counter[str] = Counter()
+        for (t, metric), v in list(st.samples.items()):
+            by_type[t] += v
+            if metric:
+                by_metric[metric] += v
         yield f("samples", "counter", "Samples accepted into the store, by statsd type.",
-                [({"type": t}, v) for t, v in list(st.samples.items())])
+                [({"type": t}, v) for t, v in by_type.items()])
+        yield f("metric_samples", "counter", "Samples of each Airflow metric accepted, by its Prometheus family "
+                "(the alert AirflowMetricStoppedArriving watches these).",
+                [({"metric": m}, v) for m, v in by_metric.items()])
         yield f("parse_errors", "counter", "Lines or packets rejected, by reason.",
                 [({"reason": r}, v) for r, v in list(st.parse_errors.items())])
         yield f("dropped", "counter",

@@ -58,8 +58,9 @@ class Stats:
     def __init__(self) -> None:
         self.packets: Counter[str] = Counter()  # by transport
         self.lines = 0
-        # by statsd type; a plain dict with every key, as the hot path bumps it per line
-        self.samples: dict[str, int] = dict.fromkeys(("c", "g", "ms", "h", "d", "s"), 0)
+        # by (statsd type, catalog family or ""); a plain dict whose keys are made before the hot
+        # path bumps them (Ingest._entry), so that counting a line costs one dict store
+        self.samples: dict[tuple[str, str], int] = {("s", ""): 0}
         self.parse_errors: Counter[str] = Counter()  # by reason
         self.dropped: Counter[str] = Counter()  # by reason
         self.cache_misses = 0
@@ -100,6 +101,7 @@ class Ingest:
         self.pinned = {"on": "tagged", "off": "plain"}.get(airflow_tags)
         self.mode: dict[str, str] = {}  # catalog metric name -> tagged | plain
         self.pending: dict[str, deque] = {}  # catalog metric name -> [(target, key, values, t)]
+        self._sample_tags: dict[tuple[str, str], tuple[str, str]] = {}  # one tuple per (type, family)
         self.held_forms: dict[str, set[str]] = {}  # catalog metric name -> forms in `pending` (O(1) _held)
         # (base, seconds, weight) of each timer sample, for a Datadog sink that sends real
         # percentiles; None unless one asked for them (monitor/bridge/datadog.py)
@@ -272,7 +274,7 @@ class Ingest:
                 st.dropped["set_cap"] += 1
             self.vals[e[1] + 1] = float(len(members))
             self.vals[e[1]] = now
-            st.samples["s"] += 1
+            st.samples["s", ""] += 1
             return
         if kind is WATCH:
             _, inner, mname, family, labels = e
@@ -293,7 +295,7 @@ class Ingest:
             self._pend(mname, target, key, values, now)
             return
         try:
-            values = parse_values(vals, e[5])
+            values = parse_values(vals, e[5][0])
         except ParseError as err:
             st.parse_errors[err.reason] += 1
             return
@@ -406,15 +408,20 @@ class Ingest:
             return _const(DROP, d.reason)
         if key.type == "s":
             return (SET, base)
+        # what the line counts as: its type and, for Airflow's metrics, the catalog family, so that
+        # a metric that stops arriving shows (airflow_monitor_bridge_metric_samples_total)
+        tag = (key.type, target.metric.prometheus if target.metric is not None else "")
+        tag = self._sample_tags.setdefault(tag, tag)
+        self.stats.samples.setdefault(tag, 0)
         kind = _KIND[target.kind]
         if kind is COUNTER:
-            return (COUNTER, base, target.mult / key.rate, None, None, key.type)
+            return (COUNTER, base, target.mult / key.rate, None, None, tag)
         if kind is HIST:
             scale = target.scale
             if key.type == "ms" and target.metric is not None and target.metric.timer_call and self.timers_in_seconds:
                 scale = 1.0
-            return (HIST, base, scale * target.mult, 1.0 / key.rate, target.buckets, key.type)
-        return (GAUGE, base, target.mult, None, None, key.type)
+            return (HIST, base, scale * target.mult, 1.0 / key.rate, target.buckets, tag)
+        return (GAUGE, base, target.mult, None, None, tag)
 
     def _cache(self, ckey: bytes, entry: tuple) -> tuple:
         """Cache an entry within the byte budget; when full, the oldest tenth goes."""

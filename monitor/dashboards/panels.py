@@ -132,6 +132,15 @@ OVERVIEW = (
               "parse error {{reason}}")), "ops",
             description="legacy_twin and tagless_twin are Airflow's duplicate samples, dropped on purpose."),
         Panel("Series in the bridge", (q(f"sum({svc('airflow_monitor_bridge_series')})", "series"),), "short"),
+        Panel("Airflow metrics arriving", (
+            q(f"sum by (metric) (rate({svc('airflow_monitor_bridge_metric_samples_total')}[$__rate_interval]))",
+              "{{metric}}"),
+            q(f"sum by (metric) (increase({svc('airflow_monitor_bridge_metric_samples_total')}[1h])) == 0 "
+              f"and on (metric) avg_over_time((sum by (metric) (increase("
+              f"{svc('airflow_monitor_bridge_metric_samples_total')}[1h])) > bool 0)[7d:1h]) >= 0.9",
+              "stopped: {{metric}}")), "ops",
+            description="Samples/s of each Airflow metric; a `stopped:` series is one that arrived in 90 % "
+                        "of the hours of the past week and not in the last (alert AirflowMetricStoppedArriving)."),
     )),
 )
 
