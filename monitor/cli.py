@@ -108,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     cat = sub.add_parser("catalog", help="print the metric catalog (Airflow statsd -> Prometheus / Datadog)")
     cat.add_argument("--format", choices=["table", "markdown", "yaml"], default="table",
                      help="table (paged on a terminal), markdown, or the catalog's YAML")
+    cat.add_argument("--airflow-version", metavar="VERSION",
+                     help="only what this Airflow (3.0 to 3.3, e.g. 3.1 or 3.1.8) sends, with its forms in that line")
     cat.add_argument("--log-level", default=argparse.SUPPRESS, help="DEBUG, INFO, WARNING, ERROR")
     return parser
 

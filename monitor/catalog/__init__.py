@@ -35,6 +35,10 @@ class Metric:
     datadog_tags: dict[str, str] = field(default_factory=dict)  # dd tag -> airflow var
     family_help: str | None = None  # HELP of the Prometheus family, where `help` does not fit it
     timer_call: bool = False  # emitted through Stats.timer(): seconds labelled |ms in DogStatsD mode
+    since: str = "3.0"  # first Airflow 3.x line that sends it
+    until: str | None = None  # last line that sends it; None: still sent
+    tagged_since: str | None = None  # before this line only the legacy form (ids in the name) is sent
+    formerly: tuple[str, ...] = ()  # names it had in earlier Airflow (e.g. Airflow 2)
 
     @property
     def exposed_help(self) -> str:
@@ -88,13 +92,42 @@ class CatalogError(ValueError):
     pass
 
 
+AIRFLOW_LINES = ("3.0", "3.1", "3.2", "3.3")  # the 3.x lines the catalog is held against
+
+
+def line_of(version: str) -> tuple[int, int]:
+    """'3.2.2' or '3.2' -> (3, 2)."""
+    try:
+        major, minor = version.split(".")[:2]
+        return int(major), int(minor)
+    except ValueError:
+        raise CatalogError(f"not an Airflow version: {version!r} (expected e.g. 3.2 or 3.2.2)") from None
+
+
+def sent_by(m: Metric, version: str) -> bool:
+    """Does Airflow `version` send metric m (in some form)?"""
+    v = line_of(version)
+    return line_of(m.since) <= v and (m.until is None or v <= line_of(m.until))
+
+
+def versions_text(m: Metric) -> str:
+    """'3.0+', '3.2+', '3.0-3.2'; with '(tagged 3.3+)' where older lines send only the legacy form."""
+    out = f"{m.since}+" if m.until is None else f"{m.since}-{m.until}"
+    if m.tagged_since:
+        out += f" (tagged {m.tagged_since}+)"
+    return out
+
+
 def _metric(raw: dict) -> Metric:
     try:
-        m = Metric(**raw)
+        m = Metric(**{**raw, "formerly": tuple(raw.get("formerly", ()))})
     except TypeError as e:
         raise CatalogError(f"catalog entry {raw.get('name')!r}: {e}") from None
     if m.type not in TYPES:
         raise CatalogError(f"catalog entry {m.name!r}: unknown type {m.type!r}")
+    for v in (m.since, m.until, m.tagged_since):
+        if v is not None and v not in AIRFLOW_LINES:
+            raise CatalogError(f"catalog entry {m.name!r}: {v!r} is not one of the Airflow lines {AIRFLOW_LINES}")
     return m
 
 

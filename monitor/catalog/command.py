@@ -11,13 +11,21 @@ import sys
 from monitor import catalog
 
 
-def rows() -> list[tuple[str, str, str, str, str]]:
+def rows(version: str | None = None) -> list[tuple[str, ...]]:
+    """One row a metric; with `version`, only what that Airflow line sends, in the forms it sends."""
     out = []
     for m in catalog.load():
-        forms = m.name + (f" / {m.legacy}" if m.legacy else "")
+        if version is not None and not catalog.sent_by(m, version):
+            continue
+        tagged = (version is None or m.tagged_since is None
+                  or catalog.line_of(version) >= catalog.line_of(m.tagged_since))
+        forms = " / ".join(([m.name] if tagged else []) + ([m.legacy] if m.legacy else []))
+        if m.formerly:
+            forms += f" (formerly {', '.join(m.formerly)})"
         labels = ",".join(list(m.labels) + [f"{k}?" for k in m.optional_labels] +
                           [f"{k}={v}" for k, v in m.const_labels.items()])
-        out.append((forms, m.type, f"{m.prometheus_series[0].rsplit('_bucket', 1)[0]}", labels, m.datadog))
+        out.append((forms, m.type, f"{m.prometheus_series[0].rsplit('_bucket', 1)[0]}", labels, m.datadog,
+                    catalog.versions_text(m)))
     return out
 
 
@@ -25,8 +33,13 @@ def show(args) -> int:
     if args.format == "yaml":
         sys.stdout.write(catalog.CATALOG_FILE.read_text())
         return 0
-    head = ("statsd name / legacy name", "type", "prometheus", "labels", "datadog")
-    data = rows()
+    version = getattr(args, "airflow_version", None)
+    if version is not None and ".".join(version.split(".")[:2]) not in catalog.AIRFLOW_LINES:
+        print(f"airflow-monitor catalog: error: --airflow-version {version!r} is not an Airflow line the catalog "
+              f"knows ({', '.join(catalog.AIRFLOW_LINES)}, or a release of one such as 3.2.2)", file=sys.stderr)
+        return 2
+    head = ("statsd name / legacy name", "type", "prometheus", "labels", "datadog", "airflow")
+    data = rows(version)
     if args.format == "markdown":
         print("| " + " | ".join(head) + " |")
         print("|" + "---|" * len(head))

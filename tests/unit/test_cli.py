@@ -44,6 +44,21 @@ def test_catalog_command_prints_every_metric():
     assert "`airflow_ti_finish_total`" in r.stdout and "`airflow.dag.task.duration`" in r.stdout
 
 
+def test_catalog_per_airflow_version():
+    """What one Airflow line sends, in the forms it sends: 3.1 has no ti.queued gauge yet, and sends
+    dag_processing.last_run.seconds_ago only with the file in the name."""
+    r = run("catalog", "--format", "markdown", "--airflow-version", "3.1.8")
+    assert r.returncode == 0, r.stderr
+    assert "`ti.running / ti.running.{queue}.{dag_id}.{task_id}`" in r.stdout and "ti.queued" not in r.stdout
+    assert "`dag_processing.last_run.seconds_ago.{file_name}`" in r.stdout
+    assert "(formerly zombies_killed)" in r.stdout
+    latest = run("catalog", "--format", "markdown", "--airflow-version", "3.3").stdout
+    assert "`ti.queued / ti.queued.{queue}.{dag_id}.{task_id}`" in latest and "clear_not_launched" not in latest
+    for bad in ("2.10", "foo", "3.9"):
+        r = run("catalog", "--airflow-version", bad)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
 
 def test_every_flag_has_help_and_every_command_takes_log_level():
     import argparse
