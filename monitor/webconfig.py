@@ -11,7 +11,8 @@ exporter-toolkit's format (the `--web.config.file` of statsd_exporter, node_expo
     basic_auth_users:
       alice: $2y$10$...              # bcrypt hashes (htpasswd -nBC 10 "")
 
-Every mistake is a one-line WebConfigError naming the key. Settings the toolkit has and we do not
+With basic auth, the health endpoints (PROBE_PATHS) still answer without credentials, for the
+kubelet, but say only OK or "not ready". Every mistake is a one-line WebConfigError naming the key. Settings the toolkit has and we do not
 (cipher_suites, curve_preferences, http_server_config, rate_limit) are refused by name rather than
 ignored: a user who set them expects them to work. The file is read again when it changes, so
 renewed certificates are picked up without a restart.
@@ -37,6 +38,11 @@ VERSIONS = {"TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1, "TLS
 TLS_KEYS = {"cert", "cert_file", "key", "key_file", "client_auth_type", "client_ca_file", "min_version",
             "max_version"}
 UNSUPPORTED = {"cipher_suites", "curve_preferences", "prefer_server_cipher_suites", "client_allowed_sans"}
+
+
+# The kubelet's httpGet probes cannot send credentials: these answer without them, with their status
+# code and a fixed word (OK / not ready), never the reason, which only an authenticated caller sees.
+PROBE_PATHS = frozenset(("/-/healthy", "/-/ready", "/-/ready/sla"))
 
 
 class WebConfigError(ConfigError):

@@ -156,20 +156,25 @@ def _handler(web: Web):
             self.end_headers()
             self.wfile.write(body)
 
-        def _allowed(self) -> bool:
-            """Basic auth of the web config (every endpoint, as exporter-toolkit does)."""
+        def _allowed(self) -> bool | None:
+            """Basic auth of the web config, on every endpoint as exporter-toolkit does: True when
+            allowed, None when refused (401 sent); False for a health probe without credentials,
+            answered without its reason (webconfig.PROBE_PATHS)."""
             cfg = web.webconfig.get() if web.webconfig else None
             if cfg is None or cfg.allows(self.headers.get("Authorization")):
                 return True
+            if self.command == "GET" and self.path.split("?", 1)[0] in webconfig.PROBE_PATHS:
+                return False
             self.send_response(401)
             self.send_header("WWW-Authenticate", 'Basic realm="airflow-monitor"')
             self.send_header("Content-Length", "13")
             self.end_headers()
             self.wfile.write(b"Unauthorized\n")
-            return False
+            return None
 
         def do_GET(self):
-            if not self._allowed():
+            authed = self._allowed()
+            if authed is None:
                 return
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
@@ -186,7 +191,7 @@ def _handler(web: Web):
                 elif why is None:
                     self._send(503, b"the bridge does not answer\n")
                 else:
-                    self._send(503 if why else 200, (why or b"OK") + b"\n")
+                    self._send(503 if why else 200, (why if why and authed else b"not ready" if why else b"OK") + b"\n")
             elif path == "/":
                 self._send(200, b"airflow-monitor bridge: /metrics /-/healthy /-/ready /-/ready/sla "
                                 b"POST /-/reload\n")

@@ -209,21 +209,24 @@ def run(args) -> int:
 
 def _web_app(watcher, registry, web=None):
     """/metrics, /-/healthy, and /-/ready: 503 with the reason while the watcher cannot work; all
-    behind the web config's basic auth when it has users."""
+    behind the web config's basic auth when it has users, but for the probes' bare status."""
     from prometheus_client import make_wsgi_app
+
+    from monitor import webconfig
 
     metrics = make_wsgi_app(registry)
 
     def app(environ, start_response):
-        if web is not None and not web.get().allows(environ.get("HTTP_AUTHORIZATION")):
+        path = environ.get("PATH_INFO", "")
+        authed = web is None or web.get().allows(environ.get("HTTP_AUTHORIZATION"))
+        if not authed and path not in webconfig.PROBE_PATHS:
             start_response("401 Unauthorized", [("Content-Type", "text/plain"),
                                                 ("WWW-Authenticate", 'Basic realm="airflow-monitor"')])
             return [b"Unauthorized\n"]
-        path = environ.get("PATH_INFO", "")
-        if path in ("/-/healthy", "/-/ready", "/-/ready/sla"):
+        if path in webconfig.PROBE_PATHS:
             why = "" if path == "/-/healthy" else watcher.problem()
             start_response("503 Service Unavailable" if why else "200 OK", [("Content-Type", "text/plain")])
-            return [(why or "OK").encode() + b"\n"]
+            return [((why if authed else "not ready") if why else "OK").encode() + b"\n"]
         return metrics(environ, start_response)
 
     return app

@@ -350,6 +350,9 @@ def test_tls_and_basic_auth_from_a_web_config_file(tmp_path):
         assert get("/-/ready", "prom", "s3cret-pw")[0] == 200, log.read_text()
         assert get("/metrics")[0] == 401 and get("/metrics", "prom", "wrong")[0] == 401
         assert get("/metrics", "nobody", "s3cret-pw")[0] == 401
+        # the kubelet's probes send no credentials: health and readiness answer with status only
+        assert get("/-/healthy") == (200, "OK\n") and get("/-/ready") == (200, "OK\n")
+        assert get("/-/ready/sla") == (404, "no SLA watcher in this process\n")
         with pytest.raises((OSError, urllib.error.URLError)):  # plain HTTP gets no answer
             get("/metrics", "prom", "s3cret-pw", scheme="http")
         code, body = get("/metrics", "prom", "s3cret-pw")

@@ -4,10 +4,16 @@ run it (its args, env from Secrets, config from the ConfigMap) against the sessi
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import socket
+import ssl
 import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import kubernetes_validate
@@ -135,7 +141,8 @@ def test_prometheus_rule_ships_the_tested_rules(rendered, tmp_path):
     spec = rendered["PrometheusRule"]["spec"]
     assert spec == yaml.safe_load((REPO / "alerts" / "prometheus" / "airflow-rules.yaml").read_text())
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump(spec))
-    assert "SUCCESS: 10 rules found" in run(tool("promtool"), "check", "rules", str(tmp_path / "rules.yaml")).stdout
+    count = sum(len(g["rules"]) for g in spec["groups"])
+    assert f"SUCCESS: {count} rules found" in run(tool("promtool"), "check", "rules", str(tmp_path / "rules.yaml")).stdout
 
 
 def test_the_probe_configmap_ships_the_zipapp_into_airflows_namespace(tmp_path):
@@ -232,3 +239,109 @@ def relocate(text: str, container: dict, mounts: dict[str, Path]) -> str:
     to = {m["mountPath"]: str(mounts[m["name"]]) for m in container["volumeMounts"]}
     pattern = "|".join(re.escape(p) for p in sorted(to, key=len, reverse=True))
     return re.sub(rf"(?<![\w/])({pattern})(?=/|$|\s)", lambda m: to[m.group(1)], text, flags=re.M)
+
+
+def ca_and_server_cert(tmp: Path, names: list[str]) -> dict[str, str]:
+    """A CA and a server certificate it signs for `names` (DNS names, and 127.0.0.1), in the keys a
+    kubernetes.io/tls Secret from cert-manager has: tls.crt, tls.key, ca.crt."""
+    def ossl(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=tmp)
+    ossl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+         "-subj", "/CN=test CA")
+    ossl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "tls.key", "-out", "tls.csr", "-subj", f"/CN={names[0]}")
+    (tmp / "san.ext").write_text("subjectAltName=" + ",".join([f"DNS:{n}" for n in names] + ["IP:127.0.0.1"]))
+    ossl("x509", "-req", "-in", "tls.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", "tls.crt",
+         "-days", "2", "-extfile", "san.ext")
+    return {k: (tmp / k).read_text() for k in ("tls.crt", "tls.key", "ca.crt")}
+
+
+def test_tls_and_basic_auth_from_the_chart_scraped_as_the_operator_would(tmp_path):
+    """The chart's web wiring, run as the kubelet runs the pod: the TLS Secret and the chart's web
+    config Secret mounted, HTTPS probes answered without credentials, and a real Prometheus scraping
+    with what the rendered ServiceMonitor says (scheme, CA and server name, basic auth from Secrets)."""
+    import bcrypt
+
+    from tests.integration.tools import Prometheus
+
+    statsd, metrics = free_port(socket.SOCK_DGRAM), free_port()
+    secrets = {("scrape-auth", "username"): "prometheus", ("scrape-auth", "password"): "scr4pe-pw"}
+    hashed = bcrypt.hashpw(b"scr4pe-pw", bcrypt.gensalt(10)).decode().replace("$2b$", "$2y$", 1)
+    values = {"service": {"statsdPort": statsd, "metricsPort": metrics},
+              "web": {"tls": {"secretName": "mon-tls"}, "basicAuthUsers": {"prometheus": hashed}},
+              "serviceMonitor": {"enabled": True, "basicAuth": {"username": {"name": "scrape-auth", "key": "username"},
+                                                               "password": {"name": "scrape-auth", "key": "password"}}}}
+    objs = objects(tmp_path, values)
+    c = objs["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    volumes = {v["name"]: v for v in objs["Deployment"]["spec"]["template"]["spec"]["volumes"]}
+    assert c["livenessProbe"]["httpGet"]["scheme"] == c["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    endpoint = objs["ServiceMonitor"]["spec"]["endpoints"][0]
+    server_name = endpoint["tlsConfig"]["serverName"]
+    assert (endpoint["scheme"], server_name) == ("https", "mon-airflow-monitor.monitoring.svc")
+    assert endpoint["tlsConfig"]["ca"]["secret"] == {"name": "mon-tls", "key": "ca.crt"}
+    # the Secrets the pod mounts: the user's TLS Secret (as cert-manager makes it) and the chart's own
+    tls = ca_and_server_cert(tmp_path, [server_name])
+    secret_data = {"mon-tls": tls, "mon-airflow-monitor-web": objs["Secret"]["stringData"]}
+    mounts = {m["name"]: tmp_path / m["name"] for m in c["volumeMounts"]}
+    for name, path in mounts.items():
+        path.mkdir()
+        for key, text in secret_data.get(volumes[name].get("secret", {}).get("secretName"), {}).items():
+            (path / key).write_text(relocate(text, c, mounts))
+    for name, text in objs["ConfigMap/mon-airflow-monitor"]["data"].items():
+        (mounts["config"] / name).write_text(relocate(text, c, mounts))
+    args = [relocate(a, c, mounts) for a in c["args"]]
+    proc = subprocess.Popen([sys.executable, "-m", "monitor.cli", *args], stdout=open(tmp_path / "pod.log", "wb"),
+                            stderr=subprocess.STDOUT)
+    ctx = ssl.create_default_context(cafile=str(mounts["tls"] / "ca.crt"))
+    ctx.check_hostname = False  # the kubelet's HTTPS probe does not verify at all; the CA is checked here
+
+    def get(path: str, auth: tuple[str, str] | None = None) -> tuple[int, str]:
+        req = urllib.request.Request(f"https://127.0.0.1:{metrics}{path}")
+        if auth:
+            req.add_header("Authorization", "Basic " + base64.b64encode(":".join(auth).encode()).decode())
+        try:
+            with urllib.request.urlopen(req, timeout=5, context=ctx) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    prom = None
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if get(c["readinessProbe"]["httpGet"]["path"])[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.2)
+        assert get(c["livenessProbe"]["httpGet"]["path"]) == (200, "OK\n"), (tmp_path / "pod.log").read_text()
+        assert get("/metrics")[0] == 401
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.sendto(b"airflow.scheduler_heartbeat:1|c", ("127.0.0.1", statsd))
+        ba = endpoint["basicAuth"]
+        prom = Prometheus(tmp_path / "prometheus", f"127.0.0.1:{metrics}", scrape={
+            "scheme": endpoint["scheme"],
+            "tls_config": {"ca_file": str(mounts["tls"] / "ca.crt"), "server_name": server_name},
+            "basic_auth": {"username": secrets[(ba["username"]["name"], ba["username"]["key"])],
+                           "password": secrets[(ba["password"]["name"], ba["password"]["key"])]}})
+        deadline, got = time.monotonic() + 30, []
+        while time.monotonic() < deadline and not got:
+            time.sleep(1)
+            got = prom.query("airflow_scheduler_heartbeat_total")["data"]["result"]
+        assert [r["value"][1] for r in got] == ["1"], json.dumps(prom.get("/api/v1/targets"))[:2000]
+        assert "scr4pe-pw" not in (tmp_path / "pod.log").read_text()
+    finally:
+        if prom is not None:
+            prom.stop()
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_the_chart_refuses_web_settings_that_cannot_work(tmp_path):
+    r = template(tmp_path, {"web": {"basicAuthUsers": {"prometheus": "plain-password"}}}, ok=False)
+    assert r.returncode != 0 and "basicAuthUsers" in r.stderr
+    hashed_only = {"basicAuthUsers": {"p": "$2y$10$" + "a" * 53}}
+    r = template(tmp_path, {"web": hashed_only, "serviceMonitor": {"enabled": True}}, ok=False)
+    assert r.returncode != 0 and "serviceMonitor.basicAuth" in r.stderr
+    r = template(tmp_path, {"web": {"tls": {"clientCA": {"secretName": "ca"}}}}, ok=False)
+    assert r.returncode != 0 and "web.tls.secretName" in r.stderr
+    assert "Secret" not in objects(tmp_path), "no web config unless asked for"

@@ -44,6 +44,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if .Values.bridge.mapping }}
 {{- $_ := set $bridge "mapping_file" "/etc/airflow-monitor/mapping.yaml" }}
 {{- end }}
+{{- if include "airflow-monitor.webConfigured" . }}
+{{- $_ := set $bridge "web_config_file" "/etc/airflow-monitor/web/web-config.yml" }}
+{{- end }}
 {{- $doc := dict "bridge" $bridge }}
 {{- if .Values.sla.enabled }}
 {{- $doc = merge $doc (deepCopy .Values.sla.config) }}
@@ -81,4 +84,26 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}
+{{- end }}
+
+{{/* Non-empty when TLS or basic auth is set for the HTTP endpoints. */}}
+{{- define "airflow-monitor.webConfigured" -}}
+{{- if or .Values.web.tls.secretName .Values.web.basicAuthUsers }}yes{{ end }}
+{{- end }}
+
+{{/* The exporter-toolkit web config file (--web-config-file), paths as mounted by the Deployment. */}}
+{{- define "airflow-monitor.webConfig" -}}
+{{- $doc := dict }}
+{{- with .Values.web.tls.secretName }}
+{{- $tls := dict "cert_file" "/etc/airflow-monitor/tls/tls.crt" "key_file" "/etc/airflow-monitor/tls/tls.key" "min_version" $.Values.web.tls.minVersion }}
+{{- if $.Values.web.tls.clientCA.secretName }}
+{{- $_ := set $tls "client_auth_type" "RequireAndVerifyClientCert" }}
+{{- $_ := set $tls "client_ca_file" (printf "/etc/airflow-monitor/client-ca/%s" $.Values.web.tls.clientCA.key) }}
+{{- end }}
+{{- $_ := set $doc "tls_server_config" $tls }}
+{{- end }}
+{{- with .Values.web.basicAuthUsers }}
+{{- $_ := set $doc "basic_auth_users" . }}
+{{- end }}
+{{- toYaml $doc }}
 {{- end }}
