@@ -12,10 +12,10 @@ exporter-toolkit's format (the `--web.config.file` of statsd_exporter, node_expo
       alice: $2y$10$...              # bcrypt hashes (htpasswd -nBC 10 "")
 
 With basic auth, the health endpoints (PROBE_PATHS) still answer without credentials, for the
-kubelet, but say only OK or "not ready". Every mistake is a one-line WebConfigError naming the key. Settings the toolkit has and we do not
-(cipher_suites, curve_preferences, http_server_config, rate_limit) are refused by name rather than
-ignored: a user who set them expects them to work. The file is read again when it changes, so
-renewed certificates are picked up without a restart.
+kubelet, but say only OK or "not ready". Every mistake is a one-line WebConfigError naming the
+key. Settings the toolkit has and we do not (cipher_suites, curve_preferences, http_server_config,
+rate_limit) are refused by name rather than ignored: a user who set them expects them to work.
+The file is read again when it changes, so renewed certificates are picked up without a restart.
 """
 
 from __future__ import annotations

@@ -142,7 +142,8 @@ def test_prometheus_rule_ships_the_tested_rules(rendered, tmp_path):
     assert spec == yaml.safe_load((REPO / "alerts" / "prometheus" / "airflow-rules.yaml").read_text())
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump(spec))
     count = sum(len(g["rules"]) for g in spec["groups"])
-    assert f"SUCCESS: {count} rules found" in run(tool("promtool"), "check", "rules", str(tmp_path / "rules.yaml")).stdout
+    checked = run(tool("promtool"), "check", "rules", str(tmp_path / "rules.yaml")).stdout
+    assert f"SUCCESS: {count} rules found" in checked
 
 
 def test_the_probe_configmap_ships_the_zipapp_into_airflows_namespace(tmp_path):
