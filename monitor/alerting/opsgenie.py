@@ -19,11 +19,12 @@ log = logging.getLogger(__name__)
 MESSAGE_MAX, DESCRIPTION_MAX, TAG_MAX, TAGS_MAX, DETAILS_MAX = 130, 15000, 50, 20, 8000
 
 
-def _clip(text: str, n: int) -> str:
+def clip(text: str, n: int) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-def create_body(notice: dict, source: str) -> dict:
+def create_body(notice: dict, source: str, details_key: str = "details") -> dict:
+    """The create-alert body OpsGenie and JSM share (JSM's REST API calls `details` extraProperties)."""
     responders = [{"type": t, k: v} for t, k, v in notice.get("responders", [])]
     details, size = {}, 0
     for k, v in notice.get("details", {}).items():
@@ -33,12 +34,12 @@ def create_body(notice: dict, source: str) -> dict:
             break
         details[k] = v
     body = {
-        "message": _clip(notice["message"], MESSAGE_MAX),
+        "message": clip(notice["message"], MESSAGE_MAX),
         "alias": notice["alias"],
-        "description": _clip(notice.get("description", ""), DESCRIPTION_MAX),
+        "description": clip(notice.get("description", ""), DESCRIPTION_MAX),
         "responders": responders,
-        "tags": [_clip(t, TAG_MAX) for t in notice.get("tags", [])][:TAGS_MAX],
-        "details": details,
+        "tags": [clip(t, TAG_MAX) for t in notice.get("tags", [])][:TAGS_MAX],
+        details_key: details,
         "entity": notice.get("entity", ""),
         "source": source,
         "priority": notice.get("priority", "P3"),
@@ -68,7 +69,7 @@ class OpsGenieNotifier:
         alias = urllib.parse.quote(notice["alias"], safe="")
         if action == "open":
             return self._post("/v2/alerts", create_body(notice, self.source))
-        note = _clip(notice.get("note") or notice["message"], 25000)
+        note = clip(notice.get("note") or notice["message"], 25000)
         if action == "close":
             return self._post(f"/v2/alerts/{alias}/close?identifierType=alias", {"source": self.source, "note": note})
         if action == "remind":

@@ -115,7 +115,7 @@ def test_notify(watcher) -> int:
     from monitor.alerting import Refused, Retry
 
     if not watcher.notifiers:
-        print("no notifier configured (notify: opsgenie, datadog or webhook)")
+        print("no notifier configured (notify: opsgenie, jsm, datadog or webhook)")
         return 1
     now = datetime.now(UTC)
     notice = {"alias": f"airflow-sla:test:{now.strftime('%Y%m%dT%H%M%S')}", "dag_id": "_test", "rule": "test",
@@ -127,7 +127,7 @@ def test_notify(watcher) -> int:
     for n in watcher.notifiers:
         try:
             opened = n.send("open", notice)
-            closed = n.send("close", {**notice, "note": "test over", "at": datetime.now(UTC).isoformat()})
+            closed = _close_soon(n, {**notice, "note": "test over", "at": datetime.now(UTC).isoformat()})
         except (Retry, Refused) as e:
             failed += 1
             print(f"{n.name}: FAILED: {e}")
@@ -135,6 +135,23 @@ def test_notify(watcher) -> int:
         ids = ", ".join(x for x in (opened, closed) if x)
         print(f"{n.name}: ok: test alert {notice['alias']} opened and closed" + (f" ({ids})" if ids else ""))
     return 1 if failed else 0
+
+
+def _close_soon(notifier, notice: dict, within: float = 30.0) -> str:
+    """Close what was just opened; a service that processes writes asynchronously (JSM) may not
+    have the alert yet, so a Retry is tried again for up to `within` seconds."""
+    import time
+
+    from monitor.alerting import Retry
+
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return notifier.send("close", notice)
+        except Retry as e:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(min(e.after or 1.0, 5.0))
 
 
 def _outbox(watcher, as_json: bool) -> None:

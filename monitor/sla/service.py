@@ -22,6 +22,10 @@ def notifiers(cfg: SLAConfig) -> list:
 
         out.append(OpsGenieNotifier(cfg.opsgenie.url, cfg.opsgenie.api_key, cfg.opsgenie.source,
                                     cfg.opsgenie.heartbeat))
+    if cfg.jsm:
+        from monitor.alerting.jsm import JsmNotifier
+
+        out.append(JsmNotifier(cfg.jsm.url, cfg.jsm.cloud_id, cfg.jsm.email, cfg.jsm.api_token, cfg.jsm.source))
     if cfg.datadog:
         from monitor.alerting.datadog import DatadogNotifier
 

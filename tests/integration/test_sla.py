@@ -370,3 +370,40 @@ def test_sla_run_serves_over_tls_with_basic_auth(airflow, og, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_jsm_operations_api_pages_once_and_closes(airflow, tmp_path):
+    """The watcher against the real Airflow, paging through a local JSM Operations REST API (Basic
+    auth, asynchronous writes, alerts addressed by id only): test-notify opens and closes, a
+    breach pages once across two processes, and the token never reaches the output."""
+    from tests.servers.jsm_ops import JsmOpsServer
+
+    cloud, email, token = "0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b", "sla-bot@example.com", "atl-api-token-x1"
+    jsm = JsmOpsServer(cloud, email, token, processing=0.5)
+    try:
+        doc = {"airflow": {"url": airflow.api_url, "username": "admin", "timeout": "3s"},
+               "watcher": {"state_file": str(tmp_path / "sla-state.sqlite"), "interval": "1s"},
+               "notify": {"jsm": {"url": jsm.url, "cloud_id": cloud, "email": email}},
+               "watch": [{"dag_id": "sla_never", "priority": "P2", "rules": [{"max_age": "1h", "name": "jsm"}]}]}
+        cfg = tmp_path / "sla.yaml"
+        cfg.write_text(yaml.safe_dump(doc))
+        run_env = {**env(), "AIRFLOW_MONITOR_JSM_API_TOKEN": token}
+
+        def jsm_sla(*args):
+            return subprocess.run([sys.executable, "-m", "monitor.cli", "sla", *args, "--config", str(cfg)],
+                                  capture_output=True, text=True, env=run_env, timeout=120)
+
+        sent = jsm_sla("test-notify")
+        assert sent.returncode == 0 and "jsm: ok" in sent.stdout, sent.stdout + sent.stderr
+        jsm.wait(lambda s: len(s.closes) == 1)
+        assert jsm.open_aliases() == set()
+        for _ in range(2):  # a second process on the same state pages nobody again
+            acted = jsm_sla("check", "--notify")
+            assert acted.returncode == 1, acted.stdout + acted.stderr
+        jsm.wait(lambda s: s.open_aliases() == {alias("sla_never", "jsm")})
+        page = next(p for p in jsm.pages if p["alias"] == alias("sla_never", "jsm"))
+        assert page["priority"] == "P2" and page["extraProperties"]["reason"] == "never_run"
+        assert len([r for r in jsm.requests if r[0] == "POST" and r[1].endswith("/v1/alerts")]) == 2
+        assert token not in sent.stdout + sent.stderr + acted.stdout + acted.stderr
+    finally:
+        jsm.close()

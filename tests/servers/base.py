@@ -12,7 +12,7 @@ class JsonServer:
     """Subclasses implement handle(handler, method); `self.lock` guards their state."""
 
     def __init__(self):
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # reentrant: a wait predicate may call a locking helper
         self._fail: list[int] = []
         server = self
 

@@ -193,3 +193,113 @@ def test_jwt_expiry_is_read_from_the_token():
     payload = base64.urlsafe_b64encode(json.dumps({"sub": "admin", "exp": 1790000000}).encode()).rstrip(b"=")
     assert _jwt_expiry(f"eyJhbGciOiJIUzUxMiJ9.{payload.decode()}.sig") == 1790000000
     assert _jwt_expiry("not-a-jwt") is None
+
+
+# ---------------------------------------------------------------- JSM Operations REST API
+JSM_CLOUD, JSM_EMAIL, JSM_TOKEN = "5b6c1d2e-0a1b-4c3d-9e8f-7a6b5c4d3e2f", "ops-bot@example.com", "jsm-api-token"
+
+
+@pytest.fixture
+def jsm():
+    from tests.servers.jsm_ops import JsmOpsServer
+
+    s = JsmOpsServer(JSM_CLOUD, JSM_EMAIL, JSM_TOKEN, processing=0.3)
+    yield s
+    s.close()
+
+
+def jsm_notifier(server, token=JSM_TOKEN):
+    from monitor.alerting.jsm import JsmNotifier
+
+    return JsmNotifier(server.url, JSM_CLOUD, JSM_EMAIL, token)
+
+
+def drain_until_done(delivery, state, timeout=15.0):
+    """Drain as the delivery loop does, for real time: JSM processes writes asynchronously."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while state.backlog() and time.monotonic() < deadline:
+        delivery.drain(now=float("inf"))
+        time.sleep(0.1)
+    assert not state.backlog(), state.backlog()
+
+
+def test_jsm_opens_once_then_closes_by_looking_the_alias_up(tmp_path, jsm):
+    """Resolved right after the breach: the close comes while JSM still processes the create, so it
+    finds no alert yet and is retried until the alert exists; then closed by its id."""
+    st = State(str(tmp_path / "s.sqlite"))
+    assert st.open("sales", "fresh", "stale", "m", "P1", [("jsm", notice())])
+    st.resolve("sales", "fresh", [("jsm", notice(note="resolved: ok"))])
+    d = Delivery(st, [jsm_notifier(jsm)])
+    drain_until_done(d, st)
+    assert len(jsm.pages) == 1
+    page = jsm.pages[0]
+    assert page["alias"] == "airflow-sla:sales:fresh" and page["priority"] == "P1"
+    assert page["extraProperties"] == {"dag_id": "sales", "n": "3"} and "details" not in page
+    jsm.wait(lambda s: s.closes)
+    assert jsm.closes == [("airflow-sla:sales:fresh", {"note": "resolved: ok", "source": "airflow-monitor"})]
+    assert jsm.open_aliases() == set()
+    assert d.errors["jsm"] >= 1, "the close waited for the create to be processed"
+    statuses = [s["action"] for s in jsm.statuses.values() if s["isSuccess"]]
+    assert sorted(statuses) == ["Close", "Create"]
+
+
+def test_jsm_dedupes_on_alias_and_a_person_closing_the_alert_needs_nothing_more(tmp_path, jsm):
+    st = State(str(tmp_path / "s.sqlite"))
+    n = jsm_notifier(jsm)
+    n.send("open", notice())
+    n.send("open", notice())  # a second create for the same breach (say, state lost): deduplicated
+    jsm.wait(lambda s: s.alerts and s.alerts[0].count == 2)
+    assert len(jsm.pages) == 1
+    with jsm.lock:
+        jsm.alerts[0].status = "closed"  # someone closed it in JSM
+    assert n.send("remind", notice(note="still stale")) == ""
+    assert n.send("close", notice(note="resolved")) == ""
+    assert jsm.closes == [] and jsm.alerts[0].notes == []
+    st.close()
+
+
+def test_jsm_reminder_is_a_note_on_the_open_alert(jsm):
+    n = jsm_notifier(jsm)
+    n.send("open", notice())
+    jsm.wait(lambda s: s.alerts)
+    assert n.send("remind", notice(note="still stale after 8h"))
+    jsm.wait(lambda s: s.alerts[0].notes == ["still stale after 8h"])
+
+
+def test_jsm_wrong_token_is_retried_and_aliases_with_quotes_are_searched_exactly(tmp_path, jsm):
+    from monitor.alerting import Retry
+    from monitor.alerting.jsm import alias_query
+    from tests.servers.jsm_ops import parse_query
+
+    with pytest.raises(Retry, match="HTTP 401"):
+        jsm_notifier(jsm, token="wrong").send("open", notice())
+    odd = 'airflow-sla:team "x" \\ y:fresh'
+    assert parse_query(alias_query(odd, True)) == [("alias", odd), ("status", "open")]
+    n = jsm_notifier(jsm)
+    n.send("open", notice(alias=odd))
+    jsm.wait(lambda s: s.alerts)
+    n.send("close", notice(alias=odd, note="ok"))
+    jsm.wait(lambda s: s.closes == [(odd, {"note": "ok", "source": "airflow-monitor"})])
+
+
+def test_jsm_config(tmp_path, monkeypatch):
+    from monitor.sla.config import SLAConfigError, parse
+
+    base = {"airflow": {"url": "http://af", "token_file": str(tmp_path / "t")},
+            "watch": [{"dag_id": "d", "rules": [{"max_age": "1h"}]}]}
+    (tmp_path / "t").write_text("jwt")
+    (tmp_path / "jsm").write_text(JSM_TOKEN + "\n")
+    cfg = parse({**base, "notify": {"jsm": {"cloud_id": JSM_CLOUD, "email": JSM_EMAIL,
+                                            "api_token_file": str(tmp_path / "jsm")}}})
+    assert (cfg.jsm.cloud_id, cfg.jsm.api_token, cfg.jsm.url) == (JSM_CLOUD, JSM_TOKEN, "https://api.atlassian.com")
+    assert JSM_TOKEN not in repr(cfg.jsm)
+    monkeypatch.setenv("AIRFLOW_MONITOR_JSM_API_TOKEN", "from-env")
+    assert parse({**base, "notify": {"jsm": {"cloud_id": JSM_CLOUD, "email": JSM_EMAIL}}}).jsm.api_token == "from-env"
+    for bad, msg in [({"cloud_id": JSM_CLOUD, "email": JSM_EMAIL, "api_token": "x"}, "notify.jsm.api_token"),
+                     ({"email": JSM_EMAIL}, "needs cloud_id"),
+                     ({"cloud_id": "../x", "email": JSM_EMAIL}, "cloud_id"),
+                     ({"cloud_id": JSM_CLOUD, "email": JSM_EMAIL, "site": "x"}, "site")]:
+        with pytest.raises(SLAConfigError, match=msg):
+            parse({**base, "notify": {"jsm": bad}})

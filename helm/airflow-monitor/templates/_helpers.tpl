@@ -79,6 +79,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- include "airflow-monitor.secretEnv" (dict "env" "AIRFLOW_MONITOR_AIRFLOW_PASSWORD" "ref" .Values.secrets.airflowPassword) }}
 {{- include "airflow-monitor.secretEnv" (dict "env" "AIRFLOW_MONITOR_AIRFLOW_TOKEN" "ref" .Values.secrets.airflowToken) }}
 {{- include "airflow-monitor.secretEnv" (dict "env" "AIRFLOW_MONITOR_OPSGENIE_API_KEY" "ref" .Values.secrets.opsgenieApiKey) }}
+{{- include "airflow-monitor.secretEnv" (dict "env" "AIRFLOW_MONITOR_JSM_API_TOKEN" "ref" .Values.secrets.jsmApiToken) }}
 {{- include "airflow-monitor.secretEnv" (dict "env" "DD_API_KEY" "ref" .Values.secrets.datadogApiKey) }}
 {{- include "airflow-monitor.secretEnv" (dict "env" "AIRFLOW_MONITOR_WEBHOOK_URL" "ref" .Values.secrets.webhookUrl) }}
 {{- with .Values.extraEnv }}
