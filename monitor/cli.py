@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --sla-config: accept an SLA state file that is empty (see sla --fresh-state)")
     serve.add_argument("--sla-config", help="also run the SLA watcher with this YAML config "
                        "(or $AIRFLOW_MONITOR_SLA_CONFIG); its series join /metrics")
+    serve.add_argument("--heal-config", help="also run the healer with this YAML config "
+                       "(or $AIRFLOW_MONITOR_HEAL_CONFIG); its series join /metrics")
     _add_bridge_flags(serve)
 
     sla = sub.add_parser("sla", help="SLA watcher: page when a key DAG has not succeeded within its window",
@@ -93,6 +95,22 @@ def build_parser() -> argparse.ArgumentParser:
     sla.add_argument("--metrics-listen", help="with run: HTTP address for /metrics ('' to disable; default :9103)")
     sla.add_argument("--json", action="store_true", help="with check and status: print JSON")
     sla.add_argument("--log-level", default=argparse.SUPPRESS, help="DEBUG, INFO, WARNING, ERROR")
+
+    heal = sub.add_parser("heal", help="healer: diagnose a stuck Airflow from Kubernetes and the metadata DB, "
+                          "restart what a restart fixes within a budget, page a person otherwise",
+                          description="run: diagnose (and in mode act, heal) on a schedule (default); status: "
+                          "one look, a table of diagnoses, actions and alerts; check: the same, exit 1 if anything "
+                          "is diagnosed. status and check act on nothing.")
+    heal.add_argument("action", nargs="?", choices=["run", "status", "check"], default="run",
+                      help="run: on a schedule; status: one look as a table; check: one look, exit 1 if diagnosed")
+    heal.add_argument("--config", help="healer YAML config (or $AIRFLOW_MONITOR_HEAL_CONFIG)")
+    heal.add_argument("--fresh-state", action="store_true",
+                      help="accept a state file that is empty (its actions and open alerts are forgotten)")
+    heal.add_argument("--web-config-file", help="with run: TLS and basic auth for its HTTP port, in the "
+                      "exporter-toolkit's web config format (as serve's --web-config-file)")
+    heal.add_argument("--metrics-listen", help="with run: HTTP address for /metrics ('' to disable; default :9104)")
+    heal.add_argument("--json", action="store_true", help="with status and check: print JSON")
+    heal.add_argument("--log-level", default=argparse.SUPPRESS, help="DEBUG, INFO, WARNING, ERROR")
 
     probe = sub.add_parser("probe", help="liveness probe: exit 1 when a component is stuck (for Kubernetes)")
     from monitor.probe.command import add_arguments as probe_arguments
@@ -136,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
             from monitor.sla.command import run as sla
 
             return sla(args)
+        if args.command == "heal":
+            from monitor.heal.command import run as heal
+
+            return heal(args)
         if args.command == "dashboards":
             from monitor.dashboards.command import build
 

@@ -23,17 +23,20 @@ def serve(args) -> int:
         bridge.start(log_level=str(getattr(args, "log_level", "INFO")).upper())
     except (ConfigError, MappingError, OSError, ValueError) as e:
         raise UserError(str(e)) from None
-    schedule = None
+    schedules = []
     sla_config = args.sla_config or os.environ.get("AIRFLOW_MONITOR_SLA_CONFIG")
     if sla_config:
-        schedule = _start_watcher(bridge, sla_config, getattr(args, "fresh_state", False))
+        schedules.append(_start_watcher(bridge, sla_config, getattr(args, "fresh_state", False)))
+    heal_config = getattr(args, "heal_config", None) or os.environ.get("AIRFLOW_MONITOR_HEAL_CONFIG")
+    if heal_config:
+        schedules.append(_start_healer(bridge, heal_config, getattr(args, "fresh_state", False)))
     addrs = bridge.listeners.addresses
     log.info("statsd on %s; metrics on http://%s:%d/metrics", ", ".join(
         f"{k} {v}" for k, v in addrs.items()), cfg.web_listen.rpartition(":")[0] or "0.0.0.0", bridge.web_port)
     try:
         bridge.run()
     finally:
-        if schedule:
+        for schedule in schedules:
             schedule.stop()
     return 0
 
@@ -62,4 +65,22 @@ def _start_watcher(bridge, path: str, fresh_state: bool = False):
     schedule = Schedule(watcher)
     schedule.start()
     log.info("SLA watcher: every %.0fs, state in %s", cfg.interval, cfg.state_file)
+    return schedule
+
+
+def _start_healer(bridge, path: str, fresh_state: bool = False):
+    """The healer beside the bridge: its series are served on the bridge's /metrics."""
+    from monitor.heal.command import build_from
+    from monitor.heal.exposition import HealCollector
+    from monitor.sla.service import Schedule
+
+    try:
+        healer = build_from(path, fresh_state)
+    except UserError:
+        bridge.close()
+        raise
+    bridge.registry.register(HealCollector(healer))
+    schedule = Schedule(healer, "heal")
+    schedule.start()
+    log.info("healer: %s, mode %s, every %.0fs", healer.where, healer.cfg.mode, healer.cfg.interval)
     return schedule

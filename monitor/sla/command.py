@@ -221,11 +221,15 @@ def run(args) -> int:
         _print(_rows(watcher), args.json, ("dag_id", "rule", "priority", "state", "reason", "message"))
         _outbox(watcher, args.json)
         return 1 if any(j.verdict.breached for j in watcher.judgements.values()) else 0
-    return serve_alone(watcher, args.metrics_listen, getattr(args, "web_config_file", None))
+    from monitor.sla.exposition import SLACollector
+
+    log.info("SLA watcher: %d rule sets, every %.0fs, notifiers: %s", len(watcher.cfg.watches),
+             watcher.cfg.interval, ", ".join(n.name for n in watcher.notifiers) or "none (metrics only)")
+    return serve_alone(watcher, SLACollector(watcher), args.metrics_listen, getattr(args, "web_config_file", None))
 
 
 def _web_app(watcher, registry, web=None):
-    """/metrics, /-/healthy, and /-/ready: 503 with the reason while the watcher cannot work; all
+    """/metrics, /-/healthy, and /-/ready: 503 with the reason while the worker cannot work; all
     behind the web config's basic auth when it has users, but for the probes' bare status."""
     from prometheus_client import make_wsgi_app
 
@@ -249,8 +253,9 @@ def _web_app(watcher, registry, web=None):
     return app
 
 
-def serve_alone(watcher, listen: str | None, web_config: str | None = None) -> int:
-    """The watcher with its own /metrics, /-/healthy and /-/ready until SIGTERM or SIGINT."""
+def serve_alone(watcher, collector, listen: str | None, web_config: str | None = None, name: str = "sla") -> int:
+    """A worker (the SLA watcher or the healer) with its own /metrics, /-/healthy and /-/ready until
+    SIGTERM or SIGINT."""
     from wsgiref.simple_server import WSGIRequestHandler, make_server
 
     from prometheus_client import CollectorRegistry
@@ -258,14 +263,13 @@ def serve_alone(watcher, listen: str | None, web_config: str | None = None) -> i
 
     from monitor import webconfig
     from monitor.bridge.listener import parse_address
-    from monitor.sla.exposition import SLACollector
     from monitor.sla.service import Schedule
 
     listen = listen if listen is not None else watcher.cfg.metrics_listen
     server = None
     if listen:
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(SLACollector(watcher))
+        registry.register(collector)
 
         class Quiet(WSGIRequestHandler):
             def log_message(self, *args):  # no access log
@@ -291,15 +295,13 @@ def serve_alone(watcher, listen: str | None, web_config: str | None = None) -> i
                                  handler_class=Quiet)
         except (OSError, ValueError) as e:
             raise UserError(f"metrics listen address {listen}: {e}") from None
-        threading.Thread(target=server.serve_forever, name="sla-web", daemon=True).start()
-        log.info("SLA watcher metrics on http://%s:%d/metrics", host or "0.0.0.0", server.server_port)
-    schedule = Schedule(watcher)
+        threading.Thread(target=server.serve_forever, name=f"{name}-web", daemon=True).start()
+        log.info("%s metrics on http://%s:%d/metrics", name, host or "0.0.0.0", server.server_port)
+    schedule = Schedule(watcher, name)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     schedule.start()
-    log.info("SLA watcher: %d rule sets, every %.0fs, notifiers: %s", len(watcher.cfg.watches),
-             watcher.cfg.interval, ", ".join(n.name for n in watcher.notifiers) or "none (metrics only)")
     stop.wait()
     schedule.stop()
     if server:

@@ -46,30 +46,31 @@ def build(cfg: SLAConfig, fresh_state: bool = False) -> Watcher:
 
 
 class Schedule:
-    """The watcher cycle every `interval` and the outbox every few seconds, in background threads."""
+    """A worker's cycle every `interval` and its outbox every few seconds, in background threads:
+    the SLA watcher's and the healer's (both have cfg.interval, cycle(), deliver() and state)."""
 
-    def __init__(self, watcher: Watcher):
+    def __init__(self, worker, name: str = "sla"):
         from apscheduler.schedulers.background import BackgroundScheduler
 
-        self.watcher = watcher
+        self.watcher, self.name = worker, name
         self.scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1})
-        self.scheduler.add_job(self._cycle, "interval", seconds=watcher.cfg.interval, id="sla-cycle",
+        self.scheduler.add_job(self._cycle, "interval", seconds=worker.cfg.interval, id=f"{name}-cycle",
                                next_run_time=datetime.now().astimezone())
-        self.scheduler.add_job(self._deliver, "interval", seconds=DELIVERY_EVERY, id="sla-delivery",
+        self.scheduler.add_job(self._deliver, "interval", seconds=DELIVERY_EVERY, id=f"{name}-delivery",
                                next_run_time=datetime.now().astimezone() + timedelta(seconds=DELIVERY_EVERY))
-        self.scheduler.add_job(self._prune, "interval", hours=6, id="sla-prune")
+        self.scheduler.add_job(self._prune, "interval", hours=6, id=f"{name}-prune")
 
     def _cycle(self) -> None:
         try:
             self.watcher.cycle()
         except Exception:  # a bug must not stop the schedule; it is logged with its traceback
-            log.exception("SLA cycle failed")
+            log.exception("%s cycle failed", self.name)
 
     def _deliver(self) -> None:
         try:
             self.watcher.deliver()
         except Exception:
-            log.exception("SLA delivery failed")
+            log.exception("%s delivery failed", self.name)
 
     def _prune(self) -> None:
         import sqlite3
@@ -86,4 +87,7 @@ class Schedule:
 
     def stop(self) -> None:
         self.scheduler.shutdown(wait=True)
+        close = getattr(self.watcher, "close", None)
+        if close is not None:
+            close()
         self.watcher.state.close()

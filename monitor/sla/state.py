@@ -103,12 +103,15 @@ class _Broken:
 
 
 class State:
+    SCHEMA = SCHEMA
+    WHAT = "SLA state file"
+
     def __init__(self, path: str, fresh: bool = False):
         self.path = path
         if path != ":memory:":
             p = Path(path).expanduser()
             if p.is_file() and p.stat().st_size == 0 and not fresh:
-                raise StateEmpty(f"SLA state file {p} is empty: it had the open alerts, and starting afresh "
+                raise StateEmpty(f"{self.WHAT} {p} is empty: it had the open alerts, and starting afresh "
                                  "would page every one of them again; restore it, or pass --fresh-state to "
                                  "start with no alerts")
             p.parent.mkdir(parents=True, exist_ok=True)
@@ -125,7 +128,7 @@ class State:
                 self.db = sqlite3.connect(str(Path(self.path).expanduser()) if self.path != ":memory:" else self.path,
                                           check_same_thread=False, isolation_level=None, timeout=10)
                 self.db.execute("PRAGMA journal_mode=WAL")
-                self.db.executescript(SCHEMA)
+                self.db.executescript(self.SCHEMA)
                 check = self.db.execute("PRAGMA quick_check").fetchone()[0]
                 if check != "ok":
                     raise sqlite3.DatabaseError(f"integrity check: {check}")
