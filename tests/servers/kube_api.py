@@ -564,8 +564,9 @@ def table(kind: str, items: list[dict], rv: str) -> dict:
             cs = p["status"].get("containerStatuses", [])
             waiting = next((c["state"]["waiting"]["reason"] for c in cs if "waiting" in c.get("state", {})), None)
             phase = "Terminating" if p["metadata"].get("deletionTimestamp") else (waiting or p["status"]["phase"])
-            rows.append([p["metadata"]["name"], f"{sum(1 for c in cs if c.get('ready'))}/{len(p['spec']['containers'])}",
-                         phase, sum(c.get("restartCount", 0) for c in cs), _age(p["metadata"].get("creationTimestamp"))])
+            ready = f"{sum(1 for c in cs if c.get('ready'))}/{len(p['spec']['containers'])}"
+            rows.append([p["metadata"]["name"], ready, phase, sum(c.get("restartCount", 0) for c in cs),
+                         _age(p["metadata"].get("creationTimestamp"))])
     elif kind == "Event":
         cols = ["Last Seen", "Type", "Reason", "Object", "Message"]
         rows = [[_age(e.get("lastTimestamp")), e.get("type", ""), e.get("reason", ""),
@@ -903,9 +904,9 @@ class KubeApiServer:
     def _patch(self, h, kind: str, ns: str, name: str, body: dict) -> None:
         ctype = h.headers.get("Content-Type", "")
         if ctype.split(";")[0] not in ("application/merge-patch+json", "application/strategic-merge-patch+json"):
-            return self._send(h, 415, status(415, "UnsupportedMediaType", f"the body of the request was in an "
-                                             f"unknown format - accepted media types include: "
-                                             f"application/merge-patch+json, application/strategic-merge-patch+json"))
+            return self._send(h, 415, status(415, "UnsupportedMediaType", "the body of the request was in an "
+                                             "unknown format - accepted media types include: "
+                                             "application/merge-patch+json, application/strategic-merge-patch+json"))
 
         def merge(a, b):
             if not isinstance(b, dict):
