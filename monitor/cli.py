@@ -110,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "exporter-toolkit's web config format (as serve's --web-config-file)")
     heal.add_argument("--metrics-listen", help="with run: HTTP address for /metrics ('' to disable; default :9104)")
     heal.add_argument("--json", action="store_true", help="with status and check: print JSON")
+    heal.add_argument("--sla-config", help="with run: also run the SLA watcher with this config, sharing the "
+                      "healer's Lease (two replicas page once); its series join the healer's /metrics")
     heal.add_argument("--log-level", default=argparse.SUPPRESS, help="DEBUG, INFO, WARNING, ERROR")
 
     probe = sub.add_parser("probe", help="liveness probe: exit 1 when a component is stuck (for Kubernetes)")

@@ -24,24 +24,25 @@ def serve(args) -> int:
     except (ConfigError, MappingError, OSError, ValueError) as e:
         raise UserError(str(e)) from None
     schedules = []
-    sla_config = args.sla_config or os.environ.get("AIRFLOW_MONITOR_SLA_CONFIG")
-    if sla_config:
-        schedules.append(_start_watcher(bridge, sla_config, getattr(args, "fresh_state", False)))
     heal_config = getattr(args, "heal_config", None) or os.environ.get("AIRFLOW_MONITOR_HEAL_CONFIG")
     if heal_config:
         schedules.append(_start_healer(bridge, heal_config, getattr(args, "fresh_state", False)))
+    sla_config = args.sla_config or os.environ.get("AIRFLOW_MONITOR_SLA_CONFIG")
+    if sla_config:
+        schedules.append(_start_watcher(bridge, sla_config, getattr(args, "fresh_state", False),
+                                        schedules[0].watcher.lease if schedules else None))
     addrs = bridge.listeners.addresses
     log.info("statsd on %s; metrics on http://%s:%d/metrics", ", ".join(
         f"{k} {v}" for k, v in addrs.items()), cfg.web_listen.rpartition(":")[0] or "0.0.0.0", bridge.web_port)
     try:
         bridge.run()
     finally:
-        for schedule in schedules:
+        for schedule in reversed(schedules):
             schedule.stop()
     return 0
 
 
-def _start_watcher(bridge, path: str, fresh_state: bool = False):
+def _start_watcher(bridge, path: str, fresh_state: bool = False, lease=None):
     """The SLA watcher beside the bridge: its series are served on the bridge's /metrics."""
     from monitor.sla.command import load_config
     from monitor.sla.exposition import SLACollector
@@ -60,6 +61,7 @@ def _start_watcher(bridge, path: str, fresh_state: bool = False):
     except Exception as e:
         bridge.close()
         raise UserError(f"cannot start the SLA watcher: {e}") from None
+    watcher.lease = lease  # beside the healer: page only while it holds the Lease
     bridge.registry.register(SLACollector(watcher))
     bridge.sla_ready = watcher.problem
     schedule = Schedule(watcher)

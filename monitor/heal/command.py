@@ -102,5 +102,26 @@ def run(args) -> int:
 
     log.info("healer: %s, mode %s, every %.0fs, notifiers: %s", healer.where, healer.cfg.mode, healer.cfg.interval,
              ", ".join(n.name for n in healer.notifiers) or "none (metrics and Events only)")
+    also = ()
+    if getattr(args, "sla_config", None):
+        also = (with_watcher(healer, args.sla_config, getattr(args, "fresh_state", False)),)
     return serve_alone(healer, HealCollector(healer), args.metrics_listen, getattr(args, "web_config_file", None),
-                       name="heal")
+                       name="heal", also=also)
+
+
+def with_watcher(healer, path: str, fresh_state: bool = False):
+    """The SLA watcher in the healer's process, sharing its Lease: with two replicas it pages once."""
+    from monitor.sla.command import load_config
+    from monitor.sla.exposition import SLACollector
+    from monitor.sla.service import build
+    from monitor.sla.state import StateEmpty
+
+    cfg = load_config(path)
+    try:
+        watcher = build(cfg, fresh_state)
+    except StateEmpty as e:
+        raise UserError(str(e)) from None
+    watcher.lease = healer.lease
+    log.info("SLA watcher beside the healer: every %.0fs, paging only while this replica holds the Lease",
+             cfg.interval)
+    return watcher, SLACollector(watcher), "sla"

@@ -59,6 +59,7 @@ class Healer:
         self.stats = Stats()
         self.actions: Counter[tuple[str, str]] = Counter()  # (rule, outcome)
         self.leader = False
+        self._led = False  # leader at the last Lease check that reached the API server
         self._history: dict[tuple[str, str], deque] = {}
         self._unready_since: dict[str, datetime] = {}
         self._lock = threading.Lock()
@@ -137,7 +138,9 @@ class Healer:
                 self.stats.last_duration = time.monotonic() - started
 
     def _cycle(self, now: datetime, apply: bool) -> list[Diagnosis]:
-        self.leader = self.lease.tick() if (self.lease is not None and apply) else (self.lease is None)
+        self.leader = self.lease.leader if (self.lease is not None and apply) else (self.lease is None)
+        if self.lease is None or not self.lease.last_error:
+            self._led = self.leader
         obs, kube_err, db_err = self.observe(now)
         self.diagnoses = diagnose(obs, self.cfg.settings)
         blind_why = kube_err or db_err
@@ -146,7 +149,10 @@ class Healer:
         if blind_why:
             log.warning("healer cannot see (%d cycle(s) in a row), no action: %s", self.stats.consecutive_blind,
                         blind_why)
-        if not (apply and self.leader):
+        # a leader that lost the API server cannot renew its Lease; it still says it is blind (a page,
+        # not an action: no standby can see more than it can), and acts on nothing
+        speak = self.leader or (bool(kube_err) and self._led)
+        if not (apply and speak):
             return self.diagnoses
         if self.state.broken and not self.state.retry():
             log.error("healer state file cannot be used, nothing is acted on or paged: %s", self.state.broken)
@@ -251,15 +257,22 @@ class Healer:
         log.warning("healer: %s: %s (verify within %.0fs)", what, d.reason, self.cfg.budget.verify)
         return True
 
-    def _healed(self, obs: Observation, component: str, acted_pod: str) -> str:
+    def _healed(self, obs: Observation, component: str, acted_pod: str, final: bool) -> str:
         """Why the component counts as healed, or '' if it does not (yet): a scheduler other than the
-        one restarted runs with a healthy verdict, and the queue moved (a task ended since the
-        restart) or nothing is queued over the grace any more."""
+        one restarted runs with a healthy verdict, and the queue moved: a task ended since the restart
+        or one is running; at the end of the verify window, an empty queue also counts (tasks the old
+        scheduler held are reset to scheduled for a moment, so an empty queue proves nothing earlier)."""
         dbv = self.db_view
-        if dbv is None or not (dbv.finished_since or dbv.queued_stuck == 0):
+        if dbv is None:
             return ""
-        moved = (f"{dbv.finished_since} task(s) ended since the restart" if dbv.finished_since
-                 else "no task queued over the grace")
+        if dbv.finished_since:
+            moved = f"{dbv.finished_since} task(s) ended since the restart"
+        elif dbv.running:
+            moved = f"{dbv.running} task(s) running"
+        elif final and dbv.queued == 0:
+            moved = "nothing queued at the end of the verify window"
+        else:
+            return ""
         fresh = [p for p in obs.pods if p.component == component and p.name != acted_pod and not p.deleting
                  and p.phase == "Running"]
         for p in fresh:
@@ -274,8 +287,8 @@ class Healer:
         for a in self.state.actions(ts - self.cfg.budget.window - self.cfg.budget.verify):
             if a.outcome != "pending":
                 continue
-            why = self._healed(obs, a.component, a.pod) if ts - a.at >= min(self.cfg.budget.verify,
-                                                                                self.cfg.interval) else ""
+            final = ts >= a.verify_by
+            why = self._healed(obs, a.component, a.pod, final)
             if why:
                 self.state.settle(a.id, "healed", why, ts)
                 self.actions[(a.rule, "healed")] += 1
@@ -285,7 +298,7 @@ class Healer:
                 if new is not None:
                     self._event(new, "Healed", f"airflow-monitor: the queue moves again after {a.what} ({why})",
                                 "Verify", warning=False)
-            elif ts >= a.verify_by:
+            elif final:
                 self.state.settle(a.id, "failed", "the queue did not move within the verify window", ts)
                 self.actions[(a.rule, "failed")] += 1
                 log.warning("healer: %s did not heal %s within %.0fs", a.what, a.component, self.cfg.budget.verify)
@@ -293,7 +306,7 @@ class Healer:
     def _exhausted(self, d: Diagnosis, rows: list, why: str, now: datetime) -> None:
         tried = [f"{datetime.fromtimestamp(r.at, UTC):%H:%M:%SZ} {r.what}: {r.outcome}"
                  + (f" ({r.detail})" if r.detail else "") for r in rows if r.component == d.component]
-        message = f"healing exhausted for {d.component}: {d.reason} ({why})"
+        message = f"healing exhausted for {d.component} ({why}): {d.reason}"
         desc = "\n".join([f"airflow-monitor stopped restarting {d.component} in {self.where}: {why}.",
                           f"Diagnosis ({d.rule}): {d.reason}",
                           "Tried:" if tried else "Tried: nothing", *(f"- {t}" for t in tried),
@@ -367,7 +380,7 @@ class Healer:
     def deliver(self) -> None:
         import sqlite3
 
-        if not self.leader or self.state.broken:
+        if not (self.leader or self._led) or self.state.broken:
             return
         try:
             self.delivery.drain()
@@ -375,5 +388,6 @@ class Healer:
             self.state.fail(e)
 
     def close(self) -> None:
+        """On a clean stop: hand the Lease over at once."""
         if self.lease is not None:
             self.lease.release()

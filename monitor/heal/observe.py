@@ -20,6 +20,7 @@ class DbView:
     schedulers: dict[str, Verdict] = field(default_factory=dict)  # pod name -> verdict
     queued: int = 0
     queued_stuck: int = 0  # queued longer than the probe's grace, by any scheduler
+    running: int = 0
     finished_since: int | None = None  # tasks that ended since `since` (None: not asked)
     queued_timeouts: tuple[tuple[str, str], ...] = ()
 
@@ -44,10 +45,11 @@ def read_db(url: str, scheduler_pods: list[str], th: Thresholds, queued_timeout_
             cur.execute("SELECT hostname FROM job WHERE job_type = 'SchedulerJob' AND state = 'running'")
             hosts = [r[0] for r in cur.fetchall() if r[0]]
             grace = probe_db._param(now - timedelta(seconds=th.queued_grace), dialect)
-            cur.execute(f"SELECT COUNT(*), SUM(CASE WHEN queued_dttm < {ph} THEN 1 ELSE 0 END) FROM task_instance "
-                        "WHERE state = 'queued'", (grace,))
-            row = cur.fetchone()
-            view.queued, view.queued_stuck = int(row[0] or 0), int(row[1] or 0)
+            cur.execute(f"SELECT state, COUNT(*), SUM(CASE WHEN queued_dttm < {ph} THEN 1 ELSE 0 END) FROM "
+                        "task_instance WHERE state IN ('queued', 'running') GROUP BY state", (grace,))
+            counts = {r[0]: (int(r[1] or 0), int(r[2] or 0)) for r in cur.fetchall()}
+            view.queued, view.queued_stuck = counts.get("queued", (0, 0))
+            view.running = counts.get("running", (0, 0))[0]
             if since is not None:
                 t = probe_db._param(since, dialect)
                 cur.execute(f"SELECT COUNT(*) FROM task_instance WHERE last_heartbeat_at >= {ph} AND end_date >= {ph}",

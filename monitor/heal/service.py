@@ -16,4 +16,7 @@ def build(cfg: HealConfig, fresh_state: bool = False, lease: bool = True) -> Hea
     me = identity()
     kube = Kube(api, cfg.namespace, cfg.release, cfg.kube_timeout, identity=me)
     elector = Lease(api, cfg.namespace, cfg.lease_name, cfg.lease_duration, me) if (cfg.lease and lease) else None
-    return Healer(cfg, kube, HealState(cfg.state_file, fresh=fresh_state), notifiers(cfg), elector)
+    healer = Healer(cfg, kube, HealState(cfg.state_file, fresh=fresh_state), notifiers(cfg), elector)
+    if elector is not None:
+        elector.start()
+    return healer

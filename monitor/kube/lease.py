@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 from datetime import UTC, datetime
 
@@ -35,6 +36,22 @@ class Lease:
         self._leader_until = 0.0  # monotonic: when our own hold runs out if we cannot renew
         self.transitions = 0
         self.last_error = ""
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Acquire or renew now, then every third of the lease duration in a thread of its own, so the
+        hold never depends on how long a worker's cycle takes."""
+        self.tick()
+        self._thread = threading.Thread(target=self._run, name=f"lease-{self.name}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(max(0.5, self.duration / 3)):
+            try:
+                self.tick()
+            except Exception:  # a bug must not end the renewals silently
+                log.exception("lease %s: renewal failed", self.name)
 
     @property
     def leader(self) -> bool:
@@ -111,6 +128,9 @@ class Lease:
 
     def release(self) -> None:
         """On a clean stop: let a standby take over at once (renewTime in the past)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
         if not self.leader:
             return
         try:

@@ -253,9 +253,20 @@ def _web_app(watcher, registry, web=None):
     return app
 
 
-def serve_alone(watcher, collector, listen: str | None, web_config: str | None = None, name: str = "sla") -> int:
+class _Workers:
+    """Several workers (the healer and the SLA watcher) behind one /-/ready: the first problem wins."""
+
+    def __init__(self, workers: list):
+        self.workers = workers
+
+    def problem(self) -> str:
+        return next((p for w in self.workers if (p := w.problem())), "")
+
+
+def serve_alone(watcher, collector, listen: str | None, web_config: str | None = None, name: str = "sla",
+                also: tuple = ()) -> int:
     """A worker (the SLA watcher or the healer) with its own /metrics, /-/healthy and /-/ready until
-    SIGTERM or SIGINT."""
+    SIGTERM or SIGINT; `also`: more (worker, collector, name) run and served beside it."""
     from wsgiref.simple_server import WSGIRequestHandler, make_server
 
     from prometheus_client import CollectorRegistry
@@ -270,6 +281,8 @@ def serve_alone(watcher, collector, listen: str | None, web_config: str | None =
     if listen:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(collector)
+        for _, more, _ in also:
+            registry.register(more)
 
         class Quiet(WSGIRequestHandler):
             def log_message(self, *args):  # no access log
@@ -291,19 +304,22 @@ def serve_alone(watcher, collector, listen: str | None, web_config: str | None =
 
         try:
             host, port = parse_address(listen)
-            server = make_server(host or "0.0.0.0", port, _web_app(watcher, registry, web), Server,
+            ready = _Workers([watcher, *(w for w, _, _ in also)])
+            server = make_server(host or "0.0.0.0", port, _web_app(ready, registry, web), Server,
                                  handler_class=Quiet)
         except (OSError, ValueError) as e:
             raise UserError(f"metrics listen address {listen}: {e}") from None
         threading.Thread(target=server.serve_forever, name=f"{name}-web", daemon=True).start()
         log.info("%s metrics on http://%s:%d/metrics", name, host or "0.0.0.0", server.server_port)
-    schedule = Schedule(watcher, name)
+    schedules = [Schedule(watcher, name), *(Schedule(w, n) for w, _, n in also)]
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    schedule.start()
+    for schedule in schedules:
+        schedule.start()
     stop.wait()
-    schedule.stop()
+    for schedule in reversed(schedules):  # the healer (first) hands its Lease over last
+        schedule.stop()
     if server:
         server.shutdown()
     return 0

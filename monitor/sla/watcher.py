@@ -74,6 +74,9 @@ class Watcher:
         self._state_paged: set[str] = set()  # notifiers that accepted the "state broken" page
         self._state_lock = threading.Lock()
         self._state_told = False  # the broken state file is logged once per episode
+        # with replicas (beside the healer): only the holder of the healer's Lease pages; a standby judges,
+        # so that its /metrics and status are right, and takes over when the holder's lease runs out
+        self.lease = None
 
     # ------------------------------------------------------------------ reading Airflow
     def _lookback(self, rules: list[Rule], now: datetime) -> timedelta:
@@ -133,6 +136,12 @@ class Watcher:
         """Read and judge; with apply, also open/close alerts and deliver. AirflowError is
         handled here (blind) when applying, raised otherwise."""
         with self._lock:
+            if apply and self.lease is not None and not self.lease.leader:
+                try:
+                    return self._cycle(now or datetime.now(UTC), False)
+                except (AirflowError, sqlite3.Error) as e:
+                    log.debug("SLA standby could not judge: %s", e)
+                    return list(self.judgements.values())
             return self._cycle(now or datetime.now(UTC), apply)
 
     def _cycle(self, now: datetime, apply: bool) -> list[Judgement]:
@@ -296,8 +305,8 @@ class Watcher:
 
     # ------------------------------------------------------------------ the state file
     def deliver(self) -> None:
-        """One outbox pass (the delivery loop's), unless the state file cannot be used."""
-        if self.state.broken:
+        """One outbox pass (the delivery loop's), unless the state file cannot be used (or a standby)."""
+        if self.state.broken or (self.lease is not None and not self.lease.leader):
             return
         try:
             self.delivery.drain()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import socket
 import ssl
@@ -346,3 +347,55 @@ def test_the_chart_refuses_web_settings_that_cannot_work(tmp_path):
     r = template(tmp_path, {"web": {"tls": {"clientCA": {"secretName": "ca"}}}}, ok=False)
     assert r.returncode != 0 and "web.tls.secretName" in r.stderr
     assert "Secret" not in objects(tmp_path), "no web config unless asked for"
+
+
+def test_the_healer_gets_the_least_rbac_and_the_only_token(tmp_path):
+    """heal.enabled: its own Deployment mounting the service account token (the bridge's pod does not), and
+    a Role in Airflow's namespace with only what the healer uses; rollout rights only for restart: rollout."""
+    values = full_values(heal={"enabled": True, "replicas": 2, "namespace": "airflow",
+                               "config": {"airflow": {"release": "airflow"}, "healer": {"mode": "act"},
+                                          "notify": {"opsgenie": {"region": "eu"}}}},
+                         secrets={"sqlAlchemyConn": {"name": "airflow-metadata", "key": "connection"}})
+    docs = [d for d in yaml.safe_load_all(template(tmp_path, values).stdout) if d]
+    for doc in docs:
+        if not doc["apiVersion"].startswith("monitoring.coreos.com"):
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    objs = {f"{d['kind']}/{d['metadata']['name']}": d for d in docs}
+    role, binding = objs["Role/mon-airflow-monitor-heal"], objs["RoleBinding/mon-airflow-monitor-heal"]
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "airflow"
+    rules = {(tuple(r["apiGroups"]), tuple(r["resources"]), tuple(r.get("resourceNames", ()))): set(r["verbs"])
+             for r in role["rules"]}
+    assert rules == {((("",)), ("pods",), ()): {"get", "list", "watch", "delete"},
+                     (("",), ("events",), ()): {"get", "list", "watch", "create"},
+                     (("coordination.k8s.io",), ("leases",), ()): {"create"},
+                     (("coordination.k8s.io",), ("leases",), ("airflow-monitor",)): {"get", "update"}}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "mon-airflow-monitor", "namespace": "monitoring"}]
+    heal = objs["Deployment/mon-airflow-monitor-heal"]["spec"]
+    bridge = objs["Deployment/mon-airflow-monitor"]["spec"]
+    assert heal["replicas"] == 2 and heal["template"]["spec"]["automountServiceAccountToken"] is True
+    assert bridge["template"]["spec"]["automountServiceAccountToken"] is False
+    assert objs["ServiceAccount/mon-airflow-monitor"]["automountServiceAccountToken"] is False
+    c = heal["template"]["spec"]["containers"][0]
+    assert c["args"] == ["heal", "run", "--config=/etc/airflow-monitor/heal.yaml"]
+    env = {e["name"]: e.get("valueFrom") for e in c["env"]}
+    assert env["AIRFLOW_MONITOR_SQL_ALCHEMY_CONN"] == {"secretKeyRef": {"name": "airflow-metadata",
+                                                                        "key": "connection"}}
+    assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    cfg = yaml.safe_load(objs["ConfigMap/mon-airflow-monitor-heal"]["data"]["heal.yaml"])
+    assert cfg["kubernetes"] == {"namespace": "airflow"}
+    assert cfg["healer"]["state_file"] == "/var/lib/airflow-monitor/heal.sqlite"
+    from monitor.heal.config import parse
+
+    os.environ["AIRFLOW_MONITOR_SQL_ALCHEMY_CONN"] = "postgresql://u:p@db/airflow"
+    os.environ["AIRFLOW_MONITOR_OPSGENIE_API_KEY"] = "k"
+    try:
+        assert parse(cfg).mode == "act"  # the rendered config is one the healer takes
+    finally:
+        del os.environ["AIRFLOW_MONITOR_SQL_ALCHEMY_CONN"], os.environ["AIRFLOW_MONITOR_OPSGENIE_API_KEY"]
+    values["heal"]["config"]["healer"]["restart"] = "rollout"
+    role = next(d for d in yaml.safe_load_all(template(tmp_path, values).stdout) if d and d["kind"] == "Role")
+    assert {"apps"} in [set(r["apiGroups"]) for r in role["rules"]]
+    assert {(tuple(r["resources"]), tuple(r["verbs"])) for r in role["rules"] if r["apiGroups"] == ["apps"]} == {
+        (("deployments", "statefulsets"), ("get", "patch")), (("replicasets",), ("get",))}
+    values["heal"]["config"]["healer"]["mode"] = "fix"
+    assert "mode" in template(tmp_path, values, ok=False).stderr

@@ -193,7 +193,7 @@ class Container:
         self.oom = False
 
     def start(self) -> None:
-        env = {**os.environ, **self.cluster.base_env}
+        env = dict(self.cluster.base_env or os.environ)  # a container gets its own env, not the host's
         meta = self.pod["metadata"]
         env.update({"POD_NAME": meta["name"], "POD_NAMESPACE": meta["namespace"], "HOSTNAME": meta["name"]})
         for e in self.spec.get("env") or []:
@@ -232,11 +232,11 @@ class Container:
             pass
 
     def stop(self, grace: float) -> None:
-        """SIGTERM to the group, SIGKILL after the grace period (frozen processes are woken first)."""
+        """SIGTERM to the group, SIGKILL after the grace period (a frozen process stays frozen through
+        SIGTERM, as in a real container, and is killed at the end of the grace period)."""
         self.stopping = True
         if self.proc is None:
             return
-        self.kill_group(signal.SIGCONT)
         self.kill_group(signal.SIGTERM)
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline and self.proc.poll() is None:
@@ -439,6 +439,14 @@ class Cluster:
         self.put("Event", ev)
 
     # -- workloads
+    def remove_deployment(self, ns: str, name: str) -> None:
+        dep = self.remove("Deployment", ns, name)
+        if dep is None:
+            return
+        for p in self.items("Pod", ns):
+            if any(o.get("name", "").startswith(name + "-") for o in p["metadata"].get("ownerReferences", [])):
+                self.delete_pod(ns, p["metadata"]["name"], 1.0)
+
     def deployment(self, ns: str, name: str, labels: dict, container: dict, replicas: int = 1) -> dict:
         dep = {"apiVersion": "apps/v1", "kind": "Deployment",
                "metadata": {"name": name, "namespace": ns, "labels": dict(labels), "generation": 1},

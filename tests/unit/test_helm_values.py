@@ -155,3 +155,16 @@ def test_the_sla_config_schema_takes_what_the_watcher_takes():
     for watch in typos:
         assert errors(with_("sla", {**SLA_ON, "config": {**SLA_ON["config"], "watch": [watch]}})), watch
     assert errors(with_("sla", {**SLA_ON, "config": {**SLA_ON["config"], "mutes": [{"dag_id": "d"}]}}))
+
+
+def test_the_heal_config_schema_takes_what_the_healer_takes():
+    from monitor.heal import config as c
+
+    heal = SCHEMA["properties"]["heal"]["properties"]["config"]["properties"]
+    assert set(heal) | {"kubernetes"} == c.TOP_KEYS
+    assert set(heal["healer"]["properties"]) == c.HEALER_KEYS
+    assert set(heal["budget"]["properties"]) == c.BUDGET_KEYS
+    assert set(heal["thresholds"]["properties"]) == c.THRESHOLD_KEYS
+    assert set(heal["probe"]["properties"]) == c.PROBE_KEYS
+    assert set(heal["lease"]["properties"]) == c.LEASE_KEYS
+    assert set(heal["airflow"]["properties"]) == c.AIRFLOW_KEYS - {"sql_alchemy_conn"}

@@ -87,6 +87,21 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
+{{/* The healer's config file: heal.config with the namespace and the state file set by the chart. */}}
+{{- define "airflow-monitor.healConfig" -}}
+{{- $doc := deepCopy .Values.heal.config }}
+{{- $_ := set $doc "kubernetes" (dict "namespace" (include "airflow-monitor.healNamespace" .)) }}
+{{- $healer := default (dict) (get $doc "healer") }}
+{{- $_ := set $healer "state_file" "/var/lib/airflow-monitor/heal.sqlite" }}
+{{- $_ := set $healer "metrics_listen" ":9104" }}
+{{- $_ := set $doc "healer" $healer }}
+{{- toYaml $doc }}
+{{- end }}
+
+{{- define "airflow-monitor.healNamespace" -}}
+{{- default .Release.Namespace .Values.heal.namespace }}
+{{- end }}
+
 {{/* Non-empty when TLS or basic auth is set for the HTTP endpoints. */}}
 {{- define "airflow-monitor.webConfigured" -}}
 {{- if or .Values.web.tls.secretName .Values.web.basicAuthUsers }}yes{{ end }}
