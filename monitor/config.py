@@ -74,6 +74,22 @@ def _coerce(name: str, typ, raw):
         raise ConfigError(f"{name}: invalid value {raw!r}") from None
 
 
+def mapping(v, where: str, error: type[Exception] = ConfigError) -> dict:
+    """A config section that must be a mapping (None: empty)."""
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise error(f"{where} must be a mapping")
+    return v
+
+
+def only(d: dict, allowed: set[str], where: str, error: type[Exception] = ConfigError) -> None:
+    """Refuse a key the section does not take, naming it and those it takes."""
+    extra = sorted(set(d) - allowed)
+    if extra:
+        raise error(f"{where}: unknown setting {extra[0]!r} (known: {', '.join(sorted(allowed))})")
+
+
 def read_yaml(path, what: str, error: type[Exception] = ConfigError):
     """Parse a YAML file; an unreadable or invalid file raises `error` with a one-line reason."""
     import yaml

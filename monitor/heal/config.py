@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from monitor.config import ConfigError, read_secret, read_yaml
+from monitor.config import ConfigError, mapping, only, read_secret, read_yaml
 from monitor.durations import parse_duration
 from monitor.heal.budget import Budget
 from monitor.heal.rules import COMPONENTS, Settings
@@ -71,17 +71,11 @@ class HealConfig:
 
 
 def _map(v, where: str) -> dict:
-    if v is None:
-        return {}
-    if not isinstance(v, dict):
-        raise HealConfigError(f"{where} must be a mapping")
-    return v
+    return mapping(v, where, HealConfigError)
 
 
 def _only(d: dict, allowed: set[str], where: str) -> None:
-    extra = sorted(set(d) - allowed)
-    if extra:
-        raise HealConfigError(f"{where}: unknown setting {extra[0]!r} (known: {', '.join(sorted(allowed))})")
+    only(d, allowed, where, HealConfigError)
 
 
 def _seconds(d: dict, key: str, default: float, where: str, positive: bool = True) -> float:

@@ -9,6 +9,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from monitor.heal import budget as budgets
 from monitor.heal.rules import RULES
+from monitor.sla.exposition import delivery_families
 
 RESTARTABLE_COMPONENTS = ("scheduler",)
 OUTCOMES = ("started", "healed", "failed", "error", "exhausted")
@@ -69,17 +70,4 @@ class HealCollector:
                                 value=s.last_duration)
         yield GaugeMetricFamily("airflow_monitor_heal_state_broken", "1 while the healer cannot use its state file",
                                 value=1.0 if h.state.broken else 0.0)
-        sent = CounterMetricFamily("airflow_monitor_heal_notifications", "Notices accepted by a notifier",
-                                   labels=["notifier", "action"])
-        for (name, action), n in sorted(h.delivery.sent.items()):
-            sent.add_metric([name, action], n)
-        yield sent
-        pending = GaugeMetricFamily("airflow_monitor_heal_outbox_pending", "Notices waiting for delivery",
-                                    labels=["notifier"])
-        try:
-            backlog = None if h.state.broken else h.state.backlog()
-        except sqlite3.Error:
-            backlog = None
-        for n in h.notifiers if backlog is not None else ():
-            pending.add_metric([n.name], backlog.get(n.name, 0))
-        yield pending
+        yield from delivery_families("airflow_monitor_heal", h)

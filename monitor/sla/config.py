@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
-from monitor.config import ConfigError, read_secret, read_yaml
+from monitor.config import ConfigError, mapping, only, read_secret, read_yaml
 from monitor.durations import parse_duration
 from monitor.redact import secret
 from monitor.sla import windows
@@ -139,17 +139,11 @@ class SLAConfig:
 
 
 def _map(v, where: str) -> dict:
-    if v is None:
-        return {}
-    if not isinstance(v, dict):
-        raise SLAConfigError(f"{where} must be a mapping")
-    return v
+    return mapping(v, where, SLAConfigError)
 
 
 def _only(d: dict, allowed: set[str], where: str) -> None:
-    extra = sorted(set(d) - allowed)
-    if extra:
-        raise SLAConfigError(f"{where}: unknown setting {extra[0]!r} (known: {', '.join(sorted(allowed))})")
+    only(d, allowed, where, SLAConfigError)
 
 
 def _duration(v, where: str) -> float:

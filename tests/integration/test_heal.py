@@ -170,13 +170,19 @@ class Healer:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
             return r.read().decode()
 
-    def value(self, series: str) -> float:
+    def value(self, name: str, **labels: str) -> float:
+        """A sample's value (0 when absent, -1 when /metrics cannot be read)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
         try:
             text = self.metrics()
         except OSError:
             return -1.0
-        return next((float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(series + " ")),
-                    0.0)
+        for fam in text_string_to_metric_families(text):
+            for s in fam.samples:
+                if s.name == name and s.labels == labels:
+                    return s.value
+        return 0.0
 
     def command(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "monitor.cli", "heal", *args, "--config", str(self.config)],
@@ -264,7 +270,7 @@ def test_a_stuck_scheduler_is_healed_by_one_restart(release, og, healers):
     wait(lambda: release.deletes(), 60, "the stuck scheduler pod deleted")
     assert release.deletes() == [f"/api/v1/namespaces/{NS}/pods/{old}"]
     assert release.af.wait_run("probe_demo", release.run_id, timeout=180) == "success", release.pod_log("scheduler")
-    wait(lambda: h.value('airflow_monitor_heal_actions_total{rule="stuck_scheduler",outcome="healed"}') == 1, 90,
+    wait(lambda: h.value("airflow_monitor_heal_actions_total", rule="stuck_scheduler", outcome="healed") == 1, 90,
          "the restart verified as healed")
     assert len(release.deletes()) == 1
     new = release.scheduler_pods()[0]["metadata"]["name"]
@@ -294,8 +300,8 @@ def test_a_stall_a_restart_does_not_cure_spends_the_budget_and_pages_once(releas
         time.sleep(15)  # well past the cooldown: nothing more is restarted, nobody paged again
         assert len(release.deletes()) - before == 2
         assert [p["alias"] for p in og.pages].count(alias("scheduler", "healing_exhausted")) == 1
-        assert h.value('airflow_monitor_heal_budget_remaining{component="scheduler"}') == 0
-        assert h.value('airflow_monitor_heal_actions_total{rule="stuck_scheduler",outcome="failed"}') == 2
+        assert h.value("airflow_monitor_heal_budget_remaining", component="scheduler") == 0
+        assert h.value("airflow_monitor_heal_actions_total", rule="stuck_scheduler", outcome="failed") == 2
     finally:
         release.thaw()
     assert release.af.wait_run("probe_demo", run_id, timeout=240) == "success"
