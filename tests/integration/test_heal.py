@@ -139,9 +139,11 @@ class Release:
 
 
 class Healer:
-    """One `airflow-monitor heal run` process with its own config file."""
+    """One `airflow-monitor heal run` process with its own config file (and, with `sla`, the SLA watcher
+    beside it, sharing its Lease)."""
 
-    def __init__(self, release: Release, og: OpsGenieServer, name: str, mode: str = "act", **over):
+    def __init__(self, release: Release, og: OpsGenieServer, name: str, mode: str = "act", sla: bool = False,
+                 **over):
         self.port = free_port()
         doc = {
             "kubernetes": {"namespace": NS, "kubeconfig": str(release.kubeconfig), "timeout": "3s"},
@@ -162,8 +164,19 @@ class Healer:
         self.log = open(release.tmp / f"{name}.log", "ab")
         self.env = {**os.environ, "AIRFLOW_MONITOR_OPSGENIE_API_KEY": GENIE_KEY, "POD_NAME": f"healer-{name}"}
         self.name = name
+        extra = []
+        if sla:
+            (release.tmp / "airflow-password").write_text("admin")
+            sla_cfg = release.tmp / f"{name}-sla.yaml"
+            sla_cfg.write_text(yaml.safe_dump({
+                "airflow": {"url": release.af.api_url, "username": "admin",
+                            "password_file": str(release.tmp / "airflow-password"), "timeout": "5s"},
+                "watcher": {"interval": "2s", "state_file": str(release.tmp / f"{name}-sla.sqlite")},
+                "notify": {"opsgenie": {"url": og.url}},
+                "watch": [{"dag_id": "sla_never", "rules": [{"max_age": "1h", "name": "replicas"}]}]}))
+            extra = ["--sla-config", str(sla_cfg)]
         self.proc = subprocess.Popen([sys.executable, "-m", "monitor.cli", "heal", "run", "--config", str(self.config),
-                                      "--metrics-listen", f"127.0.0.1:{self.port}"], cwd=REPO, env=self.env,
+                                      "--metrics-listen", f"127.0.0.1:{self.port}", *extra], cwd=REPO, env=self.env,
                                      stdout=self.log, stderr=subprocess.STDOUT)
 
     def metrics(self) -> str:
@@ -218,8 +231,9 @@ def release(tmp_path_factory, venv, postgres):
         r.stop()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def og():
+    """One OpsGenie for the module, as in real life: an alert opened in one scenario closes in the next."""
     s = OpsGenieServer(GENIE_KEY)
     yield s
     s.close()
@@ -242,7 +256,7 @@ def healers():
 def events_on(release: Release, pod: str) -> list[dict]:
     out = json.loads(release.kubectl("get", "events", "-n", NS, "-o", "json",
                                      "--field-selector", f"involvedObject.name={pod}"))
-    return [e for e in out["items"] if e["reason"].startswith("AirflowMonitor") or e["reason"] == "Healed"]
+    return [e for e in out["items"] if e["reason"].startswith("AirflowMonitor")]
 
 
 def test_observe_mode_writes_an_event_and_pages_but_restarts_nothing(release, og, healers):
@@ -277,7 +291,8 @@ def test_a_stuck_scheduler_is_healed_by_one_restart(release, og, healers):
     assert new != old
     restart = [e for e in events_on(release, old) if e.get("action") == "Restart"]
     assert restart and "delete pod" in restart[0]["message"], events_on(release, old)
-    healed = wait(lambda: [e for e in events_on(release, new) if e["reason"] == "Healed"], 30, "a Healed event")
+    healed = wait(lambda: [e for e in events_on(release, new) if e["reason"] == "AirflowMonitorHealed"], 30,
+                  "a Healed event")
     assert healed[0]["type"] == "Normal" and "task(s) ended since the restart" in healed[0]["message"]
     og.wait(lambda s: alias(old, "stuck_scheduler") in [a for a, _ in s.closes], 30)
     assert not [p for p in og.pages if p["alias"].endswith(":healing_exhausted")]
@@ -285,6 +300,10 @@ def test_a_stuck_scheduler_is_healed_by_one_restart(release, og, healers):
     assert [a["outcome"] for a in status["actions"]] == ["healed"] and status["scheduler_restarts_left"] == 1
     pods = release.kubectl("get", "pods", "-n", NS, "-l", f"release={RELEASE},component=scheduler", "-o", "name")
     assert pods.split() == [f"pod/{new}"]
+    from monitor import catalog
+
+    seen = {line.split("{")[0].split(" ")[0] for line in h.metrics().splitlines() if line.startswith("airflow_")}
+    assert seen <= catalog.service_series_names(), seen - catalog.service_series_names()
 
 
 def test_a_stall_a_restart_does_not_cure_spends_the_budget_and_pages_once(release, og, healers):
@@ -358,9 +377,14 @@ def test_an_oom_killed_component_is_paged_with_its_memory_limit(release, og, hea
 
 
 def test_two_healers_only_the_lease_holder_speaks_and_a_standby_takes_over(release, og, healers):
-    """Continues with the crash-looping triggerer of the previous test: two replicas, one voice."""
-    a = healers(release, og, "replica-a", mode="observe")
-    b = healers(release, og, "replica-b", mode="observe")
+    """Continues with the crash-looping triggerer of the previous test: two replicas, one voice, for the
+    healer and for the SLA watcher beside it (a DAG that never ran breaches its max_age)."""
+    a = healers(release, og, "replica-a", mode="observe", sla=True)
+    b = healers(release, og, "replica-b", mode="observe", sla=True)
+    sla_alias = "airflow-sla:sla_never:replicas"
+
+    def sla_creates() -> int:
+        return len([r for r in og.requests if r[1] == "/v2/alerts" and r[2].get("alias") == sla_alias])
 
     def holder() -> str:
         return release.kubectl("get", "lease", "airflow-monitor-heal", "-n", NS, "-o",
@@ -375,10 +399,17 @@ def test_two_healers_only_the_lease_holder_speaks_and_a_standby_takes_over(relea
             and e["reportingInstance"].startswith("healer-replica")]
     assert ours and {e["reportingInstance"] for e in ours} <= {first}, "only the holder writes Events"
     assert standby.value("airflow_monitor_heal_leader") == 0
+    og.wait(lambda s: sla_creates() >= 1, 60)
+    time.sleep(5)
+    assert sla_creates() == 1, "the standby's SLA watcher pages nobody"
+    assert standby.value("airflow_sla_breached", dag_id="sla_never", rule="replicas", priority="P3",
+                         reason="never_run") == 1, "a standby still judges"
     leader.proc.kill()  # kill -9: no release of the lease
     leader.proc.wait()
     took = wait(lambda: holder().startswith(f"healer-{standby.name}"), 20, "the standby takes the lease over")
     assert took and wait(lambda: standby.value("airflow_monitor_heal_leader") == 1, 10, "the standby leads")
+    og.wait(lambda s: sla_creates() == 2, 30)  # the new leader's own state: OpsGenie dedupes on the alias
+    assert [p["alias"] for p in og.pages].count(sla_alias) == 1
     release.kube.cluster.remove_deployment(NS, f"{RELEASE}-triggerer")
 
 
