@@ -102,3 +102,21 @@ def test_delete_with_a_stale_uid_is_refused_and_rollout_restart_replaces_the_pod
                           str(tmp_path / "kc"), "get", "events", "-n", "airflow"], capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0 and "AirflowMonitorTest" in out.stdout and "seen by kubectl" in out.stdout, out.stderr
+
+
+def test_a_pod_watch_streams_what_the_controllers_do(kube, tmp_path):
+    from kubernetes import client as k8s
+    from kubernetes import watch
+
+    core = k8s.CoreV1Api(api(kube, tmp_path))
+    kube.cluster.deployment("airflow", "af-triggerer", {"release": "af", "component": "triggerer"},
+                            {"name": "triggerer", "image": "apache/airflow:3.3.2",
+                             "command": [sys.executable, "-c", "import time; time.sleep(600)"]})
+    seen = []
+    for ev in watch.Watch().stream(core.list_namespaced_pod, "airflow", label_selector="component=triggerer",
+                                   timeout_seconds=3):
+        seen.append((ev["type"], ev["object"].status.phase))
+        if ev["type"] == "ADDED":
+            kube.cluster.delete_pod("airflow", ev["object"].metadata.name, 0.5)
+    types = [t for t, _ in seen]
+    assert types[0] == "ADDED" and "MODIFIED" in types and "DELETED" in types, seen
