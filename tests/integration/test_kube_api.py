@@ -120,3 +120,36 @@ def test_a_pod_watch_streams_what_the_controllers_do(kube, tmp_path):
             kube.cluster.delete_pod("airflow", ev["object"].metadata.name, 0.5)
     types = [t for t, _ in seen]
     assert types[0] == "ADDED" and "MODIFIED" in types and "DELETED" in types, seen
+
+
+def test_serve_runs_the_healer_beside_the_bridge(kube, tmp_path):
+    """`serve --heal-config`: the healer's series join the bridge's /metrics; with a database it cannot
+    read (a SQLite file without Airflow's tables) it takes the Lease, acts on nothing and says why."""
+    import yaml
+
+    from tests.integration.bridge_process import BridgeProcess
+
+    kube.kubeconfig(tmp_path / "kubeconfig")
+    (tmp_path / "db-url").write_text(f"sqlite:///{tmp_path / 'not-airflow.db'}")
+    import sqlite3
+
+    sqlite3.connect(tmp_path / "not-airflow.db").close()
+    cfg = tmp_path / "heal.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "kubernetes": {"namespace": "airflow", "kubeconfig": str(tmp_path / "kubeconfig")},
+        "airflow": {"release": "af", "sql_alchemy_conn_file": str(tmp_path / "db-url")},
+        "healer": {"mode": "act", "interval": "1s", "state_file": str(tmp_path / "heal.sqlite"),
+                   "components": ["scheduler"]}}))
+    b = BridgeProcess(tmp_path, "--heal-config", str(cfg))
+    try:
+        m = b.wait_for(lambda m: m.get("airflow_monitor_heal_read_errors_total", {}).get((("source", "database"),),
+                                                                                          0) >= 3, timeout=30)
+        assert m["airflow_monitor_heal_leader"][()] == 1 and m["airflow_monitor_heal_acting"][()] == 1
+        assert m["airflow_monitor_heal_blind"][()] == 1
+        assert "airflow_monitor_bridge_lines_total" in m
+        assert not [p for meth, p in kube.requests if meth == "DELETE"]
+        assert kube.cluster.get("Lease", "airflow", "airflow-monitor")["spec"]["holderIdentity"]
+    finally:
+        b.stop()
+    assert kube.cluster.get("Lease", "airflow", "airflow-monitor")["spec"]["holderIdentity"] == "", \
+        "a clean stop hands the Lease over"
