@@ -9,6 +9,7 @@ from monitor.alerting import Refused, Retry
 
 ALERT_TYPE = {"open": "error", "close": "success", "remind": "warning"}
 STATUS = {"open": 2, "remind": 2, "close": 0}  # service check: 0 OK, 2 CRITICAL
+TITLES = {"open": "SLA breached", "close": "SLA resolved", "remind": "SLA still breached"}
 
 
 class DatadogNotifier:
@@ -33,7 +34,7 @@ class DatadogNotifier:
             raise Refused(f"unknown action {action!r}")
         tags = [*self.tags, f"dag_id:{notice['dag_id']}", f"rule:{notice['rule']}",
                 f"priority:{notice.get('priority', '')}", f"reason:{notice.get('reason', '')}"]
-        title = {"open": "SLA breached", "close": "SLA resolved", "remind": "SLA still breached"}[action]
+        title = (notice.get("titles") or TITLES).get(action, TITLES[action])
         text = notice.get("note") if action == "close" and notice.get("note") else notice["message"]
         if notice.get("runbook"):
             text += f"\nRunbook: {notice['runbook']}"
@@ -44,8 +45,8 @@ class DatadogNotifier:
                 priority="normal")
             self._check_errors(reply)
             self._check_errors(self.api.ServiceCheck.check(
-                check=self.check, host_name=socket.gethostname(), status=STATUS[action], message=text[:500],
-                tags=tags))
+                check=notice.get("service_check") or self.check, host_name=socket.gethostname(),
+                status=STATUS[action], message=text[:500], tags=tags))
         except DatadogException as e:
             raise Retry(f"Datadog: {type(e).__name__}: {e}") from None
         except OSError as e:

@@ -25,7 +25,8 @@ class WebhookNotifier:
     def send(self, action: str, notice: dict) -> str:
         if action not in VERB:
             raise Refused(f"unknown action {action!r}")
-        text = f"{ICON[action]} [{notice.get('priority', '')}] {VERB[action]}: {notice['message']}"
+        verb = (notice.get("titles") or VERB).get(action, VERB[action])  # the healer's notices name their own
+        text = f"{ICON[action]} [{notice.get('priority', '')}] {verb}: {notice['message']}"
         if notice.get("runbook"):
             text += f" (runbook: {notice['runbook']})"
         key = f"{notice['alias']}/{action}/{notice.get('at', '')}"

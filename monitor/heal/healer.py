@@ -351,7 +351,7 @@ class Healer:
                 "message": f"[airflow-heal] {message}", "description": desc, "priority": priority,
                 "responders": [list(r) for r in self.cfg.responders], "tags": ["airflow-heal", *self.cfg.tags],
                 "entity": self.where, "runbook": self.cfg.runbook, "details": details, "note": note,
-                "at": now.isoformat(), "titles": TITLES}
+                "at": now.isoformat(), "titles": TITLES, "service_check": "airflow.heal"}
 
     def _open(self, subject: str, rule: str, reason: str, message: str, desc: str, priority: str, now: datetime,
               pods: tuple[str, ...], diagnosis: Diagnosis | None = None) -> bool:
@@ -373,7 +373,8 @@ class Healer:
         subject, rule = key
         notice = {"alias": self.alias(subject, rule), "dag_id": subject, "rule": rule, "reason": "resolved",
                   "message": f"[airflow-heal] {subject} {rule}: {why}", "priority": self.cfg.priority,
-                  "note": f"resolved: {why}", "at": now.isoformat(), "titles": TITLES}
+                  "note": f"resolved: {why}", "at": now.isoformat(), "titles": TITLES,
+                  "service_check": "airflow.heal"}
         if self.state.resolve(subject, rule, [(n.name, notice) for n in self.notifiers], now.timestamp()):
             log.info("healer: resolved %s/%s: %s", subject, rule, why)
 

@@ -185,6 +185,23 @@ def test_webhook_slack_compatible(tmp_path):
         srv.close()
 
 
+def test_a_healer_notice_names_itself_in_chat():
+    from monitor.heal.healer import TITLES
+
+    srv = WebhookServer()
+    try:
+        n = WebhookNotifier(srv.hook_url)
+        n.send("open", {"alias": "airflow-heal:airflow/af:scheduler:healing_exhausted", "priority": "P1",
+                        "message": "[airflow-heal] healing exhausted for scheduler", "titles": TITLES})
+        n.send("close", {"alias": "airflow-heal:airflow/af:scheduler:healing_exhausted", "priority": "P1",
+                         "message": "[airflow-heal] scheduler is healthy again", "titles": TITLES})
+        assert [m["text"] for m in srv.messages] == [
+            ":red_circle: [P1] Airflow unhealthy: [airflow-heal] healing exhausted for scheduler",
+            ":large_green_circle: [P1] Airflow recovered: [airflow-heal] scheduler is healthy again"]
+    finally:
+        srv.close()
+
+
 def test_jwt_expiry_is_read_from_the_token():
     import base64
 
