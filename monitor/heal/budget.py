@@ -17,6 +17,7 @@ class Budget:
     global_max: int = 5  # actions on all components together within the window
     cooldown: float = 300.0  # seconds after an action before another on the same component
     verify: float = 300.0  # seconds an action has to show the queue moving
+    after_failed_check: str = "retry"  # retry: another restart while the budget lasts; stop: page at once
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,9 @@ def allowance(actions: list[Action], component: str, now: float, b: Budget) -> A
     if len(recent) >= b.global_max:
         return Allowance(False, f"global cap reached: {len(recent)} restart(s) in the last "
                                 f"{int(b.window // 60)}m (limit {b.global_max})", n_left, True)
+    if b.after_failed_check == "stop" and mine and max(mine, key=lambda a: a.at).outcome == "failed":
+        return Allowance(False, f"the last restart of {component} did not heal it (after_failed_check: stop)",
+                         n_left, True)
     last = max((a.at for a in mine), default=None)
     if last is not None and now - last < b.cooldown:
         return Allowance(False, f"cooldown: last restart of {component} {int(now - last)}s ago "

@@ -26,7 +26,7 @@ KUBE_KEYS = {"namespace", "kubeconfig", "context", "timeout"}
 AIRFLOW_KEYS = {"release", "sql_alchemy_conn", "sql_alchemy_conn_file", "url"}
 HEALER_KEYS = {"mode", "interval", "restart", "state_file", "metrics_listen", "blind_after", "priority",
                "exhausted_priority", "responders", "tags", "components", "runbook"}
-BUDGET_KEYS = {"per_component", "window", "global", "cooldown", "verify"}
+BUDGET_KEYS = {"per_component", "window", "global", "cooldown", "verify", "after_failed_check"}
 THRESHOLD_KEYS = {"startup_grace", "pending_grace", "storm_restarts", "storm_window", "oom_window", "ready_grace",
                   "queued_timeout_window"}
 PROBE_KEYS = {"queued_grace", "finished_window", "heartbeat"}
@@ -173,7 +173,8 @@ def parse(doc, source: str = "config") -> HealConfig:
     budget = Budget(per_component=_count(b, "per_component", 2, "budget"),
                     window=_seconds(b, "window", "1h", "budget"), global_max=_count(b, "global", 5, "budget"),
                     cooldown=_seconds(b, "cooldown", "5m", "budget", positive=False),
-                    verify=_seconds(b, "verify", "5m", "budget"))
+                    verify=_seconds(b, "verify", "5m", "budget"),
+                    after_failed_check=_choice(b, "after_failed_check", ("retry", "stop"), "retry", "budget"))
     settings = Settings(
         components=tuple(c for c in comps if c != "worker"),
         startup_grace=_seconds(t, "startup_grace", "3m", "thresholds", positive=False),

@@ -173,6 +173,16 @@ def test_budget(actions, want):
     assert (a.allowed, a.why, a.left, a.exhausted) == want
 
 
+def test_after_a_failed_check_the_budget_retries_or_stops():
+    failed = [b.Action("scheduler", 100, "failed")]
+    assert b.allowance(failed, "scheduler", 1100, B).allowed
+    stop = b.allowance(failed, "scheduler", 1100, b.Budget(per_component=2, after_failed_check="stop"))
+    assert (stop.allowed, stop.exhausted) == (False, True)
+    assert stop.why == "the last restart of scheduler did not heal it (after_failed_check: stop)"
+    healed = [b.Action("scheduler", 100, "healed")]
+    assert b.allowance(healed, "scheduler", 1100, b.Budget(per_component=2, after_failed_check="stop")).allowed
+
+
 # ---------------------------------------------------------------------------- config
 def test_config_errors_name_their_place(monkeypatch, tmp_path):
     from monitor.heal.config import HealConfigError, parse
