@@ -399,3 +399,31 @@ def test_the_healer_gets_the_least_rbac_and_the_only_token(tmp_path):
         (("deployments", "statefulsets"), ("get", "patch")), (("replicasets",), ("get",))}
     values["heal"]["config"]["healer"]["mode"] = "fix"
     assert "mode" in template(tmp_path, values, ok=False).stderr
+
+
+def test_the_sla_watcher_can_run_in_the_healers_replicas(tmp_path):
+    """sla.runWith: healer: the watcher leaves the bridge's pod for the healer's Deployment (two replicas,
+    one Lease, one page); without heal.enabled the chart says why and renders nothing."""
+    values = full_values(heal={"enabled": True, "replicas": 2, "config": {"airflow": {"release": "airflow"}}},
+                         sla={"runWith": "healer"},
+                         secrets={"sqlAlchemyConn": {"name": "airflow-metadata", "key": "connection"}})
+    objs = objects(tmp_path, values)
+    bridge = objs["Deployment/mon-airflow-monitor"]["spec"]
+    heal = objs["Deployment/mon-airflow-monitor-heal"]["spec"]
+    assert bridge["template"]["spec"]["containers"][0]["args"] == ["serve",
+                                                                  "--config=/etc/airflow-monitor/config.yaml"]
+    assert "strategy" not in bridge and "PersistentVolumeClaim" not in objs
+    args = heal["template"]["spec"]["containers"][0]["args"]
+    assert args[-1] == "--sla-config=/etc/airflow-monitor/sla.yaml" and heal["replicas"] == 2
+    env = {e["name"] for e in heal["template"]["spec"]["containers"][0]["env"]}
+    assert {"AIRFLOW_MONITOR_AIRFLOW_PASSWORD", "AIRFLOW_MONITOR_OPSGENIE_API_KEY"} <= env
+    sla = yaml.safe_load(objs["ConfigMap/mon-airflow-monitor-heal"]["data"]["sla.yaml"])
+    from monitor.sla.config import parse
+
+    os.environ["AIRFLOW_MONITOR_AIRFLOW_PASSWORD"] = os.environ["AIRFLOW_MONITOR_OPSGENIE_API_KEY"] = "x"
+    try:
+        assert parse(sla).state_file == "/var/lib/airflow-monitor/sla.sqlite"
+    finally:
+        del os.environ["AIRFLOW_MONITOR_AIRFLOW_PASSWORD"], os.environ["AIRFLOW_MONITOR_OPSGENIE_API_KEY"]
+    values["heal"]["enabled"] = False
+    assert "sla.runWith: healer needs heal.enabled" in template(tmp_path, values, ok=False).stderr
