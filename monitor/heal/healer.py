@@ -247,6 +247,9 @@ class Healer:
             else:
                 self.kube.delete_pod(pod.name, pod.uid)
         except KubeError as e:
+            if e.status in (404, 409):  # gone, or already replaced (the uid precondition): nothing to spend
+                log.info("healer: %s: the pod was already replaced (%s)", what, e)
+                return True
             self.state.record(d.component, pod.name, d.rule, what, d.reason, ts, "error", str(e), now=ts)
             self.actions[(d.rule, "error")] += 1
             log.error("healer: %s failed: %s", what, e)
