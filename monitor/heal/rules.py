@@ -84,6 +84,14 @@ class Observation:
     # (pod, container) -> [(when, restartCount)] from earlier cycles, oldest first
     restart_history: dict[tuple[str, str], tuple[tuple[datetime, int], ...]] = field(default_factory=dict)
     unready_since: dict[str, datetime] = field(default_factory=dict)  # component -> first seen with no ready pod
+    # derived: the events of each object, so that a rule looks up a pod's events in O(1)
+    events_of: dict[str, tuple[Event, ...]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        index: dict[str, list[Event]] = {}
+        for e in self.events:
+            index.setdefault(e.object_name, []).append(e)
+        object.__setattr__(self, "events_of", {k: tuple(v) for k, v in index.items()})
 
 
 @dataclass(frozen=True)
@@ -115,7 +123,7 @@ def _dur(seconds: float) -> str:
 
 
 def _last_event(obs: Observation, pod: str, reasons: tuple[str, ...]) -> Event | None:
-    hits = [e for e in obs.events if e.object_name == pod and e.reason in reasons]
+    hits = [e for e in obs.events_of.get(pod, ()) if e.reason in reasons]
     return max(hits, key=lambda e: e.last or datetime.min.replace(tzinfo=obs.now.tzinfo), default=None)
 
 

@@ -118,7 +118,8 @@ class Kube:
 
     def events(self) -> list[Event]:
         try:
-            got = self.core.list_namespaced_event(self.namespace, field_selector="involvedObject.kind=Pod",
+            # every reason the rules read (FailedScheduling, FailedMount, Unhealthy, BackOff ...) is a Warning
+            got = self.core.list_namespaced_event(self.namespace, field_selector="involvedObject.kind=Pod,type=Warning",
                                                   _request_timeout=self.timeout)
         except Exception as e:  # noqa: BLE001
             raise _error(f"cannot list events in {self.namespace}", e) from None
