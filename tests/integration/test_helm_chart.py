@@ -392,6 +392,25 @@ def test_the_healer_gets_the_least_rbac_and_the_only_token(tmp_path):
         assert parse(cfg).mode == "act"  # the rendered config is one the healer takes
     finally:
         del os.environ["AIRFLOW_MONITOR_SQL_ALCHEMY_CONN"], os.environ["AIRFLOW_MONITOR_OPSGENIE_API_KEY"]
+    # its /metrics is scraped through a Service and ServiceMonitor of its own; the bridge's Service (statsd)
+    # and ServiceMonitor never select the healer
+    pod_labels = heal["template"]["metadata"]["labels"]
+    bridge_pod = bridge["template"]["metadata"]["labels"]
+    heal_svc, bridge_svc = objs["Service/mon-airflow-monitor-heal"], objs["Service/mon-airflow-monitor"]
+
+    def selects(selector: dict, labels: dict) -> bool:
+        return all(labels.get(k) == v for k, v in selector.items())
+
+    assert selects(heal_svc["spec"]["selector"], pod_labels) and not selects(heal_svc["spec"]["selector"], bridge_pod)
+    assert not selects(bridge_svc["spec"]["selector"], pod_labels)
+    sm_heal, sm = objs["ServiceMonitor/mon-airflow-monitor-heal"], objs["ServiceMonitor/mon-airflow-monitor"]
+    assert selects(sm_heal["spec"]["selector"]["matchLabels"], heal_svc["metadata"]["labels"])
+    assert sm_heal["spec"]["endpoints"][0]["port"] == heal_svc["spec"]["ports"][0]["name"] == "heal-metrics"
+    assert selects(sm["spec"]["selector"]["matchLabels"], heal_svc["metadata"]["labels"])  # only matchExpressions
+    assert sm["spec"]["selector"]["matchExpressions"] == [{"key": "app.kubernetes.io/component",
+                                                           "operator": "DoesNotExist"}]
+    assert "app.kubernetes.io/component" in heal_svc["metadata"]["labels"]
+    assert "app.kubernetes.io/component" not in bridge_svc["metadata"]["labels"]
     values["heal"]["config"]["healer"]["restart"] = "rollout"
     role = next(d for d in yaml.safe_load_all(template(tmp_path, values).stdout) if d and d["kind"] == "Role")
     assert {"apps"} in [set(r["apiGroups"]) for r in role["rules"]]

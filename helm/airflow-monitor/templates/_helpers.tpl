@@ -98,6 +98,13 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- toYaml $doc }}
 {{- end }}
 
+{{/* The healer's pods: a name of their own, so the bridge's Service (statsd) never selects them. */}}
+{{- define "airflow-monitor.healSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "airflow-monitor.name" . }}-heal
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: healer
+{{- end }}
+
 {{- define "airflow-monitor.healNamespace" -}}
 {{- default .Release.Namespace .Values.heal.namespace }}
 {{- end }}
