@@ -44,3 +44,12 @@ def request(method: str, url: str, body: dict | None = None, headers: dict | Non
         return status, json.loads(raw) if raw else {}
     except ValueError:
         return status, raw
+
+
+def post_accepted(url: str, body: dict, headers: dict, timeout: float, service: str) -> str:
+    """POST to an API that accepts asynchronously (OpsGenie, JSM): 202 or a requestId; returns the id."""
+    status, reply = request("POST", url, body, headers, timeout)
+    request_id = reply.get("requestId", "") if isinstance(reply, dict) else ""
+    if status != 202 and not request_id:
+        raise Refused(f"unexpected HTTP {status} from {service} without a requestId")
+    return request_id

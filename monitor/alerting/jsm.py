@@ -19,7 +19,7 @@ import base64
 import urllib.parse
 
 from monitor.alerting import Refused, Retry
-from monitor.alerting.http import request
+from monitor.alerting.http import post_accepted, request
 from monitor.alerting.opsgenie import clip, create_body
 
 NOTE_MAX = 25000
@@ -44,11 +44,7 @@ class JsmNotifier:
         return f"JsmNotifier({self.base})"
 
     def _post(self, path: str, body: dict) -> str:
-        status, reply = request("POST", self.base + path, body, self._headers, self.timeout)
-        request_id = reply.get("requestId", "") if isinstance(reply, dict) else ""
-        if status != 202 and not request_id:
-            raise Refused(f"unexpected HTTP {status} from JSM without a requestId")
-        return request_id
+        return post_accepted(self.base + path, body, self._headers, self.timeout, "JSM")
 
     def _alerts(self, alias: str, open_only: bool) -> list[dict]:
         query = urllib.parse.urlencode({"query": alias_query(alias, open_only), "size": 20})

@@ -12,7 +12,7 @@ import logging
 import urllib.parse
 
 from monitor.alerting import Refused, Retry
-from monitor.alerting.http import request
+from monitor.alerting.http import post_accepted, request
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +59,7 @@ class OpsGenieNotifier:
         return f"OpsGenieNotifier({self.url})"
 
     def _post(self, path: str, body: dict) -> str:
-        status, reply = request("POST", self.url + path, body, self._headers, self.timeout)
-        request_id = reply.get("requestId", "") if isinstance(reply, dict) else ""
-        if status != 202 and not request_id:
-            raise Refused(f"unexpected HTTP {status} from OpsGenie without a requestId")
-        return request_id
+        return post_accepted(self.url + path, body, self._headers, self.timeout, "OpsGenie")
 
     def send(self, action: str, notice: dict) -> str:
         alias = urllib.parse.quote(notice["alias"], safe="")

@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from urllib.parse import parse_qs, unquote, urlparse
 
 from tests.servers.base import JsonServer
+from tests.servers.opsgenie import create_problem
 
 PRIORITIES = {"P1", "P2", "P3", "P4", "P5"}
 RESPONDER_TYPES = {"team", "user", "escalation", "schedule"}
@@ -141,24 +142,9 @@ class JsmOpsServer(JsonServer):
             return self._error(h, 404, f"No such endpoint {method} {path}")
 
     def _create(self, h, body: dict) -> None:
-        msg = body.get("message")
-        if not isinstance(msg, str) or not msg.strip():
-            return self._error(h, 422, "Message can not be empty.")
-        if len(msg) > 130:
-            return self._error(h, 422, "Message can not be longer than 130 characters.")
-        if len(body.get("alias", "")) > 512:
-            return self._error(h, 422, "Alias can not be longer than 512 characters.")
-        if "priority" in body and body["priority"] not in PRIORITIES:
-            return self._error(h, 422, "Priority should be one of [P1, P2, P3, P4, P5]")
-        for r in body.get("responders", []):
-            if r.get("type") not in RESPONDER_TYPES or not any(r.get(k) for k in ("id", "name", "username")):
-                return self._error(h, 422, "Responder type should be one of team, user, escalation, schedule")
-        if len(body.get("tags", [])) > 20:
-            return self._error(h, 422, "Tags can not be more than 20.")
-        if "details" in body:
-            return self._error(h, 422, "Unrecognized field 'details' (extra properties are 'extraProperties')")
-        if any(not isinstance(v, str) for v in body.get("extraProperties", {}).values()):
-            return self._error(h, 422, "Extra property values should be strings.")
+        if (problem := create_problem(body, "extraProperties")) is not None:
+            return self._error(h, 422, problem)
+        msg = body["message"]
 
         def work():
             alias = body.get("alias") or str(uuid.uuid4())

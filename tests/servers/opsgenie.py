@@ -24,6 +24,30 @@ PRIORITIES = {"P1", "P2", "P3", "P4", "P5"}
 RESPONDER_TYPES = {"team", "user", "escalation", "schedule"}
 
 
+def create_problem(body: dict, details: str = "details") -> str | None:
+    """Why a create-alert body is refused (422), as OpsGenie and JSM document it; None if it is fine.
+    `details`: the name of the free-form string map (JSM's REST API calls it extraProperties)."""
+    msg = body.get("message")
+    if not isinstance(msg, str) or not msg.strip():
+        return "Message can not be empty."
+    if len(msg) > 130:
+        return "Message can not be longer than 130 characters."
+    if len(body.get("alias", "")) > 512:
+        return "Alias can not be longer than 512 characters."
+    if "priority" in body and body["priority"] not in PRIORITIES:
+        return "Priority should be one of [P1, P2, P3, P4, P5]"
+    for r in body.get("responders", []):
+        if r.get("type") not in RESPONDER_TYPES or not any(r.get(k) for k in ("id", "name", "username")):
+            return "Responder type should be one of team, user, escalation, schedule"
+    if len(body.get("tags", [])) > 20:
+        return "Tags can not be more than 20."
+    if details != "details" and "details" in body:
+        return f"Unrecognized field 'details' (extra properties are '{details}')"
+    if any(not isinstance(v, str) for v in body.get(details, {}).values()):
+        return f"{details[0].upper()}{details[1:]} values should be strings."
+    return None
+
+
 @dataclass
 class Alert:
     id: str
@@ -114,22 +138,9 @@ class OpsGenieServer(JsonServer):
             return self._error(h, 404, f"No such endpoint {method} {path}")
 
     def _create(self, h, body: dict) -> None:
-        msg = body.get("message")
-        if not isinstance(msg, str) or not msg.strip():
-            return self._error(h, 422, "Message can not be empty.")
-        if len(msg) > 130:
-            return self._error(h, 422, "Message can not be longer than 130 characters.")
-        if len(body.get("alias", "")) > 512:
-            return self._error(h, 422, "Alias can not be longer than 512 characters.")
-        if "priority" in body and body["priority"] not in PRIORITIES:
-            return self._error(h, 422, "Priority should be one of [P1, P2, P3, P4, P5]")
-        for r in body.get("responders", []):
-            if r.get("type") not in RESPONDER_TYPES or not any(r.get(k) for k in ("id", "name", "username")):
-                return self._error(h, 422, "Responder type should be one of team, user, escalation, schedule")
-        if len(body.get("tags", [])) > 20:
-            return self._error(h, 422, "Tags can not be more than 20.")
-        if any(not isinstance(v, str) for v in body.get("details", {}).values()):
-            return self._error(h, 422, "Details values should be strings.")
+        if (problem := create_problem(body)) is not None:
+            return self._error(h, 422, problem)
+        msg = body["message"]
         alias = body.get("alias") or str(uuid.uuid4())
         existing = next((a for a in self.alerts if a.alias == alias and a.status == "open"), None)
         if existing:
