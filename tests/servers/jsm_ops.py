@@ -25,24 +25,14 @@ from datetime import UTC, datetime
 from urllib.parse import parse_qs, unquote, urlparse
 
 from tests.servers.base import JsonServer
+from tests.servers.opsgenie import Alert as OpsGenieAlert
 from tests.servers.opsgenie import create_problem
 
-PRIORITIES = {"P1", "P2", "P3", "P4", "P5"}
-RESPONDER_TYPES = {"team", "user", "escalation", "schedule"}
 _TERM = re.compile(r'\s*(alias|status)\s*:\s*("(?:[^"\\]|\\.)*"|[^\s"]+)\s*')
 
 
 @dataclass
-class Alert:
-    id: str
-    tiny_id: str
-    alias: str
-    message: str
-    priority: str
-    body: dict
-    status: str = "open"
-    count: int = 1
-    notes: list = field(default_factory=list)
+class Alert(OpsGenieAlert):
     created: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
 
     def json(self) -> dict:
