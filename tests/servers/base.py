@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -36,6 +37,18 @@ class JsonServer:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+    def wait(self, pred, timeout: float = 60.0, every: float = 0.1):
+        """pred(server)'s first truthy value, evaluated under the lock; TimeoutError with the last requests."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                got = pred(self)
+            if got:
+                return got
+            time.sleep(every)
+        raise TimeoutError(f"{type(self).__name__}: condition not met in {timeout}s; requests: "
+                           f"{getattr(self, 'requests', [])[-10:]}")
 
     def fail_next(self, n: int, status: int = 429) -> None:
         """The next n requests get this status (429 or 5xx), like rate limiting or an outage."""

@@ -70,16 +70,6 @@ class JsmOpsServer(JsonServer):
         with self.lock:
             return {a.alias for a in self.alerts if a.status == "open"}
 
-    def wait(self, pred, timeout: float = 60.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self.lock:
-                got = pred(self)
-            if got:
-                return got
-            time.sleep(0.1)
-        raise TimeoutError(f"JSM server: condition not met in {timeout}s; requests: {self.requests[-10:]}")
-
     # ------------------------------------------------------------------ HTTP
     def _error(self, h, status: int, message: str) -> None:
         self.reply(h, status, {"message": message, "took": 0.0, "requestId": str(uuid.uuid4())})

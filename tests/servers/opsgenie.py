@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import uuid
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlparse
@@ -80,16 +79,6 @@ class OpsGenieServer(JsonServer):
     def find(self, alias: str) -> Alert | None:
         with self.lock:
             return next((a for a in reversed(self.alerts) if a.alias == alias), None)
-
-    def wait(self, pred, timeout: float = 60.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self.lock:
-                got = pred(self)
-            if got:
-                return got
-            time.sleep(0.2)
-        raise TimeoutError(f"OpsGenie server: condition not met in {timeout}s; requests: {self.requests[-10:]}")
 
     # ------------------------------------------------------------------ HTTP
     def _accepted(self, h, action: str, ok: bool, status_text: str, alert: Alert | None) -> None:
