@@ -56,6 +56,16 @@ def _add_bridge_flags(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, dest=f.name, default=None, help=help_.get(f.name, argparse.SUPPRESS))
 
 
+def _worker_flags(p: argparse.ArgumentParser, lost: str, listen: str) -> None:
+    """The flags the SLA watcher and the healer share: their state file, HTTP port and output."""
+    p.add_argument("--fresh-state", action="store_true", help=f"accept a state file that is empty ({lost})")
+    p.add_argument("--web-config-file", help="with run: TLS and basic auth for its HTTP port, in the "
+                   "exporter-toolkit's web config format (as serve's --web-config-file)")
+    p.add_argument("--metrics-listen", help=f"with run: HTTP address for /metrics ('' to disable; default {listen})")
+    p.add_argument("--json", action="store_true", help="with check and status: print JSON")
+    p.add_argument("--log-level", default=argparse.SUPPRESS, help="DEBUG, INFO, WARNING, ERROR")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="airflow-monitor",
@@ -88,13 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with check: also open and close alerts and send their notices (default: print only)")
     sla.add_argument("--airflow-url", help="Airflow base URL, overriding the config")
     sla.add_argument("--state-file", help="SQLite alert state, overriding the config")
-    sla.add_argument("--fresh-state", action="store_true",
-                     help="accept a state file that is empty (it lost its open alerts; they are paged again)")
-    sla.add_argument("--web-config-file", help="with run: TLS and basic auth for its HTTP port, in the "
-                     "exporter-toolkit's web config format (as serve's --web-config-file)")
-    sla.add_argument("--metrics-listen", help="with run: HTTP address for /metrics ('' to disable; default :9103)")
-    sla.add_argument("--json", action="store_true", help="with check and status: print JSON")
-    sla.add_argument("--log-level", default=argparse.SUPPRESS, help="DEBUG, INFO, WARNING, ERROR")
+    _worker_flags(sla, "it lost its open alerts; they are paged again", ":9103")
 
     heal = sub.add_parser("heal", help="healer: diagnose a stuck Airflow from Kubernetes and the metadata DB, "
                           "restart what a restart fixes within a budget, page a person otherwise",
@@ -104,15 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     heal.add_argument("action", nargs="?", choices=["run", "status", "check"], default="run",
                       help="run: on a schedule; status: one look as a table; check: one look, exit 1 if diagnosed")
     heal.add_argument("--config", help="healer YAML config (or $AIRFLOW_MONITOR_HEAL_CONFIG)")
-    heal.add_argument("--fresh-state", action="store_true",
-                      help="accept a state file that is empty (its actions and open alerts are forgotten)")
-    heal.add_argument("--web-config-file", help="with run: TLS and basic auth for its HTTP port, in the "
-                      "exporter-toolkit's web config format (as serve's --web-config-file)")
-    heal.add_argument("--metrics-listen", help="with run: HTTP address for /metrics ('' to disable; default :9104)")
-    heal.add_argument("--json", action="store_true", help="with status and check: print JSON")
+    _worker_flags(heal, "its actions and open alerts are forgotten", ":9104")
     heal.add_argument("--sla-config", help="with run: also run the SLA watcher with this config, sharing the "
                       "healer's Lease (two replicas page once); its series join the healer's /metrics")
-    heal.add_argument("--log-level", default=argparse.SUPPRESS, help="DEBUG, INFO, WARNING, ERROR")
 
     probe = sub.add_parser("probe", help="liveness probe: exit 1 when a component is stuck (for Kubernetes)")
     from monitor.probe.command import add_arguments as probe_arguments
