@@ -122,6 +122,19 @@ OVERVIEW = (
               (q(f"max by (dag_id) ({svc('airflow_sla_seconds_since_success')})", "{{dag_id}}"),), "s"),
         Panel("Watcher blind", (q(f"max({svc('airflow_monitor_sla_blind')})", "blind"),), "short", "stat"),
     )),
+    Row("Healer", (
+        Panel("Diagnoses by rule", (q(f"sum by (rule) ({svc('airflow_monitor_heal_diagnoses')})", "{{rule}}"),),
+              "short", description="What the healer diagnoses now (airflow-monitor heal status has the detail)."),
+        Panel("Scheduler restarts left", (q(f"min({svc('airflow_monitor_heal_budget_remaining')}"
+                                            '{component="scheduler"})', "left"),), "short", "stat",
+              description="Restarts the budget still allows in its window; 0 with a stuck scheduler pages."),
+        Panel("Restarts and their outcomes", (
+            q(f"sum by (outcome) (increase({svc('airflow_monitor_heal_actions_total')}[$__range]))", "{{outcome}}"),
+            q(f"sum(rate({svc('airflow_monitor_heal_cycles_total')}[$__rate_interval])) * 60", "cycles/min")),
+            "short"),
+        Panel("Healer leader and blind", (q(f"max({svc('airflow_monitor_heal_leader')})", "leader"),
+                                          q(f"max({svc('airflow_monitor_heal_blind')})", "blind")), "short", "stat"),
+    )),
     Row("airflow-monitor bridge", (
         Panel("Statsd lines/s", (q(f"sum(rate({svc('airflow_monitor_bridge_lines_total')}[$__rate_interval]))",
                                    "lines/s"),), "ops"),

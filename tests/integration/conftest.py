@@ -72,10 +72,13 @@ def postgres():
 
 class Stack:
     """One real Airflow 3.3 (SQLite, LocalExecutor, the test DAGs) emitting DogStatsD to one
-    `airflow-monitor serve --sla-config` (bridge + SLA watcher, Prometheus series only)."""
+    `airflow-monitor serve --sla-config --heal-config` (bridge + SLA watcher + healer in mode observe,
+    Prometheus series only). The healer reads that Airflow's database and a local Kubernetes API
+    (tests/servers/kube_api.py) where the release has no pods: it diagnoses that, and pages nobody."""
 
     def __init__(self, tmp: Path, venv: Path):
         from tests.integration.airflow_harness import Airflow, statsd_env
+        from tests.servers.kube_api import KubeApiServer
 
         self.tmp = tmp
         self.airflow = Airflow(home=tmp / "airflow", venv=venv, env_extra={"SLA_SLOW_SECONDS": "25"})
@@ -88,7 +91,15 @@ class Stack:
             "watch": [{"tag": "sla", "rules": [{"max_age": "1h"}]},
                       {"dag_id": "team.sales_daily", "rules": [{"max_age": "1h"}]}],
         }))
-        self.bridge = BridgeProcess(tmp, "--sla-config", str(self.sla_config))
+        self.kube = KubeApiServer(tmp)
+        (tmp / "stack-db-url").write_text(f"sqlite:///{self.airflow.home / 'airflow.db'}")
+        self.heal_config = tmp / "stack-heal.yaml"
+        self.heal_config.write_text(json.dumps({
+            "kubernetes": {"namespace": "airflow", "kubeconfig": str(self.kube.kubeconfig(tmp / "kubeconfig"))},
+            "airflow": {"release": "stack", "sql_alchemy_conn_file": str(tmp / "stack-db-url")},
+            "healer": {"mode": "observe", "interval": "5s", "state_file": str(tmp / "stack-heal.sqlite")},
+        }))
+        self.bridge = BridgeProcess(tmp, "--sla-config", str(self.sla_config), "--heal-config", str(self.heal_config))
         self.airflow.env_extra.update(statsd_env(self.bridge.udp, "datadog"))
 
     def start(self) -> Stack:
@@ -98,6 +109,7 @@ class Stack:
     def stop(self) -> None:
         self.airflow.stop()
         self.bridge.stop()
+        self.kube.close()
 
 
 @pytest.fixture(scope="session")
