@@ -32,15 +32,17 @@ class DatadogNotifier:
 
         if action not in ALERT_TYPE:
             raise Refused(f"unknown action {action!r}")
-        tags = [*self.tags, f"dag_id:{notice['dag_id']}", f"rule:{notice['rule']}",
-                f"priority:{notice.get('priority', '')}", f"reason:{notice.get('reason', '')}"]
+        # the healer's notices name what they are about themselves (subject, release)
+        about = notice.get("dd_tags") or [f"dag_id:{notice['dag_id']}", f"rule:{notice['rule']}"]
+        tags = [*self.tags, *about, f"priority:{notice.get('priority', '')}", f"reason:{notice.get('reason', '')}"]
         title = (notice.get("titles") or TITLES).get(action, TITLES[action])
         text = notice.get("note") if action == "close" and notice.get("note") else notice["message"]
         if notice.get("runbook"):
             text += f"\nRunbook: {notice['runbook']}"
         try:
             reply = self.api.Event.create(
-                title=f"{title}: {notice['dag_id']} ({notice['rule']})", text=text, tags=tags,
+                title=f"{title}: {notice.get('entity_title') or notice['dag_id']} ({notice['rule']})", text=text,
+                tags=tags,
                 alert_type=ALERT_TYPE[action], aggregation_key=notice["alias"], source_type_name="airflow",
                 priority="normal")
             self._check_errors(reply)

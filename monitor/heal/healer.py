@@ -354,7 +354,12 @@ class Healer:
                 "message": f"[airflow-heal] {message}", "description": desc, "priority": priority,
                 "responders": [list(r) for r in self.cfg.responders], "tags": ["airflow-heal", *self.cfg.tags],
                 "entity": self.where, "runbook": self.cfg.runbook, "details": details, "note": note,
-                "at": now.isoformat(), "titles": TITLES, "service_check": "airflow.heal"}
+                "at": now.isoformat(), "titles": TITLES, "service_check": "airflow.heal",
+                "dd_tags": self._dd_tags(subject, rule), "entity_title": f"{subject} in {self.where}"}
+
+    def _dd_tags(self, subject: str, rule: str) -> list[str]:
+        return [f"subject:{subject}", f"rule:{rule}", f"kube_namespace:{self.cfg.namespace}",
+                f"release:{self.cfg.release}"]
 
     def _open(self, subject: str, rule: str, reason: str, message: str, desc: str, priority: str, now: datetime,
               pods: tuple[str, ...], diagnosis: Diagnosis | None = None) -> bool:
@@ -377,7 +382,8 @@ class Healer:
         notice = {"alias": self.alias(subject, rule), "dag_id": subject, "rule": rule, "reason": "resolved",
                   "message": f"[airflow-heal] {subject} {rule}: {why}", "priority": self.cfg.priority,
                   "note": f"resolved: {why}", "at": now.isoformat(), "titles": TITLES,
-                  "service_check": "airflow.heal"}
+                  "service_check": "airflow.heal", "dd_tags": self._dd_tags(subject, rule),
+                  "entity_title": f"{subject} in {self.where}"}
         if self.state.resolve(subject, rule, [(n.name, notice) for n in self.notifiers], now.timestamp()):
             log.info("healer: resolved %s/%s: %s", subject, rule, why)
 

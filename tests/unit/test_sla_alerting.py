@@ -141,6 +141,25 @@ def test_datadog_event_and_service_check(tmp_path):
         dd.close()
 
 
+def test_a_healer_notice_reaches_datadog_as_its_own_check_with_its_own_tags():
+    from monitor.heal.healer import TITLES
+
+    dd = DatadogServer("dd-key")
+    try:
+        DatadogNotifier(dd.url, "dd-key").send("open", {
+            "alias": "airflow-heal:airflow/af:scheduler:healing_exhausted", "dag_id": "scheduler",
+            "rule": "healing_exhausted", "priority": "P1", "reason": "stuck_scheduler",
+            "message": "[airflow-heal] healing exhausted for scheduler", "titles": TITLES,
+            "service_check": "airflow.heal", "entity_title": "scheduler in airflow/af",
+            "dd_tags": ["subject:scheduler", "rule:healing_exhausted", "kube_namespace:airflow", "release:af"]})
+        (event,), (check,) = dd.events, dd.checks
+        assert event["title"] == "Airflow unhealthy: scheduler in airflow/af (healing_exhausted)"
+        assert "subject:scheduler" in event["tags"] and not any(t.startswith("dag_id:") for t in event["tags"])
+        assert check["check"] == "airflow.heal" and check["status"] == 2
+    finally:
+        dd.close()
+
+
 def test_two_threads_draining_at_once_send_a_notice_once(tmp_path):
     """The cycle and the delivery loop drain from different threads; a slow service must not make
     both send the same notice (a second chat message, a second Datadog event)."""
