@@ -209,3 +209,20 @@ def test_config_errors_name_their_place(monkeypatch, tmp_path):
     monkeypatch.delenv("AIRFLOW_MONITOR_SQL_ALCHEMY_CONN")
     with pytest.raises(HealConfigError, match="metadata database URL is required"):
         parse(ok)
+
+
+def test_the_example_config_is_one_the_healer_takes(monkeypatch, tmp_path):
+    from pathlib import Path
+
+    from monitor.config import read_yaml
+    from monitor.heal.config import parse
+
+    doc = read_yaml(Path(__file__).resolve().parents[2] / "examples" / "heal.yaml", "example")
+    monkeypatch.setenv("AIRFLOW_MONITOR_SQL_ALCHEMY_CONN", "postgresql://airflow:pw@airflow-pgbouncer:6543/airflow")
+    key = tmp_path / "opsgenie-key"
+    key.write_text("genie")
+    doc["notify"]["opsgenie"]["api_key_file"] = str(key)
+    cfg = parse(doc)
+    assert (cfg.mode, cfg.restart, cfg.budget.per_component, cfg.lease_name) == (
+        "observe", "delete", 2, "airflow-monitor")
+    assert cfg.settings.components == ("scheduler", "api-server", "triggerer", "dag-processor")
