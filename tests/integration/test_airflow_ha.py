@@ -65,11 +65,17 @@ def ha(tmp_path_factory, venv, postgres):
             print((tmp / "scheduler-1.log").read_text()[-3000:])
         raise
     finally:
-        if second is not None:
-            os.killpg(second.pid, 15)
-            second.wait(timeout=30)
-        af.stop()
-        bridge.stop()
+        try:
+            if second is not None:  # SIGTERM, then SIGKILL: a scheduler may take long to end its executor
+                os.killpg(second.pid, 15)
+                try:
+                    second.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(second.pid, 9)
+                    second.wait(timeout=30)
+        finally:  # never leave an Airflow running for the rest of the session
+            af.stop()
+            bridge.stop()
 
 
 def test_each_scheduler_has_its_own_gauges_and_their_sum_is_right(ha):
