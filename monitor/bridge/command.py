@@ -30,7 +30,7 @@ def serve(args) -> int:
     sla_config = args.sla_config or os.environ.get("AIRFLOW_MONITOR_SLA_CONFIG")
     if sla_config:
         schedules.append(_start_watcher(bridge, sla_config, getattr(args, "fresh_state", False),
-                                        schedules[0].watcher.lease if schedules else None))
+                                        schedules[0].worker.lease if schedules else None))
     addrs = bridge.listeners.addresses
     log.info("statsd on %s; metrics on http://%s:%d/metrics", ", ".join(
         f"{k} {v}" for k, v in addrs.items()), cfg.web_listen.rpartition(":")[0] or "0.0.0.0", bridge.web_port)
@@ -46,8 +46,9 @@ def _start_watcher(bridge, path: str, fresh_state: bool = False, lease=None):
     """The SLA watcher beside the bridge: its series are served on the bridge's /metrics."""
     from monitor.sla.command import load_config
     from monitor.sla.exposition import SLACollector
-    from monitor.sla.service import Schedule, build
+    from monitor.sla.service import build
     from monitor.sla.state import StateEmpty
+    from monitor.worker import Schedule
 
     try:
         cfg = load_config(path)
@@ -74,7 +75,7 @@ def _start_healer(bridge, path: str, fresh_state: bool = False):
     """The healer beside the bridge: its series are served on the bridge's /metrics."""
     from monitor.heal.command import build_from
     from monitor.heal.exposition import HealCollector
-    from monitor.sla.service import Schedule
+    from monitor.worker import Schedule
 
     try:
         healer = build_from(path, fresh_state)

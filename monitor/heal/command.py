@@ -98,7 +98,7 @@ def run(args) -> int:
             return 1
         return 1 if action == "check" and healer.diagnoses else 0
     from monitor.heal.exposition import HealCollector
-    from monitor.sla.command import serve_alone
+    from monitor.worker import serve_alone
 
     log.info("healer: %s, mode %s, every %.0fs, notifiers: %s", healer.where, healer.cfg.mode, healer.cfg.interval,
              ", ".join(n.name for n in healer.notifiers) or "none (metrics and Events only)")

@@ -10,6 +10,7 @@ and after `blind_after` such cycles one "healer blind" alert is opened, closed w
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections import Counter, deque
@@ -157,8 +158,6 @@ class Healer:
         if self.state.broken and not self.state.retry():
             log.error("healer state file cannot be used, nothing is acted on or paged: %s", self.state.broken)
             return self.diagnoses
-        import sqlite3
-
         try:
             self._apply(obs, now, kube_err, db_err)
         except sqlite3.Error as e:
@@ -212,8 +211,6 @@ class Healer:
 
     # ------------------------------------------------------------------ healing
     def _pending_all(self) -> list:
-        import sqlite3
-
         try:
             return [a for a in self.state.actions(time.time() - self.cfg.budget.window - self.cfg.budget.verify)
                     if a.outcome == "pending"]
@@ -379,17 +376,12 @@ class Healer:
 
     def _resolve(self, key: tuple[str, str], why: str, now: datetime) -> None:
         subject, rule = key
-        notice = {"alias": self.alias(subject, rule), "dag_id": subject, "rule": rule, "reason": "resolved",
-                  "message": f"[airflow-heal] {subject} {rule}: {why}", "priority": self.cfg.priority,
-                  "note": f"resolved: {why}", "at": now.isoformat(), "titles": TITLES,
-                  "service_check": "airflow.heal", "dd_tags": self._dd_tags(subject, rule),
-                  "entity_title": f"{subject} in {self.where}"}
+        notice = self._notice(subject, rule, "resolved", f"{subject} {rule}: {why}", "", self.cfg.priority, now,
+                              note=f"resolved: {why}")
         if self.state.resolve(subject, rule, [(n.name, notice) for n in self.notifiers], now.timestamp()):
             log.info("healer: resolved %s/%s: %s", subject, rule, why)
 
     def deliver(self) -> None:
-        import sqlite3
-
         if not (self.leader or self._led) or self.state.broken:
             return
         try:

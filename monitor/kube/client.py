@@ -30,11 +30,11 @@ def _ts(t: datetime) -> str:
     return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _micro(t: datetime) -> str:
+def micro_time(t: datetime) -> str:
     return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _error(what: str, e: Exception) -> KubeError:
+def api_error(what: str, e: Exception) -> KubeError:
     from kubernetes.client.exceptions import ApiException
 
     if isinstance(e, ApiException):
@@ -113,7 +113,7 @@ class Kube:
             got = self.core.list_namespaced_pod(self.namespace, label_selector=f"{RELEASE_LABEL}={self.release}",
                                                 _request_timeout=self.timeout)
         except Exception as e:  # noqa: BLE001 - ApiException, urllib3 errors, timeouts
-            raise _error(f"cannot list pods in {self.namespace}", e) from None
+            raise api_error(f"cannot list pods in {self.namespace}", e) from None
         return [to_pod(p) for p in got.items]
 
     def events(self) -> list[Event]:
@@ -122,7 +122,7 @@ class Kube:
             got = self.core.list_namespaced_event(self.namespace, field_selector="involvedObject.kind=Pod,type=Warning",
                                                   _request_timeout=self.timeout)
         except Exception as e:  # noqa: BLE001
-            raise _error(f"cannot list events in {self.namespace}", e) from None
+            raise api_error(f"cannot list events in {self.namespace}", e) from None
         return [to_event(e) for e in got.items]
 
     def delete_pod(self, name: str, uid: str = "") -> None:
@@ -133,7 +133,7 @@ class Kube:
         try:
             self.core.delete_namespaced_pod(name, self.namespace, body=body, _request_timeout=self.timeout)
         except Exception as e:  # noqa: BLE001
-            raise _error(f"cannot delete pod {name}", e) from None
+            raise api_error(f"cannot delete pod {name}", e) from None
 
     def rollout_restart(self, pod: str) -> str:
         """`kubectl rollout restart` of the Deployment or StatefulSet that owns a pod; returns kind/name."""
@@ -161,7 +161,7 @@ class Kube:
         except KubeError:
             raise
         except Exception as e:  # noqa: BLE001
-            raise _error(f"cannot restart the workload of pod {pod}", e) from None
+            raise api_error(f"cannot restart the workload of pod {pod}", e) from None
 
     def event(self, pod: Pod, reason: str, message: str, action: str, warning: bool = True) -> None:
         """A core/v1 Event on a pod: `kubectl describe pod` and `kubectl get events` show it."""
@@ -180,4 +180,4 @@ class Kube:
         try:
             self.core.create_namespaced_event(self.namespace, body, _request_timeout=self.timeout)
         except Exception as e:  # noqa: BLE001
-            raise _error(f"cannot create an event on pod {pod.name}", e) from None
+            raise api_error(f"cannot create an event on pod {pod.name}", e) from None

@@ -16,7 +16,7 @@ import threading
 import time
 from datetime import UTC, datetime
 
-from monitor.kube.client import KubeError, _error, _micro
+from monitor.kube.client import KubeError, api_error, micro_time
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class Lease:
             meta["resourceVersion"] = rv
         return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": meta,
                 "spec": {"holderIdentity": self.holder, "leaseDurationSeconds": max(1, int(round(self.duration))),
-                         "acquireTime": _micro(acquire or now), "renewTime": _micro(now),
+                         "acquireTime": micro_time(acquire or now), "renewTime": micro_time(now),
                          "leaseTransitions": transitions}}
 
     def tick(self) -> bool:
@@ -102,9 +102,9 @@ class Lease:
             if e.status == 409:  # another replica wrote first
                 self._lost("another replica won the race")
                 return False
-            self.last_error = str(_error(f"lease {self.namespace}/{self.name}", e))
+            self.last_error = str(api_error(f"lease {self.namespace}/{self.name}", e))
         except Exception as e:  # noqa: BLE001 - the API server is unreachable
-            self.last_error = str(_error(f"lease {self.namespace}/{self.name}", e))
+            self.last_error = str(api_error(f"lease {self.namespace}/{self.name}", e))
         if self.leader:
             log.warning("cannot renew %s (still leader for %.0fs): %s", self.name,
                         self._leader_until - time.monotonic(), self.last_error)

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import sqlite3
-import threading
 from datetime import UTC, datetime
 
 from monitor.config import ConfigError
@@ -225,101 +223,6 @@ def run(args) -> int:
 
     log.info("SLA watcher: %d rule sets, every %.0fs, notifiers: %s", len(watcher.cfg.watches),
              watcher.cfg.interval, ", ".join(n.name for n in watcher.notifiers) or "none (metrics only)")
+    from monitor.worker import serve_alone
+
     return serve_alone(watcher, SLACollector(watcher), args.metrics_listen, getattr(args, "web_config_file", None))
-
-
-def _web_app(watcher, registry, web=None):
-    """/metrics, /-/healthy, and /-/ready: 503 with the reason while the worker cannot work; all
-    behind the web config's basic auth when it has users, but for the probes' bare status."""
-    from prometheus_client import make_wsgi_app
-
-    from monitor import webconfig
-
-    metrics = make_wsgi_app(registry)
-
-    def app(environ, start_response):
-        path = environ.get("PATH_INFO", "")
-        authed = web is None or web.get().allows(environ.get("HTTP_AUTHORIZATION"))
-        if not authed and path not in webconfig.PROBE_PATHS:
-            start_response("401 Unauthorized", [("Content-Type", "text/plain"),
-                                                ("WWW-Authenticate", 'Basic realm="airflow-monitor"')])
-            return [b"Unauthorized\n"]
-        if path in webconfig.PROBE_PATHS:
-            why = "" if path == "/-/healthy" else watcher.problem()
-            start_response("503 Service Unavailable" if why else "200 OK", [("Content-Type", "text/plain")])
-            return [((why if authed else "not ready") if why else "OK").encode() + b"\n"]
-        return metrics(environ, start_response)
-
-    return app
-
-
-class _Workers:
-    """Several workers (the healer and the SLA watcher) behind one /-/ready: the first problem wins."""
-
-    def __init__(self, workers: list):
-        self.workers = workers
-
-    def problem(self) -> str:
-        return next((p for w in self.workers if (p := w.problem())), "")
-
-
-def serve_alone(watcher, collector, listen: str | None, web_config: str | None = None, name: str = "sla",
-                also: tuple = ()) -> int:
-    """A worker (the SLA watcher or the healer) with its own /metrics, /-/healthy and /-/ready until
-    SIGTERM or SIGINT; `also`: more (worker, collector, name) run and served beside it."""
-    from wsgiref.simple_server import WSGIRequestHandler, make_server
-
-    from prometheus_client import CollectorRegistry
-    from prometheus_client.exposition import ThreadingWSGIServer
-
-    from monitor import webconfig
-    from monitor.bridge.listener import parse_address
-    from monitor.sla.service import Schedule
-
-    listen = listen if listen is not None else watcher.cfg.metrics_listen
-    server = None
-    if listen:
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(collector)
-        for _, more, _ in also:
-            registry.register(more)
-
-        class Quiet(WSGIRequestHandler):
-            def log_message(self, *args):  # no access log
-                pass
-
-        try:
-            web = webconfig.Watched(web_config) if web_config else None
-        except (webconfig.WebConfigError, OSError) as e:
-            raise UserError(str(e)) from None
-
-        class Server(ThreadingWSGIServer):  # TLS from the web config, handshakes in the connection's thread
-            def get_request(self):
-                sock, addr = super().get_request()
-                return webconfig.wrap(web, sock), addr
-
-            def finish_request(self, request, client_address):
-                if webconfig.handshake(request, 30.0):
-                    super().finish_request(request, client_address)
-
-        try:
-            host, port = parse_address(listen)
-            ready = _Workers([watcher, *(w for w, _, _ in also)])
-            server = make_server(host or "0.0.0.0", port, _web_app(ready, registry, web), Server,
-                                 handler_class=Quiet)
-        except (OSError, ValueError) as e:
-            raise UserError(f"metrics listen address {listen}: {e}") from None
-        threading.Thread(target=server.serve_forever, name=f"{name}-web", daemon=True).start()
-        log.info("%s metrics on http://%s:%d/metrics", name, host or "0.0.0.0", server.server_port)
-    schedules = [Schedule(watcher, name), *(Schedule(w, n) for w, _, n in also)]
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    for schedule in schedules:
-        schedule.start()
-    stop.wait()
-    for schedule in reversed(schedules):  # the healer (first) hands its Lease over last
-        schedule.stop()
-    if server:
-        server.shutdown()
-    return 0
