@@ -63,6 +63,8 @@ def postgres():
         pytest.skip(msg)
 
     def database(name: str) -> str:
+        # a prefix keeps two checkouts testing at once on one machine out of each other's databases
+        name = os.environ.get("AIRFLOW_MONITOR_TEST_DB_PREFIX", "") + name
         _psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)").check_returncode()
         _psql(f"CREATE DATABASE {name} OWNER {PG_USER}").check_returncode()
         return f"postgresql://{PG_USER}:{PG_PASSWORD}@127.0.0.1:5432/{name}"
