@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     redact.install()
     try:
         if args.command == "serve":
-            from monitor.bridge.command import serve
+            from monitor.serve import serve
 
             return serve(args)
         if args.command == "probe":
@@ -151,10 +151,18 @@ def main(argv: list[str] | None = None) -> int:
 
             return run(args)
         if args.command == "sla":
+            if (args.action or "run") == "run":
+                from monitor.serve import sla_run
+
+                return sla_run(args)
             from monitor.sla.command import run as sla
 
             return sla(args)
         if args.command == "heal":
+            if (args.action or "run") == "run":
+                from monitor.serve import heal_run
+
+                return heal_run(args)
             from monitor.heal.command import run as heal
 
             return heal(args)

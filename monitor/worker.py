@@ -1,11 +1,11 @@
-"""Running a worker (the SLA watcher, the healer) on its own: its cycle and outbox on a schedule, and
-an HTTP port with /metrics, /-/healthy and /-/ready, until SIGTERM. Both workers have cfg.interval,
-cycle(), deliver(), problem() and state; the healer also close() (it hands its Lease over)."""
+"""Running a producer of alerts (the SLA watcher, the healer): its cycle and outbox on a schedule, and
+(when it runs alone) an HTTP port with /metrics, /-/healthy and /-/ready. Both workers have
+cfg.interval, cycle(), deliver(), problem() and state; the healer also close() (it hands its Lease
+over). monitor.serve decides what runs where."""
 
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 from datetime import datetime, timedelta
 
@@ -56,8 +56,9 @@ class Schedule:
         logging.getLogger("apscheduler").setLevel(logging.WARNING)
         self.scheduler.start()
 
-    def stop(self) -> None:
-        self.scheduler.shutdown(wait=True)
+    def stop(self, started: bool = True) -> None:
+        if started:
+            self.scheduler.shutdown(wait=True)
         close = getattr(self.worker, "close", None)
         if close is not None:
             close()
@@ -89,72 +90,38 @@ def _web_app(watcher, registry, web=None):
     return app
 
 
-class _Workers:
-    """Several workers (the healer and the SLA watcher) behind one /-/ready: the first problem wins."""
-
-    def __init__(self, workers: list):
-        self.workers = workers
-
-    def problem(self) -> str:
-        return next((p for w in self.workers if (p := w.problem())), "")
-
-
-def serve_alone(watcher, collector, listen: str | None, web_config: str | None = None, name: str = "sla",
-                also: tuple = ()) -> int:
-    """A worker (the SLA watcher or the healer) with its own /metrics, /-/healthy and /-/ready until
-    SIGTERM or SIGINT; `also`: more (worker, collector, name) run and served beside it."""
+def start_web(listen: str, registry, ready, web_config: str | None, name: str):
+    """/metrics (the registry), /-/healthy and /-/ready (ready.problem()) on `listen`, in a thread."""
     from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-    from prometheus_client import CollectorRegistry
     from prometheus_client.exposition import ThreadingWSGIServer
 
     from monitor import webconfig
     from monitor.bridge.listener import parse_address
 
-    listen = listen if listen is not None else watcher.cfg.metrics_listen
-    server = None
-    if listen:
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(collector)
-        for _, more, _ in also:
-            registry.register(more)
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *args):  # no access log
+            pass
 
-        class Quiet(WSGIRequestHandler):
-            def log_message(self, *args):  # no access log
-                pass
+    try:
+        web = webconfig.Watched(web_config) if web_config else None
+    except (webconfig.WebConfigError, OSError) as e:
+        raise UserError(str(e)) from None
 
-        try:
-            web = webconfig.Watched(web_config) if web_config else None
-        except (webconfig.WebConfigError, OSError) as e:
-            raise UserError(str(e)) from None
+    class Server(ThreadingWSGIServer):  # TLS from the web config, handshakes in the connection's thread
+        def get_request(self):
+            sock, addr = super().get_request()
+            return webconfig.wrap(web, sock), addr
 
-        class Server(ThreadingWSGIServer):  # TLS from the web config, handshakes in the connection's thread
-            def get_request(self):
-                sock, addr = super().get_request()
-                return webconfig.wrap(web, sock), addr
+        def finish_request(self, request, client_address):
+            if webconfig.handshake(request, 30.0):
+                super().finish_request(request, client_address)
 
-            def finish_request(self, request, client_address):
-                if webconfig.handshake(request, 30.0):
-                    super().finish_request(request, client_address)
-
-        try:
-            host, port = parse_address(listen)
-            ready = _Workers([watcher, *(w for w, _, _ in also)])
-            server = make_server(host or "0.0.0.0", port, _web_app(ready, registry, web), Server,
-                                 handler_class=Quiet)
-        except (OSError, ValueError) as e:
-            raise UserError(f"metrics listen address {listen}: {e}") from None
-        threading.Thread(target=server.serve_forever, name=f"{name}-web", daemon=True).start()
-        log.info("%s metrics on http://%s:%d/metrics", name, host or "0.0.0.0", server.server_port)
-    schedules = [Schedule(watcher, name), *(Schedule(w, n) for w, _, n in also)]
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    for schedule in schedules:
-        schedule.start()
-    stop.wait()
-    for schedule in reversed(schedules):  # the healer (first) hands its Lease over last
-        schedule.stop()
-    if server:
-        server.shutdown()
-    return 0
+    try:
+        host, port = parse_address(listen)
+        server = make_server(host or "0.0.0.0", port, _web_app(ready, registry, web), Server, handler_class=Quiet)
+    except (OSError, ValueError) as e:
+        raise UserError(f"metrics listen address {listen}: {e}") from None
+    threading.Thread(target=server.serve_forever, name=f"{name}-web", daemon=True).start()
+    log.info("%s metrics on http://%s:%d/metrics", name, host or "0.0.0.0", server.server_port)
+    return server

@@ -17,7 +17,7 @@ import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
-from monitor.sla.rules import Dag, Run
+from monitor.airflow.models import Dag, Run
 
 log = logging.getLogger(__name__)
 

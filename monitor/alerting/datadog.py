@@ -6,10 +6,10 @@ from __future__ import annotations
 import socket
 
 from monitor.alerting import Refused, Retry
+from monitor.alerting.notice import Notice
 
 ALERT_TYPE = {"open": "error", "close": "success", "remind": "warning"}
 STATUS = {"open": 2, "remind": 2, "close": 0}  # service check: 0 OK, 2 CRITICAL
-TITLES = {"open": "SLA breached", "close": "SLA resolved", "remind": "SLA still breached"}
 
 
 class DatadogNotifier:
@@ -27,27 +27,26 @@ class DatadogNotifier:
     def __repr__(self) -> str:
         return f"DatadogNotifier({self.url})"
 
-    def send(self, action: str, notice: dict) -> str:
+    def send(self, action: str, notice: Notice) -> str:
         from datadog.api.exceptions import DatadogException
 
         if action not in ALERT_TYPE:
             raise Refused(f"unknown action {action!r}")
         # the healer's notices name what they are about themselves (subject, release)
-        about = notice.get("dd_tags") or [f"dag_id:{notice['dag_id']}", f"rule:{notice['rule']}"]
-        tags = [*self.tags, *about, f"priority:{notice.get('priority', '')}", f"reason:{notice.get('reason', '')}"]
-        title = (notice.get("titles") or TITLES).get(action, TITLES[action])
-        text = notice.get("note") if action == "close" and notice.get("note") else notice["message"]
-        if notice.get("runbook"):
-            text += f"\nRunbook: {notice['runbook']}"
+        about = list(notice.dd_tags) or [f"dag_id:{notice.subject}", f"rule:{notice.rule}"]
+        tags = [*self.tags, *about, f"priority:{notice.priority}", f"reason:{notice.reason}"]
+        text = notice.note if action == "close" and notice.note else notice.message
+        if notice.runbook:
+            text += f"\nRunbook: {notice.runbook}"
         try:
             reply = self.api.Event.create(
-                title=f"{title}: {notice.get('entity_title') or notice['dag_id']} ({notice['rule']})", text=text,
+                title=f"{notice.title(action)}: {notice.entity_title or notice.subject} ({notice.rule})", text=text,
                 tags=tags,
-                alert_type=ALERT_TYPE[action], aggregation_key=notice["alias"], source_type_name="airflow",
+                alert_type=ALERT_TYPE[action], aggregation_key=notice.alias, source_type_name="airflow",
                 priority="normal")
             self._check_errors(reply)
             self._check_errors(self.api.ServiceCheck.check(
-                check=notice.get("service_check") or self.check, host_name=socket.gethostname(),
+                check=notice.service_check or self.check, host_name=socket.gethostname(),
                 status=STATUS[action], message=text[:500], tags=tags))
         except DatadogException as e:
             raise Retry(f"Datadog: {type(e).__name__}: {e}") from None

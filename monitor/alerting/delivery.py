@@ -20,10 +20,11 @@ MAX_BACKOFF = 300.0
 
 
 def backoff(attempts: int, asked: float | None = None) -> float:
-    """Seconds before the next try: 1, 2, 4 ... capped at 5 min, jittered; a Retry-After wins."""
+    """Seconds before the next try: 1, 2, 4 ... jittered by ±20 %, never more than 5 min (the cap
+    includes the jitter); a Retry-After wins, within the same cap."""
     if asked is not None and asked >= 0:
         return min(asked, MAX_BACKOFF)
-    return min(MAX_BACKOFF, 2.0 ** min(attempts, 16)) * random.uniform(0.8, 1.2)  # no overflow, ever
+    return min(MAX_BACKOFF, 2.0 ** min(attempts, 16) * random.uniform(0.8, 1.2))  # no overflow, ever
 
 
 class Delivery:
@@ -51,23 +52,23 @@ class Delivery:
         for name, notifier in self.notifiers.items():
             for item in self.state.pending(name, now):
                 try:
-                    request_id = notifier.send(item.action, item.payload)
+                    request_id = notifier.send(item.action, item.notice)
                 except Retry as e:
                     wait = backoff(item.attempts, e.after)
                     self.state.failed(item.id, str(e), time.time() + wait)
                     self.errors[name] += 1
                     log.warning("%s: %s %s/%s not delivered (attempt %d), retry in %.0fs: %s", name, item.action,
-                                item.dag_id, item.rule, item.attempts + 1, wait, e)
+                                item.subject, item.rule, item.attempts + 1, wait, e)
                     break
                 except Refused as e:
                     self.state.failed(item.id, str(e), None)
                     self.dead[name] += 1
                     log.error("%s refused %s %s/%s for good (kept in the state file): %s", name, item.action,
-                              item.dag_id, item.rule, e)
+                              item.subject, item.rule, e)
                     continue
                 self.state.delivered(item.id)
                 self.sent[(name, item.action)] += 1
                 done += 1
-                log.info("%s: %s %s/%s delivered%s", name, item.action, item.dag_id, item.rule,
+                log.info("%s: %s %s/%s delivered%s", name, item.action, item.subject, item.rule,
                          f" (requestId {request_id})" if request_id else "")
         return done

@@ -20,7 +20,9 @@ import urllib.parse
 
 from monitor.alerting import Refused, Retry
 from monitor.alerting.http import post_accepted, request
+from monitor.alerting.notice import Notice
 from monitor.alerting.opsgenie import clip, create_body
+from monitor.redact import secret
 
 NOTE_MAX = 25000
 
@@ -38,7 +40,9 @@ class JsmNotifier:
                  timeout: float = 10.0):
         self.base = f"{url.rstrip('/')}/jsm/ops/api/{urllib.parse.quote(cloud_id, safe='')}/v1"
         self.source, self.timeout = source, timeout
-        self._headers = {"Authorization": "Basic " + base64.b64encode(f"{email}:{api_token}".encode()).decode()}
+        # the encoded credential is a secret of its own: a service that echoes the header back must not leak it
+        basic = secret(base64.b64encode(f"{email}:{api_token}".encode()).decode())
+        self._headers = {"Authorization": f"Basic {basic}"}
 
     def __repr__(self) -> str:  # never shows the token
         return f"JsmNotifier({self.base})"
@@ -64,15 +68,15 @@ class JsmNotifier:
             return []
         raise Retry(f"no JSM alert with alias {alias!r} yet (its create may still be processing)")
 
-    def send(self, action: str, notice: dict) -> str:
+    def send(self, action: str, notice: Notice) -> str:
         if action == "open":
             return self._post("/alerts", create_body(notice, self.source, details_key="extraProperties"))
         if action not in ("close", "remind"):
             raise Refused(f"unknown action {action!r}")
-        note = clip(notice.get("note") or notice["message"], NOTE_MAX)
+        note = clip(notice.note or notice.message, NOTE_MAX)
         verb = "close" if action == "close" else "notes"
         ids = []
-        for alert_id in self._open_ids(notice["alias"]):
+        for alert_id in self._open_ids(notice.alias):
             ids.append(self._post(f"/alerts/{urllib.parse.quote(alert_id, safe='')}/{verb}",
                                   {"note": note, "source": self.source}))
         return ",".join(ids)

@@ -13,6 +13,7 @@ import urllib.parse
 
 from monitor.alerting import Refused, Retry
 from monitor.alerting.http import post_accepted, request
+from monitor.alerting.notice import Notice
 
 log = logging.getLogger(__name__)
 
@@ -23,26 +24,26 @@ def clip(text: str, n: int) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-def create_body(notice: dict, source: str, details_key: str = "details") -> dict:
+def create_body(notice: Notice, source: str, details_key: str = "details") -> dict:
     """The create-alert body OpsGenie and JSM share (JSM's REST API calls `details` extraProperties)."""
-    responders = [{"type": t, k: v} for t, k, v in notice.get("responders", [])]
+    responders = [{"type": t, k: v} for t, k, v in notice.responders]
     details, size = {}, 0
-    for k, v in notice.get("details", {}).items():
+    for k, v in notice.details.items():
         v = str(v)
         size += len(k) + len(v)
         if size > DETAILS_MAX:
             break
         details[k] = v
     body = {
-        "message": clip(notice["message"], MESSAGE_MAX),
-        "alias": notice["alias"],
-        "description": clip(notice.get("description", ""), DESCRIPTION_MAX),
+        "message": clip(notice.message, MESSAGE_MAX),
+        "alias": notice.alias,
+        "description": clip(notice.description, DESCRIPTION_MAX),
         "responders": responders,
-        "tags": [clip(t, TAG_MAX) for t in notice.get("tags", [])][:TAGS_MAX],
+        "tags": [clip(t, TAG_MAX) for t in notice.tags][:TAGS_MAX],
         details_key: details,
-        "entity": notice.get("entity", ""),
+        "entity": notice.entity,
         "source": source,
-        "priority": notice.get("priority", "P3"),
+        "priority": notice.priority or "P3",
     }
     return {k: v for k, v in body.items() if v not in ("", [], {})}
 
@@ -61,11 +62,11 @@ class OpsGenieNotifier:
     def _post(self, path: str, body: dict) -> str:
         return post_accepted(self.url + path, body, self._headers, self.timeout, "OpsGenie")
 
-    def send(self, action: str, notice: dict) -> str:
-        alias = urllib.parse.quote(notice["alias"], safe="")
+    def send(self, action: str, notice: Notice) -> str:
+        alias = urllib.parse.quote(notice.alias, safe="")
         if action == "open":
             return self._post("/v2/alerts", create_body(notice, self.source))
-        note = clip(notice.get("note") or notice["message"], 25000)
+        note = clip(notice.note or notice.message, 25000)
         if action == "close":
             return self._post(f"/v2/alerts/{alias}/close?identifierType=alias", {"source": self.source, "note": note})
         if action == "remind":

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from monitor.alerting import Refused
 from monitor.alerting.http import request
+from monitor.alerting.notice import ACTIONS, Notice
 
 ICON = {"open": ":red_circle:", "close": ":large_green_circle:", "remind": ":bell:"}
-VERB = {"open": "SLA breached", "close": "SLA resolved", "remind": "SLA still breached"}
 
 
 class WebhookNotifier:
@@ -22,15 +22,15 @@ class WebhookNotifier:
     def __repr__(self) -> str:  # the URL of a Slack webhook is a secret
         return "WebhookNotifier(<url>)"
 
-    def send(self, action: str, notice: dict) -> str:
-        if action not in VERB:
+    def send(self, action: str, notice: Notice) -> str:
+        if action not in ACTIONS:
             raise Refused(f"unknown action {action!r}")
-        verb = (notice.get("titles") or VERB).get(action, VERB[action])  # the healer's notices name their own
-        text = f"{ICON[action]} [{notice.get('priority', '')}] {verb}: {notice['message']}"
-        if notice.get("runbook"):
-            text += f" (runbook: {notice['runbook']})"
-        key = f"{notice['alias']}/{action}/{notice.get('at', '')}"
-        body = {"text": text, "airflow_monitor": {"id": key, "action": action,
-                                                  **{k: v for k, v in notice.items() if k != "responders"}}}
+        text = f"{ICON[action]} [{notice.priority}] {notice.title(action)}: {notice.message}"
+        if notice.runbook:
+            text += f" (runbook: {notice.runbook})"
+        key = f"{notice.alias}/{action}/{notice.at}"
+        payload = notice.payload()
+        payload.pop("responders", None)
+        body = {"text": text, "airflow_monitor": {"id": key, "action": action, **payload}}
         request("POST", self.url, body, {"Idempotency-Key": key}, self.timeout)
         return ""

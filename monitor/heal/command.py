@@ -1,4 +1,5 @@
-"""`airflow-monitor heal [run|status|check]`: the healer alone, a table of what it sees, or one dry look.
+"""`airflow-monitor heal [status|check]`: a table of what the healer sees, or one dry look (`heal run`
+is composed by monitor.serve).
 
 `status` and `check` observe once and act on nothing: no Event, no restart, no page, no Lease taken
 (they share the state file with the running healer, so a look from a laptop changes nothing)."""
@@ -16,11 +17,11 @@ log = logging.getLogger("airflow_monitor")
 
 
 def build_from(path: str | None, fresh_state: bool = False, lease: bool = True):
+    from monitor.alerting.store import StateEmpty
     from monitor.config import ConfigError
     from monitor.heal.config import load
     from monitor.heal.service import build
     from monitor.kube.client import KubeError
-    from monitor.sla.state import StateEmpty
 
     try:
         cfg = load(path)
@@ -89,39 +90,13 @@ def show(healer, as_json: bool) -> None:
 
 
 def run(args) -> int:
+    """status and check (`heal run` is composed by monitor.serve)."""
     action = args.action or "run"
-    healer = build_from(args.config, getattr(args, "fresh_state", False), lease=action == "run")
+    healer = build_from(args.config, getattr(args, "fresh_state", False), lease=False)
     if action in ("status", "check"):
         healer.cycle(apply=False)
         show(healer, args.json)
         if healer.stats.blind_reason:
             return 1
         return 1 if action == "check" and healer.diagnoses else 0
-    from monitor.heal.exposition import HealCollector
-    from monitor.worker import serve_alone
-
-    log.info("healer: %s, mode %s, every %.0fs, notifiers: %s", healer.where, healer.cfg.mode, healer.cfg.interval,
-             ", ".join(n.name for n in healer.notifiers) or "none (metrics and Events only)")
-    also = ()
-    if getattr(args, "sla_config", None):
-        also = (with_watcher(healer, args.sla_config, getattr(args, "fresh_state", False)),)
-    return serve_alone(healer, HealCollector(healer), args.metrics_listen, getattr(args, "web_config_file", None),
-                       name="heal", also=also)
-
-
-def with_watcher(healer, path: str, fresh_state: bool = False):
-    """The SLA watcher in the healer's process, sharing its Lease: with two replicas it pages once."""
-    from monitor.sla.command import load_config
-    from monitor.sla.exposition import SLACollector
-    from monitor.sla.service import build
-    from monitor.sla.state import StateEmpty
-
-    cfg = load_config(path)
-    try:
-        watcher = build(cfg, fresh_state)
-    except StateEmpty as e:
-        raise UserError(str(e)) from None
-    watcher.lease = healer.lease
-    log.info("SLA watcher beside the healer: every %.0fs, paging only while this replica holds the Lease",
-             cfg.interval)
-    return watcher, SLACollector(watcher), "sla"
+    raise UserError(f"unknown heal action {action!r}")

@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from monitor.alerting import config as notify_config
+from monitor.alerting.config import NotifyConfig, NotifyConfigError, parse_notify
 from monitor.config import ConfigError, mapping, only, read_secret, read_yaml
 from monitor.durations import parse_duration
 from monitor.heal.budget import Budget
@@ -63,10 +65,7 @@ class HealConfig:
     lease: bool = True
     lease_name: str = "airflow-monitor"
     lease_duration: float = 15.0
-    opsgenie: object = None
-    jsm: object = None
-    datadog: object = None
-    webhook: str | None = None
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
     source: str = ""
 
 
@@ -137,8 +136,6 @@ def _db_url(a: dict) -> str:
 
 
 def parse(doc, source: str = "config") -> HealConfig:
-    from monitor.sla.config import SLAConfigError, _responders, parse_notify
-
     doc = _map(doc, source)
     _only(doc, TOP_KEYS, source)
     k = _map(doc.get("kubernetes"), "kubernetes")
@@ -164,9 +161,9 @@ def parse(doc, source: str = "config") -> HealConfig:
     _only(le, LEASE_KEYS, "lease")
     try:
         notify = parse_notify(doc.get("notify"))
-        responders = _responders(h.get("responders"), "healer")
-    except SLAConfigError as e:
+    except NotifyConfigError as e:
         raise HealConfigError(str(e)) from None
+    responders = notify_config.responders(h.get("responders"), "healer", HealConfigError)
     tags = h.get("tags") or []
     if not isinstance(tags, list):
         raise HealConfigError("healer.tags: must be a list of strings")
@@ -204,7 +201,7 @@ def parse(doc, source: str = "config") -> HealConfig:
         responders=responders, tags=tuple(str(x) for x in tags), runbook=str(h.get("runbook") or ""),
         budget=budget, settings=settings, thresholds=thresholds,
         lease=bool(le.get("enabled", True)), lease_name=str(le.get("name") or "airflow-monitor"),
-        lease_duration=_seconds(le, "duration", "15s", "lease"), source=source, **notify)
+        lease_duration=_seconds(le, "duration", "15s", "lease"), source=source, notify=notify)
 
 
 def load(path: str | None) -> HealConfig:

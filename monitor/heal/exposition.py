@@ -7,9 +7,9 @@ import time
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from monitor.alerting.exposition import delivery_families
 from monitor.heal import budget as budgets
 from monitor.heal.rules import RULES
-from monitor.sla.exposition import delivery_families
 
 RESTARTABLE_COMPONENTS = ("scheduler",)
 OUTCOMES = ("started", "healed", "failed", "error", "exhausted")
@@ -70,4 +70,4 @@ class HealCollector:
                                 value=s.last_duration)
         yield GaugeMetricFamily("airflow_monitor_heal_state_broken", "1 while the healer cannot use its state file",
                                 value=1.0 if h.state.broken else 0.0)
-        yield from delivery_families("airflow_monitor_heal", h)
+        yield from delivery_families("airflow_monitor_heal", h.alerts)

@@ -17,13 +17,14 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from monitor.alerting.delivery import Delivery
+from monitor.alerting.alerts import Alerts
+from monitor.alerting.notice import Notice
 from monitor.heal import budget as budgets
 from monitor.heal.config import HealConfig
 from monitor.heal.observe import DbView, read_db, read_kube
-from monitor.heal.rules import Diagnosis, Observation, Pod, diagnose
-from monitor.heal.state import HealState
+from monitor.heal.rules import Diagnosis, Observation, diagnose
 from monitor.kube.client import KubeError
+from monitor.kube.models import Pod
 from monitor.probe.db import SourceError
 
 log = logging.getLogger(__name__)
@@ -50,10 +51,10 @@ class Stats:
 
 
 class Healer:
-    def __init__(self, cfg: HealConfig, kube, state: HealState, notifiers: list, lease=None):
-        self.cfg, self.kube, self.state, self.lease = cfg, kube, state, lease
-        self.notifiers = notifiers
-        self.delivery = Delivery(state, notifiers)
+    def __init__(self, cfg: HealConfig, kube, alerts: Alerts, lease=None):
+        self.cfg, self.kube, self.alerts, self.lease = cfg, kube, alerts, lease
+        self.state = alerts.store  # the healer's state file (monitor.heal.state.HealState)
+        self.notifiers = alerts.notifiers
         self.diagnoses: list[Diagnosis] = []
         self.pods: list[Pod] = []
         self.db_view: DbView | None = None
@@ -180,7 +181,7 @@ class Healer:
             self._verify(obs, now)
         pageable: set[tuple[str, str]] = set()
         exhausted: set[str] = set()
-        open_alerts = self.state.alerts("open")
+        open_alerts = self.alerts.open_alerts()
         for d in self.diagnoses:
             if d.restartable and self.cfg.mode == "act":
                 if not acting:
@@ -343,26 +344,25 @@ class Healer:
                 f"{self.stats.consecutive_blind} cycles: {why}. Nothing is diagnosed or restarted meanwhile.")
 
     def _notice(self, subject: str, rule: str, reason: str, message: str, desc: str, priority: str, now: datetime,
-                note: str = "", d: Diagnosis | None = None) -> dict:
+                note: str = "", d: Diagnosis | None = None) -> Notice:
         details = {"release": self.where, "component": d.component if d else subject, "rule": rule,
                    **({"pods": ",".join(d.pods[:10])} if d and d.pods else {}),
                    **({k: str(v) for k, v in d.details.items() if v is not None} if d else {})}
-        return {"alias": self.alias(subject, rule), "dag_id": subject, "rule": rule, "reason": reason,
-                "message": f"[airflow-heal] {message}", "description": desc, "priority": priority,
-                "responders": [list(r) for r in self.cfg.responders], "tags": ["airflow-heal", *self.cfg.tags],
-                "entity": self.where, "runbook": self.cfg.runbook, "details": details, "note": note,
-                "at": now.isoformat(), "titles": TITLES, "service_check": "airflow.heal",
-                "dd_tags": self._dd_tags(subject, rule), "entity_title": f"{subject} in {self.where}"}
+        return Notice(alias=self.alias(subject, rule), subject=subject, rule=rule, reason=reason,
+                      message=f"[airflow-heal] {message}", description=desc, priority=priority,
+                      responders=tuple(self.cfg.responders), tags=("airflow-heal", *self.cfg.tags),
+                      entity=self.where, runbook=self.cfg.runbook, details=details, note=note, at=now.isoformat(),
+                      titles=TITLES, service_check="airflow.heal", dd_tags=self._dd_tags(subject, rule),
+                      entity_title=f"{subject} in {self.where}", summary=message)
 
-    def _dd_tags(self, subject: str, rule: str) -> list[str]:
-        return [f"subject:{subject}", f"rule:{rule}", f"kube_namespace:{self.cfg.namespace}",
-                f"release:{self.cfg.release}"]
+    def _dd_tags(self, subject: str, rule: str) -> tuple[str, ...]:
+        return (f"subject:{subject}", f"rule:{rule}", f"kube_namespace:{self.cfg.namespace}",
+                f"release:{self.cfg.release}")
 
     def _open(self, subject: str, rule: str, reason: str, message: str, desc: str, priority: str, now: datetime,
               pods: tuple[str, ...], diagnosis: Diagnosis | None = None) -> bool:
         notice = self._notice(subject, rule, reason, message, desc, priority, now, d=diagnosis)
-        opened = self.state.open(subject, rule, reason, message, priority, [(n.name, notice) for n in self.notifiers],
-                                 now.timestamp())
+        opened = self.alerts.open(notice, now.timestamp())
         if opened:
             log.warning("healer: paged %s/%s: %s", subject, rule, message)
             by_name = {p.name: p for p in self.pods}
@@ -371,21 +371,21 @@ class Healer:
                     self._event(by_name[name], EVENT_REASONS.get(rule, "Diagnosis"), f"airflow-monitor: {message}",
                                 "Diagnose")
         else:
-            self.state.update(subject, rule, reason, message)
+            self.alerts.update(notice)
         return opened
 
     def _resolve(self, key: tuple[str, str], why: str, now: datetime) -> None:
         subject, rule = key
         notice = self._notice(subject, rule, "resolved", f"{subject} {rule}: {why}", "", self.cfg.priority, now,
                               note=f"resolved: {why}")
-        if self.state.resolve(subject, rule, [(n.name, notice) for n in self.notifiers], now.timestamp()):
+        if self.alerts.resolve(notice, now.timestamp()):
             log.info("healer: resolved %s/%s: %s", subject, rule, why)
 
     def deliver(self) -> None:
         if not (self.leader or self._led) or self.state.broken:
             return
         try:
-            self.delivery.drain()
+            self.alerts.deliver()
         except sqlite3.Error as e:
             self.state.fail(e)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from monitor.heal.rules import Event, Pod
+from monitor.kube.models import Event, Pod
 from monitor.probe import db as probe_db
 from monitor.probe.rules import Thresholds, Verdict, evaluate
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from monitor.kube.models import Container, Event, Pod
 from monitor.probe.rules import Verdict
 
 COMPONENTS = ("scheduler", "api-server", "triggerer", "dag-processor", "worker")
@@ -22,42 +23,6 @@ BLOCKED_WAITING = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "Crea
 BLOCKED_EVENTS = ("FailedScheduling", "FailedMount", "FailedCreatePodSandBox", "Failed")
 RULES = ("stuck_scheduler", "queue_blocked", "restart_storm", "oom_killed", "crash_loop", "no_ready_pod",
          "queued_timeout")
-
-
-@dataclass(frozen=True)
-class Container:
-    name: str
-    ready: bool = True
-    restarts: int = 0
-    waiting_reason: str = ""
-    waiting_message: str = ""
-    last_reason: str = ""  # lastState.terminated (or state.terminated) reason: OOMKilled, Error, Completed
-    last_exit_code: int | None = None
-    last_finished: datetime | None = None
-    memory_limit: str = ""
-
-
-@dataclass(frozen=True)
-class Pod:
-    name: str
-    component: str
-    phase: str = "Running"  # Pending | Running | Succeeded | Failed | Unknown
-    ready: bool = True
-    created: datetime | None = None
-    deleting: bool = False
-    containers: tuple[Container, ...] = ()
-    unschedulable: str = ""  # the PodScheduled=False condition's message
-    uid: str = ""
-
-
-@dataclass(frozen=True)
-class Event:
-    object_name: str
-    reason: str
-    message: str
-    last: datetime | None = None
-    count: int = 1
-    type: str = "Normal"
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from monitor.alerting.alerts import Alerts
+from monitor.alerting.config import build_notifiers
 from monitor.heal.config import HealConfig
 from monitor.heal.healer import Healer
 from monitor.heal.state import HealState
 from monitor.kube.client import Kube, load_api_client
 from monitor.kube.lease import Lease, identity
-from monitor.sla.service import notifiers
 
 
 def build(cfg: HealConfig, fresh_state: bool = False, lease: bool = True) -> Healer:
@@ -16,7 +17,8 @@ def build(cfg: HealConfig, fresh_state: bool = False, lease: bool = True) -> Hea
     me = identity()
     kube = Kube(api, cfg.namespace, cfg.release, cfg.kube_timeout, identity=me)
     elector = Lease(api, cfg.namespace, cfg.lease_name, cfg.lease_duration, me) if (cfg.lease and lease) else None
-    healer = Healer(cfg, kube, HealState(cfg.state_file, fresh=fresh_state), notifiers(cfg), elector)
+    healer = Healer(cfg, kube, Alerts(HealState(cfg.state_file, fresh=fresh_state), build_notifiers(cfg.notify)),
+                    elector)
     if elector is not None:
         elector.start()
     return healer

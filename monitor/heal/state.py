@@ -1,6 +1,6 @@
-"""The healer's state: the SLA watcher's alert table and outbox (monitor.sla.state) plus the actions
-taken, in one SQLite file, so that a restart of the healer neither forgets what it spent of a
-budget nor pages again what it already paged. An alert's (dag_id, rule) key holds (subject, rule).
+"""The healer's state: the alert table and outbox every producer has (monitor.alerting.store) plus the
+actions taken, in one SQLite file, so that a restart of the healer neither forgets what it spent of a
+budget nor pages again what it already paged.
 """
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from monitor.alerting.store import AlertStore
 from monitor.heal.budget import Action
-from monitor.sla.state import SCHEMA, State
 
 ACTIONS = """
 CREATE TABLE IF NOT EXISTS action (
@@ -47,8 +47,8 @@ class ActionRow:
         return Action(self.component, self.at, self.outcome)
 
 
-class HealState(State):
-    SCHEMA = SCHEMA + ACTIONS
+class HealState(AlertStore):
+    EXTRA_SCHEMA = ACTIONS
     WHAT = "healer state file"
 
     def record(self, component: str, pod: str, rule: str, what: str, reason: str, verify_by: float,

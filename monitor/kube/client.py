@@ -1,7 +1,7 @@
 """Talking to the Kubernetes API with the `kubernetes` package: the release's pods and their Events,
 deleting a pod or restarting its workload, and writing Events of our own.
 
-Everything the healer reads comes back as the pure types of monitor.heal.rules; every failure is a
+Everything the healer reads comes back as the plain types of monitor.kube.models; every failure is a
 KubeError with one line (status and the API's own message), so the healer can tell "cannot see"
 (no action, count a blind cycle) from a refused write.
 """
@@ -12,7 +12,7 @@ import logging
 import secrets
 from datetime import UTC, datetime
 
-from monitor.heal.rules import Container, Event, Pod
+from monitor.kube.models import Container, Event, Pod
 
 log = logging.getLogger(__name__)
 

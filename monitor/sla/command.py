@@ -31,15 +31,17 @@ def load_config(path: str | None, airflow_url: str | None = None):
         raise UserError(str(e)) from None
 
 
-def _build(args):
+def build_from(path: str | None, airflow_url: str | None = None, state_file: str | None = None,
+               fresh_state: bool = False):
+    """A watcher from its config file; every failure a UserError of one line."""
+    from monitor.alerting.store import StateEmpty
     from monitor.sla.service import build
-    from monitor.sla.state import StateEmpty
 
-    cfg = load_config(args.config, args.airflow_url)
-    if getattr(args, "state_file", None):
-        cfg.state_file = args.state_file
+    cfg = load_config(path, airflow_url)
+    if state_file:
+        cfg.state_file = state_file
     try:
-        return build(cfg, fresh_state=getattr(args, "fresh_state", False))
+        return build(cfg, fresh_state=fresh_state)
     except StateEmpty as e:
         raise UserError(str(e)) from None
     except OSError as e:
@@ -111,31 +113,32 @@ def test_notify(watcher) -> int:
     """One test alert through each configured notifier, opened and closed at once, without the
     state file; exit 1 if any notifier did not take both."""
     from monitor.alerting import Refused, Retry
+    from monitor.alerting.notice import Notice
 
     if not watcher.notifiers:
         print("no notifier configured (notify: opsgenie, jsm, datadog or webhook)")
         return 1
     now = datetime.now(UTC)
-    notice = {"alias": f"airflow-sla:test:{now.strftime('%Y%m%dT%H%M%S')}", "dag_id": "_test", "rule": "test",
-              "reason": "test", "message": "[SLA] airflow-monitor test alert (closed at once; nothing is wrong)",
-              "description": "Sent by `airflow-monitor sla test-notify` to check the notifier's settings.",
-              "priority": "P5", "responders": [], "tags": ["airflow-sla", "test"], "entity": "airflow-monitor",
-              "runbook": "", "details": {"test": "true"}, "note": "", "at": now.isoformat()}
+    notice = Notice(alias=f"airflow-sla:test:{now.strftime('%Y%m%dT%H%M%S')}", subject="_test", rule="test",
+                    reason="test", message="[SLA] airflow-monitor test alert (closed at once; nothing is wrong)",
+                    description="Sent by `airflow-monitor sla test-notify` to check the notifier's settings.",
+                    priority="P5", tags=("airflow-sla", "test"), entity="airflow-monitor", details={"test": "true"},
+                    at=now.isoformat())
     failed = 0
     for n in watcher.notifiers:
         try:
             opened = n.send("open", notice)
-            closed = _close_soon(n, {**notice, "note": "test over", "at": datetime.now(UTC).isoformat()})
+            closed = _close_soon(n, notice.but(note="test over", at=datetime.now(UTC).isoformat()))
         except (Retry, Refused) as e:
             failed += 1
             print(f"{n.name}: FAILED: {e}")
             continue
         ids = ", ".join(x for x in (opened, closed) if x)
-        print(f"{n.name}: ok: test alert {notice['alias']} opened and closed" + (f" ({ids})" if ids else ""))
+        print(f"{n.name}: ok: test alert {notice.alias} opened and closed" + (f" ({ids})" if ids else ""))
     return 1 if failed else 0
 
 
-def _close_soon(notifier, notice: dict, within: float = 30.0) -> str:
+def _close_soon(notifier, notice, within: float = 30.0) -> str:
     """Close what was just opened; a service that processes writes asynchronously (JSM) may not
     have the alert yet, so a Retry is tried again for up to `within` seconds."""
     import time
@@ -186,8 +189,10 @@ def _airflow_error(e) -> UserError:
 
 
 def run(args) -> int:
+    """check, status and test-notify (`sla run` is composed by monitor.serve)."""
     action = args.action or "run"
-    watcher = _build(args)
+    watcher = build_from(args.config, args.airflow_url, getattr(args, "state_file", None),
+                         getattr(args, "fresh_state", False))
     if action == "test-notify":
         return test_notify(watcher)
     if action == "status":
@@ -219,10 +224,4 @@ def run(args) -> int:
         _print(_rows(watcher), args.json, ("dag_id", "rule", "priority", "state", "reason", "message"))
         _outbox(watcher, args.json)
         return 1 if any(j.verdict.breached for j in watcher.judgements.values()) else 0
-    from monitor.sla.exposition import SLACollector
-
-    log.info("SLA watcher: %d rule sets, every %.0fs, notifiers: %s", len(watcher.cfg.watches),
-             watcher.cfg.interval, ", ".join(n.name for n in watcher.notifiers) or "none (metrics only)")
-    from monitor.worker import serve_alone
-
-    return serve_alone(watcher, SLACollector(watcher), args.metrics_listen, getattr(args, "web_config_file", None))
+    raise UserError(f"unknown sla action {action!r}")

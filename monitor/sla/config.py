@@ -9,22 +9,16 @@ from __future__ import annotations
 
 import fnmatch
 import os
-import re
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
+from monitor.airflow.models import Dag
+from monitor.alerting import config as notify_config
+from monitor.alerting.config import NotifyConfig, NotifyConfigError, parse_notify
 from monitor.config import ConfigError, mapping, only, read_secret, read_yaml
 from monitor.durations import parse_duration
-from monitor.redact import secret
 from monitor.sla import windows
-from monitor.sla.rules import KINDS, PRIORITIES, Dag, Rule
-
-RESPONDER_TYPES = ("team", "user", "escalation", "schedule")
-OPSGENIE_URLS = {
-    "us": "https://api.opsgenie.com",
-    "eu": "https://api.eu.opsgenie.com",
-    "jsm": "https://api.atlassian.com/jsm/ops/integration",  # Jira Service Management, same body
-}
+from monitor.sla.rules import KINDS, Rule
 
 
 class SLAConfigError(ConfigError):
@@ -76,33 +70,6 @@ class AirflowAccess:
 
 
 @dataclass
-class OpsGenie:
-    api_key: str
-    url: str
-    source: str = "airflow-monitor"
-    heartbeat: str = ""
-
-
-@dataclass
-class DatadogNotify:
-    api_key: str
-    api_url: str
-    service_check: str = "airflow.sla"
-    tags: tuple[str, ...] = ()
-
-
-@dataclass
-class JsmOps:
-    """The JSM Operations REST API: an Atlassian site's cloudId, an account's email and API token."""
-
-    cloud_id: str = field(repr=False)
-    email: str
-    api_token: str = field(repr=False)
-    url: str = "https://api.atlassian.com"
-    source: str = "airflow-monitor"
-
-
-@dataclass
 class SLAConfig:
     airflow: AirflowAccess
     watches: tuple[Watch, ...]
@@ -114,10 +81,7 @@ class SLAConfig:
     renotify: float = 0.0
     lookback: float = 7 * 86400.0
     metrics_listen: str = ":9103"
-    opsgenie: OpsGenie | None = None
-    jsm: JsmOps | None = None
-    datadog: DatadogNotify | None = None
-    webhook: str | None = None
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
     source: str = ""  # the file it came from, for messages
     new_dag_grace: float = 3600.0  # a DAG first seen less than this ago is not judged yet
     mutes: tuple[Mute, ...] = ()
@@ -157,39 +121,15 @@ def _duration(v, where: str) -> float:
 
 
 def _priority(v, where: str) -> str:
-    p = str(v).upper()
-    if p not in PRIORITIES:
-        raise SLAConfigError(f"{where}: priority must be one of P1..P5, not {v!r}")
-    return p
+    return notify_config.priority(v, where, SLAConfigError)
 
 
 def _responders(v, where: str) -> tuple[tuple[str, str, str], ...]:
-    """'team-name' or {type: team|user|escalation|schedule, name|id|username: ...}."""
-    if v is None:
-        return ()
-    if not isinstance(v, list):
-        raise SLAConfigError(f"{where}: responders must be a list")
-    out = []
-    for i, r in enumerate(v):
-        if isinstance(r, str) and r:
-            out.append(("team", "name", r))
-            continue
-        if not isinstance(r, dict) or r.get("type") not in RESPONDER_TYPES:
-            raise SLAConfigError(f"{where}.responders[{i}]: a team name, or a mapping with type "
-                                 f"({'/'.join(RESPONDER_TYPES)}) and name, id or username")
-        keys = [k for k in ("id", "name", "username") if r.get(k)]
-        if len(keys) != 1 or set(r) - {"type", *keys}:
-            raise SLAConfigError(f"{where}.responders[{i}]: needs exactly one of id, name, username")
-        out.append((r["type"], keys[0], str(r[keys[0]])))
-    return tuple(out)
+    return notify_config.responders(v, where, SLAConfigError)
 
 
 def _tags(v, where: str) -> tuple[str, ...]:
-    if v is None:
-        return ()
-    if not isinstance(v, list) or not all(isinstance(t, str | int | float) for t in v):
-        raise SLAConfigError(f"{where}: tags must be a list of strings")
-    return tuple(str(t) for t in v)
+    return notify_config.tags(v, where, SLAConfigError)
 
 
 _META = {"name", "priority", "responders", "tags", "runbook"}
@@ -202,8 +142,6 @@ WATCH_KEYS = {"dag_id", "match", "tag", "rules", *_META - {"name"}}
 RULE_KEYS = {*_META, "max_age", "deadline", "from_schedule", "max_duration", "timezone"}
 DEFAULTS_KEYS = _META - {"name"}
 MUTE_KEYS = {"dag_id", "match", "rule", "until", "reason"}
-NOTIFY_KEYS = {"opsgenie", "jsm", "datadog", "webhook"}
-JSM_KEYS = {"cloud_id", "email", "api_token", "api_token_file", "url", "source"}
 
 
 def _check_meta(d: dict, where: str) -> None:
@@ -298,59 +236,11 @@ def _secret(sec: dict, key: str, env: tuple[str, ...], where: str) -> str | None
     return read_secret(env, str(sec.get(f"{key}_file") or ""))
 
 
-def parse_notify(raw) -> dict:
-    """The `notify:` section, shared by the SLA watcher and the healer: {opsgenie, jsm, datadog,
-    webhook}, each None when not configured."""
-    n = _map(raw, "notify")
-    _only(n, NOTIFY_KEYS, "notify")
-    opsgenie = None
-    if n.get("opsgenie") is not None:
-        og = _map(n["opsgenie"], "notify.opsgenie")
-        _only(og, {"api_key_file", "api_key", "region", "url", "source", "heartbeat"}, "notify.opsgenie")
-        region = str(og.get("region") or "us").lower()
-        if region not in OPSGENIE_URLS:
-            raise SLAConfigError(f"notify.opsgenie.region: one of {', '.join(OPSGENIE_URLS)}, not {region!r}")
-        key = _secret(og, "api_key", ("AIRFLOW_MONITOR_OPSGENIE_API_KEY", "OPSGENIE_API_KEY"), "notify.opsgenie")
-        if not key:
-            raise SLAConfigError("notify.opsgenie: no API key (api_key_file or $AIRFLOW_MONITOR_OPSGENIE_API_KEY)")
-        opsgenie = OpsGenie(api_key=key, url=str(og.get("url") or OPSGENIE_URLS[region]).rstrip("/"),
-                            source=str(og.get("source") or "airflow-monitor"),
-                            heartbeat=str(og.get("heartbeat") or ""))
-    jsm = None
-    if n.get("jsm") is not None:
-        j = _map(n["jsm"], "notify.jsm")
-        _only(j, JSM_KEYS, "notify.jsm")
-        token = _secret(j, "api_token", ("AIRFLOW_MONITOR_JSM_API_TOKEN",), "notify.jsm")
-        cloud_id, email = str(j.get("cloud_id") or "").strip(), str(j.get("email") or "").strip()
-        if not cloud_id or not email or not token:
-            raise SLAConfigError("notify.jsm: needs cloud_id, email and an API token (api_token_file or "
-                                 "$AIRFLOW_MONITOR_JSM_API_TOKEN)")
-        if not re.fullmatch(r"[A-Za-z0-9-]+", cloud_id):
-            raise SLAConfigError("notify.jsm.cloud_id: the site's cloudId, a UUID "
-                                 "(https://<site>.atlassian.net/_edge/tenant_info shows it)")
-        jsm = JsmOps(cloud_id=cloud_id, email=email, api_token=token,
-                     url=str(j.get("url") or JsmOps.url).rstrip("/"), source=str(j.get("source") or "airflow-monitor"))
-    datadog = None
-    if n.get("datadog") is not None:
-        dd = _map(n["datadog"], "notify.datadog")
-        _only(dd, {"api_key_file", "api_key", "site", "api_url", "service_check", "tags"}, "notify.datadog")
-        key = _secret(dd, "api_key", ("AIRFLOW_MONITOR_DATADOG_API_KEY", "DD_API_KEY"), "notify.datadog")
-        if not key:
-            raise SLAConfigError("notify.datadog: no API key (api_key_file or $DD_API_KEY)")
-        site = str(dd.get("site") or "datadoghq.com")
-        datadog = DatadogNotify(api_key=key, api_url=str(dd.get("api_url") or f"https://api.{site}").rstrip("/"),
-                                service_check=str(dd.get("service_check") or "airflow.sla"),
-                                tags=_tags(dd.get("tags"), "notify.datadog.tags"))
-    webhook = None
-    if n.get("webhook") is not None:
-        wh = _map(n["webhook"], "notify.webhook")
-        _only(wh, {"url", "url_file"}, "notify.webhook")
-        webhook = secret(str(wh.get("url") or "")) or read_secret(("AIRFLOW_MONITOR_WEBHOOK_URL",),
-                                                          str(wh.get("url_file") or ""))
-        if not webhook or not webhook.startswith(("http://", "https://")):
-            raise SLAConfigError("notify.webhook: needs an http(s) url (url, url_file or $AIRFLOW_MONITOR_WEBHOOK_URL)")
-
-    return {"opsgenie": opsgenie, "jsm": jsm, "datadog": datadog, "webhook": webhook}
+def _notify(raw) -> NotifyConfig:
+    try:
+        return parse_notify(raw)
+    except NotifyConfigError as e:
+        raise SLAConfigError(str(e)) from None
 
 
 def parse(doc: dict, source: str = "config", airflow_url: str | None = None) -> SLAConfig:
@@ -403,7 +293,7 @@ def parse(doc: dict, source: str = "config", airflow_url: str | None = None) -> 
         renotify=_duration(w.get("renotify", 0), "watcher.renotify"),
         lookback=_duration(w.get("lookback", "7d"), "watcher.lookback"),
         metrics_listen=str(w.get("metrics_listen", ":9103")),
-        **parse_notify(doc.get("notify")), source=source,
+        notify=_notify(doc.get("notify")), source=source,
         new_dag_grace=_duration(w.get("new_dag_grace", "1h"), "watcher.new_dag_grace"), mutes=mutes,
     )
 

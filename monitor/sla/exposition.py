@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from monitor.alerting.exposition import delivery_families
 
 
 class SLACollector:
@@ -52,26 +53,4 @@ class SLACollector:
                                 value=s.last_requests)
         yield GaugeMetricFamily("airflow_monitor_sla_watched_dags", "DAGs matched by the SLA config",
                                 value=len(seen))
-        yield from delivery_families("airflow_monitor_sla", w)
-
-
-def delivery_families(prefix: str, worker):
-    """A worker's notifications sent and failed, and its outbox, as `<prefix>_notifications` etc.
-    (the SLA watcher's and the healer's)."""
-    sent = CounterMetricFamily(f"{prefix}_notifications", "Notices accepted by a notifier",
-                               labels=["notifier", "action"])
-    for (name, action), n in sorted(worker.delivery.sent.items()):
-        sent.add_metric([name, action], n)
-    yield sent
-    errs = CounterMetricFamily(f"{prefix}_notification_errors", "Failed delivery attempts", labels=["notifier"])
-    for name, n in sorted(worker.delivery.errors.items()):
-        errs.add_metric([name], n)
-    yield errs
-    pending = GaugeMetricFamily(f"{prefix}_outbox_pending", "Notices waiting for delivery", labels=["notifier"])
-    try:
-        backlog = None if worker.state.broken else worker.state.backlog()
-    except sqlite3.Error:
-        backlog = None  # the cycle says so (state_broken) and pages
-    for n in worker.notifiers if backlog is not None else ():
-        pending.add_metric([n.name], backlog.get(n.name, 0))
-    yield pending
+        yield from delivery_families("airflow_monitor_sla", w.alerts)

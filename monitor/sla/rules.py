@@ -19,32 +19,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, tzinfo
 
+from monitor.airflow.models import Dag, Run
 from monitor.durations import format_duration
 from monitor.sla import windows
 
 KINDS = ("max_age", "deadline", "from_schedule", "max_duration")
 PRIORITIES = ("P1", "P2", "P3", "P4", "P5")
 FINISHED = ("success", "failed")
-
-
-@dataclass(frozen=True)
-class Run:
-    run_id: str
-    state: str  # queued | running | success | failed
-    run_type: str  # scheduled | manual | backfill | asset_triggered | ...
-    run_after: datetime
-    start_date: datetime | None = None
-    end_date: datetime | None = None
-    dag_id: str = ""
-
-
-@dataclass(frozen=True)
-class Dag:
-    dag_id: str
-    is_paused: bool = False
-    tags: tuple[str, ...] = ()
-    next_run_after: datetime | None = None  # Airflow's next_dagrun_run_after
-    schedule: str | None = None  # Airflow's timetable_summary, None when unscheduled
 
 
 @dataclass(frozen=True)

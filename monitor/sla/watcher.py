@@ -20,14 +20,15 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from monitor.airflow.models import Dag
 from monitor.airflow.rest import AirflowError
 from monitor.alerting import Refused, Retry
-from monitor.alerting.delivery import Delivery
+from monitor.alerting.alerts import Alerts
+from monitor.alerting.notice import Notice
 from monitor.sla import windows
 from monitor.sla.config import Mute, SLAConfig
 from monitor.sla.history import ACTIVE, OVERLAP, RunHistory
-from monitor.sla.rules import Dag, Rule, Verdict, evaluate
-from monitor.sla.state import State
+from monitor.sla.rules import Rule, Verdict, evaluate
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +63,10 @@ def alias(dag_id: str, rule: str) -> str:
 
 
 class Watcher:
-    def __init__(self, cfg: SLAConfig, rest, state: State, notifiers: list):
-        self.cfg, self.rest, self.state = cfg, rest, state
-        self.notifiers = notifiers
-        self.delivery = Delivery(state, notifiers)
+    def __init__(self, cfg: SLAConfig, rest, alerts: Alerts):
+        self.cfg, self.rest, self.alerts = cfg, rest, alerts
+        self.state = alerts.store  # the SLA state file (monitor.sla.state.SLAState)
+        self.notifiers = alerts.notifiers
         self.history = RunHistory()
         self.judgements: dict[tuple[str, str], Judgement] = {}
         self.stats = CycleStats()
@@ -173,7 +174,7 @@ class Watcher:
             if not apply:
                 raise
             self._blind(str(e), now)
-            self.delivery.drain()
+            self.alerts.deliver()
             return list(self.judgements.values())
         judgements: dict[tuple[str, str], Judgement] = {}
         for dag, rules in watched.values():
@@ -198,7 +199,7 @@ class Watcher:
         for n in self.notifiers:
             if hasattr(n, "heartbeat"):
                 n.heartbeat()
-        self.delivery.drain()
+        self.alerts.deliver()
         return list(judgements.values())
 
     def _grace_and_mutes(self, judgements: dict[tuple[str, str], Judgement], now: datetime, apply: bool) -> None:
@@ -223,10 +224,7 @@ class Watcher:
                 j.muted = self.cfg.mute_for(dag_id, rule, now)
 
     # ------------------------------------------------------------------ alerts
-    def _notices(self, notice: dict) -> list[tuple[str, dict]]:
-        return [(n.name, notice) for n in self.notifiers]
-
-    def _notice(self, j: Judgement, now: datetime, note: str = "") -> dict:
+    def _notice(self, j: Judgement, now: datetime, note: str = "") -> Notice:
         dag_id, rule, v = j.dag.dag_id, j.rule, j.verdict
         link = f"{self.cfg.airflow.url}/dags/{dag_id}"
         window = rule.describe()
@@ -236,15 +234,14 @@ class Watcher:
         desc = [v.message, f"Rule: {rule.name} ({window})", f"Airflow: {link}"]
         if rule.runbook:
             desc.append(f"Runbook: {rule.runbook}")
-        return {"alias": alias(dag_id, rule.name), "dag_id": dag_id, "rule": rule.name, "reason": v.reason,
-                "message": f"[SLA] {v.message}", "description": "\n".join(desc), "priority": rule.priority,
-                "responders": [list(r) for r in rule.responders], "tags": ["airflow-sla", *rule.tags],
-                "entity": dag_id, "runbook": rule.runbook, "details": details, "note": note,
-                "at": now.isoformat()}
+        return Notice(alias=alias(dag_id, rule.name), subject=dag_id, rule=rule.name, reason=v.reason,
+                      message=f"[SLA] {v.message}", description="\n".join(desc), priority=rule.priority,
+                      responders=tuple(rule.responders), tags=("airflow-sla", *rule.tags), entity=dag_id,
+                      runbook=rule.runbook, details=details, note=note, at=now.isoformat(), summary=v.message)
 
     def _apply(self, now: datetime) -> None:
         ts = now.timestamp()
-        open_alerts = self.state.alerts("open")
+        open_alerts = self.alerts.open_alerts()
         if BLIND in open_alerts:
             self._resolve_blind(now)
         for key, j in self.judgements.items():
@@ -253,40 +250,39 @@ class Watcher:
                 continue  # shown (sla status, /metrics), paged to nobody; an open alert stays as it is
             if j.verdict.breached:
                 if current is None:
-                    if self.state.open(*key, j.verdict.reason, j.verdict.message, j.rule.priority,
-                                       self._notices(self._notice(j, now)), ts):
+                    if self.alerts.open(self._notice(j, now), ts):
                         self.stats.opened += 1
                         log.warning("SLA breached: %s/%s: %s", *key, j.verdict.message)
                 else:
                     if current.reason != j.verdict.reason or current.message != j.verdict.message:
-                        self.state.update(*key, j.verdict.reason, j.verdict.message)
+                        self.alerts.update(self._notice(j, now))
                     if self.cfg.renotify and ts - current.notified_at >= self.cfg.renotify:
-                        self.state.remind(*key, self._notices(self._notice(j, now, note="still breached: "
-                                                                           + j.verdict.message)), ts)
+                        self.alerts.remind(self._notice(j, now, note="still breached: " + j.verdict.message), ts)
             elif current is not None:
                 self._close(key, self._notice(j, now, note=f"resolved: {j.verdict.message}"), ts)
         for key, row in open_alerts.items():
             if key != BLIND and key not in self.judgements:
                 dag_id, rule = key
-                notice = {"alias": alias(dag_id, rule), "dag_id": dag_id, "rule": rule, "reason": "unwatched",
-                          "message": f"[SLA] {dag_id} is no longer watched by rule {rule}", "priority": row.priority,
-                          "note": "resolved: no longer watched (config changed or DAG removed)", "at": now.isoformat()}
-                self._close(key, notice, ts)
+                self._close(Notice(alias=alias(dag_id, rule), subject=dag_id, rule=rule, reason="unwatched",
+                                   message=f"[SLA] {dag_id} is no longer watched by rule {rule}", priority=row.priority,
+                                   note="resolved: no longer watched (config changed or DAG removed)",
+                                   at=now.isoformat()), ts)
 
-    def _close(self, key: tuple[str, str], notice: dict, ts: float) -> None:
-        if self.state.resolve(*key, self._notices(notice), ts):
+    def _close(self, notice: Notice, ts: float) -> None:
+        if self.alerts.resolve(notice, ts):
             self.stats.resolved += 1
-            log.info("SLA resolved: %s/%s: %s", *key, notice["note"])
+            log.info("SLA resolved: %s/%s: %s", *notice.key, notice.note)
 
-    def _blind_notice(self, message: str, now: datetime, note: str = "") -> dict:
-        return {"alias": f"airflow-sla:watcher-blind:{self.cfg.airflow.url}", "dag_id": BLIND[0], "rule": BLIND[1],
-                "reason": "blind", "message": f"[SLA] watcher blind: {message}",
-                "description": f"The airflow-monitor SLA watcher cannot read Airflow at {self.cfg.airflow.url} "
-                               f"for {self.stats.consecutive_errors} cycles; DAG SLAs are not being judged.\n"
-                               f"Last error: {message}",
-                "priority": self.cfg.blind_priority, "responders": [list(r) for r in self.cfg.blind_responders],
-                "tags": ["airflow-sla", "watcher"], "entity": "airflow-monitor", "runbook": "",
-                "details": {"airflow": self.cfg.airflow.url, "error": message}, "note": note, "at": now.isoformat()}
+    def _blind_notice(self, message: str, now: datetime, note: str = "") -> Notice:
+        return Notice(alias=f"airflow-sla:watcher-blind:{self.cfg.airflow.url}", subject=BLIND[0], rule=BLIND[1],
+                      reason="blind", message=f"[SLA] watcher blind: {message}",
+                      description=f"The airflow-monitor SLA watcher cannot read Airflow at {self.cfg.airflow.url} "
+                                  f"for {self.stats.consecutive_errors} cycles; DAG SLAs are not being judged.\n"
+                                  f"Last error: {message}",
+                      priority=self.cfg.blind_priority, responders=tuple(self.cfg.blind_responders),
+                      tags=("airflow-sla", "watcher"), entity="airflow-monitor",
+                      details={"airflow": self.cfg.airflow.url, "error": message}, note=note, at=now.isoformat(),
+                      summary=message)
 
     def _blind(self, message: str, now: datetime) -> None:
         self.stats.errors += 1
@@ -294,14 +290,13 @@ class Watcher:
         self.stats.last_error = message
         log.error("cannot read Airflow (%d in a row): %s", self.stats.consecutive_errors, message)
         if self.stats.consecutive_errors >= self.cfg.blind_after:
-            if self.state.open(*BLIND, "blind", message, self.cfg.blind_priority,
-                               self._notices(self._blind_notice(message, now)), now.timestamp()):
+            if self.alerts.open(self._blind_notice(message, now), now.timestamp()):
                 self.stats.opened += 1
                 log.error("watcher blind: alert opened")
 
     def _resolve_blind(self, now: datetime) -> None:
         notice = self._blind_notice("Airflow is readable again", now, note="resolved: the watcher sees Airflow again")
-        self._close(BLIND, notice, now.timestamp())
+        self._close(notice, now.timestamp())
 
     # ------------------------------------------------------------------ the state file
     def deliver(self) -> None:
@@ -309,7 +304,7 @@ class Watcher:
         if self.state.broken or (self.lease is not None and not self.lease.leader):
             return
         try:
-            self.delivery.drain()
+            self.alerts.deliver()
         except sqlite3.Error as e:
             self._state_failed(e, datetime.now(UTC))
 
@@ -322,16 +317,16 @@ class Watcher:
                       "removed (retried each cycle): %s", self.state.broken)
         self._page_state("open", now)
 
-    def _state_notice(self, now: datetime, note: str = "") -> dict:
+    def _state_notice(self, now: datetime, note: str = "") -> Notice:
         why = self.state.broken or "the state file works again"
-        return {"alias": f"airflow-sla:watcher-state:{self.cfg.airflow.url}", "dag_id": "_watcher", "rule": "state",
-                "reason": "state_broken", "message": "[SLA] watcher cannot use its state file",
-                "description": f"The airflow-monitor SLA watcher cannot use its state file ({why}). DAG SLAs "
-                               "are not judged and no SLA alert is opened or closed until it is repaired or "
-                               "removed; removing it forgets which alerts are open.",
-                "priority": self.cfg.blind_priority, "responders": [list(r) for r in self.cfg.blind_responders],
-                "tags": ["airflow-sla", "watcher"], "entity": "airflow-monitor", "runbook": "",
-                "details": {"state_file": self.cfg.state_file, "error": why}, "note": note, "at": now.isoformat()}
+        return Notice(alias=f"airflow-sla:watcher-state:{self.cfg.airflow.url}", subject="_watcher", rule="state",
+                      reason="state_broken", message="[SLA] watcher cannot use its state file",
+                      description=f"The airflow-monitor SLA watcher cannot use its state file ({why}). DAG SLAs "
+                                  "are not judged and no SLA alert is opened or closed until it is repaired or "
+                                  "removed; removing it forgets which alerts are open.",
+                      priority=self.cfg.blind_priority, responders=tuple(self.cfg.blind_responders),
+                      tags=("airflow-sla", "watcher"), entity="airflow-monitor",
+                      details={"state_file": self.cfg.state_file, "error": why}, note=note, at=now.isoformat())
 
     def _page_state(self, action: str, now: datetime) -> None:
         """Open (or close) the state page on every notifier, straight, without the outbox."""

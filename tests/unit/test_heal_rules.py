@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from monitor.heal import budget as b
-from monitor.heal.rules import Container, Event, Observation, Pod, Settings, diagnose
+from monitor.heal.rules import Observation, Settings, diagnose
+from monitor.kube.models import Container, Event, Pod
 from monitor.probe.rules import Verdict
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)

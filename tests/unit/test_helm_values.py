@@ -148,8 +148,10 @@ def test_the_sla_config_schema_takes_what_the_watcher_takes():
     assert set(sla["watch"]["items"]["properties"]["rules"]["items"]["properties"]) == c.RULE_KEYS
     assert set(sla["defaults"]["properties"]) == c.DEFAULTS_KEYS
     assert set(sla["mutes"]["items"]["properties"]) == c.MUTE_KEYS
-    assert set(sla["notify"]["properties"]) == c.NOTIFY_KEYS
-    assert set(sla["notify"]["properties"]["jsm"]["properties"]) == c.JSM_KEYS - {"api_token"}
+    from monitor.alerting import config as notify
+
+    assert set(sla["notify"]["properties"]) == notify.NOTIFY_KEYS
+    assert set(sla["notify"]["properties"]["jsm"]["properties"]) == notify.JSM_KEYS - {"api_token"}
     typos = [{"dag_id": "d", "rules": [{"max_agee": "1h"}]}, {"dag_id": "d", "rule": [{"max_age": "1h"}]},
              {"dag_id": "d", "rules": [{"max_age": "1h", "timezon": "UTC"}]}]
     for watch in typos:

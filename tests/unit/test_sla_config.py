@@ -2,8 +2,8 @@
 
 import pytest
 
+from monitor.airflow.models import Dag
 from monitor.sla.config import SLAConfigError, load, parse
-from monitor.sla.rules import Dag
 
 BASE = {"airflow": {"url": "http://af:8080/", "username": "admin"}}
 
@@ -35,8 +35,8 @@ def test_a_full_config(tmp_path, monkeypatch):
         watcher={"interval": "30s", "renotify": "4h", "blind_after": 2})
     assert c.airflow.url == "http://af:8080" and c.airflow.password == "pw"
     assert c.interval == 30 and c.renotify == 4 * 3600 and c.blind_after == 2
-    assert c.opsgenie.url == "https://api.eu.opsgenie.com" and c.opsgenie.api_key == "genie"
-    assert c.datadog.api_url == "https://api.datadoghq.eu"
+    assert c.notify.opsgenie.url == "https://api.eu.opsgenie.com" and c.notify.opsgenie.api_key == "genie"
+    assert c.notify.datadog.api_url == "https://api.datadoghq.eu"
     by6, age = c.rules_for(Dag("sales_daily"))
     assert (by6.name, by6.kind, by6.priority, by6.tz_name) == ("by-6", "deadline", "P1", "Europe/Berlin")
     assert by6.responders == (("team", "name", "sales"), ("user", "username", "a@b.c"))
@@ -50,7 +50,7 @@ def test_a_full_config(tmp_path, monkeypatch):
 def test_jsm_endpoint(monkeypatch):
     monkeypatch.setenv("AIRFLOW_MONITOR_OPSGENIE_API_KEY", "k")
     c = cfg([{"dag_id": "d", "rules": [{"max_age": "1h"}]}], notify={"opsgenie": {"region": "jsm"}})
-    assert c.opsgenie.url == "https://api.atlassian.com/jsm/ops/integration"
+    assert c.notify.opsgenie.url == "https://api.atlassian.com/jsm/ops/integration"
 
 
 @pytest.mark.parametrize("watch,extra,message", [

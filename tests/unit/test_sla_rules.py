@@ -4,7 +4,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from monitor.sla.rules import Dag, History, Rule, Run, evaluate
+from monitor.airflow.models import Dag, Run
+from monitor.sla.rules import History, Rule, evaluate
 from monitor.sla.windows import zone
 
 NOW = datetime(2026, 5, 10, 7, 0, tzinfo=UTC)

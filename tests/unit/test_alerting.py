@@ -1,5 +1,5 @@
-"""Alert state, the outbox and the notifiers, against local servers implementing the
-documented OpsGenie and Datadog APIs."""
+"""The alerting core every producer uses: alert state, the outbox, delivery and the notifiers, against
+local servers implementing the documented OpsGenie, JSM, Datadog and webhook APIs."""
 
 import json
 import threading
@@ -8,19 +8,20 @@ import pytest
 
 from monitor.alerting.datadog import DatadogNotifier
 from monitor.alerting.delivery import Delivery
+from monitor.alerting.notice import Notice
 from monitor.alerting.opsgenie import OpsGenieNotifier
+from monitor.alerting.store import AlertStore
 from monitor.alerting.webhook import WebhookNotifier
-from monitor.sla.state import State
 from tests.servers.datadog import DatadogServer
 from tests.servers.opsgenie import OpsGenieServer
 from tests.servers.webhook import WebhookServer
 
 
-def notice(dag="sales", rule="fresh", **kw):
-    return {"alias": f"airflow-sla:{dag}:{rule}", "dag_id": dag, "rule": rule, "reason": "stale",
-            "message": "[SLA] " + "sales has not succeeded within 4h " * 6, "description": "d", "priority": "P1",
-            "responders": [["team", "name", "sales"]], "tags": ["airflow-sla"], "entity": dag,
-            "runbook": "https://wiki/x", "details": {"dag_id": dag, "n": 3}, "note": "", **kw}
+def notice(dag="sales", rule="fresh", **kw) -> Notice:
+    return Notice(**{"alias": f"airflow-sla:{dag}:{rule}", "subject": dag, "rule": rule, "reason": "stale",
+                     "message": "[SLA] " + "sales has not succeeded within 4h " * 6, "description": "d",
+                     "priority": "P1", "responders": (("team", "name", "sales"),), "tags": ("airflow-sla",),
+                     "entity": dag, "runbook": "https://wiki/x", "details": {"dag_id": dag, "n": 3}, **kw})
 
 
 @pytest.fixture
@@ -39,12 +40,12 @@ def drain_all(delivery, state, rounds=10):
 
 def test_open_once_across_restarts_then_close(tmp_path, og):
     path = str(tmp_path / "state.sqlite")
-    st = State(path)
-    assert st.open("sales", "fresh", "stale", "m", "P1", [("opsgenie", notice())])
-    assert not st.open("sales", "fresh", "stale", "m", "P1", [("opsgenie", notice())])
+    st = AlertStore(path)
+    assert st.open(notice(), ["opsgenie"])
+    assert not st.open(notice(), ["opsgenie"])
     st.close()
-    st = State(path)  # a restart
-    assert not st.open("sales", "fresh", "stale", "m", "P1", [("opsgenie", notice())])
+    st = AlertStore(path)  # a restart
+    assert not st.open(notice(), ["opsgenie"])
     d = Delivery(st, [OpsGenieNotifier(og.url, "genie-key")])
     drain_all(d, st)
     assert len(og.pages) == 1
@@ -53,17 +54,17 @@ def test_open_once_across_restarts_then_close(tmp_path, og):
     assert page["responders"] == [{"type": "team", "name": "sales"}]
     assert len(page["message"]) <= 130 and page["details"] == {"dag_id": "sales", "n": "3"}
     assert page["source"] == "airflow-monitor" and page["entity"] == "sales"
-    assert st.resolve("sales", "fresh", [("opsgenie", notice(note="resolved: ok"))])
-    assert not st.resolve("sales", "fresh", [("opsgenie", notice(note="resolved: ok"))])
+    assert st.resolve(notice(note="resolved: ok"), ["opsgenie"])
+    assert not st.resolve(notice(note="resolved: ok"), ["opsgenie"])
     drain_all(d, st)
     assert og.closes == [("airflow-sla:sales:fresh", {"source": "airflow-monitor", "note": "resolved: ok"})]
     assert og.open_aliases() == set()
 
 
 def test_429_and_500_then_delivered_once_in_order(tmp_path, og):
-    st = State(str(tmp_path / "s.sqlite"))
-    st.open("sales", "fresh", "stale", "m", "P1", [("opsgenie", notice())])
-    st.resolve("sales", "fresh", [("opsgenie", notice(note="resolved"))])
+    st = AlertStore(str(tmp_path / "s.sqlite"))
+    st.open(notice(), ["opsgenie"])
+    st.resolve(notice(note="resolved"), ["opsgenie"])
     og.fail_next(2, 429)
     og.fail_next(1, 503)
     d = Delivery(st, [OpsGenieNotifier(og.url, "genie-key")])
@@ -78,8 +79,8 @@ def test_429_and_500_then_delivered_once_in_order(tmp_path, og):
 
 
 def test_a_wrong_key_is_retried_not_dropped(tmp_path, og):
-    st = State(str(tmp_path / "s.sqlite"))
-    st.open("sales", "fresh", "stale", "m", "P1", [("opsgenie", notice())])
+    st = AlertStore(str(tmp_path / "s.sqlite"))
+    st.open(notice(), ["opsgenie"])
     Delivery(st, [OpsGenieNotifier(og.url, "wrong")]).drain(now=float("inf"))
     assert st.backlog() == {"opsgenie": 1}
     drain_all(Delivery(st, [OpsGenieNotifier(og.url, "genie-key")]), st)  # key fixed, process restarted
@@ -92,8 +93,8 @@ def test_a_key_echoed_by_the_service_is_neither_logged_nor_stored(tmp_path, og, 
     key = redact.secret("wrong-key-8f3a2c")  # as read_secret registers every secret it reads
     redact.install()
     og.echo_key = True
-    st = State(str(tmp_path / "s.sqlite"))
-    st.open("sales", "fresh", "stale", "m", "P1", [("opsgenie", notice())])
+    st = AlertStore(str(tmp_path / "s.sqlite"))
+    st.open(notice(), ["opsgenie"])
     Delivery(st, [OpsGenieNotifier(og.url, key)]).drain(now=float("inf"))
     stored = st.db.execute("SELECT last_error FROM outbox").fetchone()[0]
     assert "HTTP 401" in stored and key not in stored and "<redacted>" in stored
@@ -107,9 +108,9 @@ def test_backoff_is_capped_after_any_number_of_attempts():
 
 
 def test_a_refused_notice_is_kept_as_dead_letter_and_others_go_on(tmp_path, og):
-    st = State(str(tmp_path / "s.sqlite"))
-    st.open("a", "r", "stale", "m", "P1", [("opsgenie", notice("a", "r", message=""))])  # no message: 422
-    st.open("b", "r", "stale", "m", "P1", [("opsgenie", notice("b", "r"))])
+    st = AlertStore(str(tmp_path / "s.sqlite"))
+    st.open(notice("a", "r", message=""), ["opsgenie"])  # no message: 422
+    st.open(notice("b", "r"), ["opsgenie"])
     drain_all(Delivery(st, [OpsGenieNotifier(og.url, "genie-key")]), st)
     assert [p["alias"] for p in og.pages] == ["airflow-sla:b:r"]
     (dead,) = st.dead_letters()
@@ -117,8 +118,8 @@ def test_a_refused_notice_is_kept_as_dead_letter_and_others_go_on(tmp_path, og):
 
 
 def test_jsm_prefix(tmp_path, og):
-    st = State(str(tmp_path / "s.sqlite"))
-    st.open("sales", "fresh", "stale", "m", "P1", [("opsgenie", notice())])
+    st = AlertStore(str(tmp_path / "s.sqlite"))
+    st.open(notice(), ["opsgenie"])
     drain_all(Delivery(st, [OpsGenieNotifier(og.url + "/jsm/ops/integration", "genie-key")]), st)
     assert len(og.pages) == 1
 
@@ -126,10 +127,10 @@ def test_jsm_prefix(tmp_path, og):
 def test_datadog_event_and_service_check(tmp_path):
     dd = DatadogServer("dd-key")
     try:
-        st = State(str(tmp_path / "s.sqlite"))
+        st = AlertStore(str(tmp_path / "s.sqlite"))
         n = DatadogNotifier(dd.url, "dd-key")
-        st.open("sales", "fresh", "stale", "m", "P1", [("datadog", notice())])
-        st.resolve("sales", "fresh", [("datadog", notice(note="resolved: back"))])
+        st.open(notice(), ["datadog"])
+        st.resolve(notice(note="resolved: back"), ["datadog"])
         dd.fail_next(1, 500)
         drain_all(Delivery(st, [n]), st)
         assert [e["alert_type"] for e in dd.events] == ["error", "success"]
@@ -146,12 +147,12 @@ def test_a_healer_notice_reaches_datadog_as_its_own_check_with_its_own_tags():
 
     dd = DatadogServer("dd-key")
     try:
-        DatadogNotifier(dd.url, "dd-key").send("open", {
-            "alias": "airflow-heal:airflow/af:scheduler:healing_exhausted", "dag_id": "scheduler",
-            "rule": "healing_exhausted", "priority": "P1", "reason": "stuck_scheduler",
-            "message": "[airflow-heal] healing exhausted for scheduler", "titles": TITLES,
-            "service_check": "airflow.heal", "entity_title": "scheduler in airflow/af",
-            "dd_tags": ["subject:scheduler", "rule:healing_exhausted", "kube_namespace:airflow", "release:af"]})
+        DatadogNotifier(dd.url, "dd-key").send("open", Notice(
+            alias="airflow-heal:airflow/af:scheduler:healing_exhausted", subject="scheduler",
+            rule="healing_exhausted", priority="P1", reason="stuck_scheduler",
+            message="[airflow-heal] healing exhausted for scheduler", titles=TITLES,
+            service_check="airflow.heal", entity_title="scheduler in airflow/af",
+            dd_tags=("subject:scheduler", "rule:healing_exhausted", "kube_namespace:airflow", "release:af")))
         (event,), (check,) = dd.events, dd.checks
         assert event["title"] == "Airflow unhealthy: scheduler in airflow/af (healing_exhausted)"
         assert "subject:scheduler" in event["tags"] and not any(t.startswith("dag_id:") for t in event["tags"])
@@ -166,8 +167,8 @@ def test_two_threads_draining_at_once_send_a_notice_once(tmp_path):
     srv = WebhookServer()
     srv.hold()
     try:
-        st = State(str(tmp_path / "s.sqlite"))
-        st.open("sales", "fresh", "stale", "m", "P1", [("webhook", notice())])
+        st = AlertStore(str(tmp_path / "s.sqlite"))
+        st.open(notice(), ["webhook"])
         d = Delivery(st, [WebhookNotifier(srv.hook_url)])
         first = threading.Thread(target=d.drain)
         first.start()
@@ -185,8 +186,8 @@ def test_two_threads_draining_at_once_send_a_notice_once(tmp_path):
 def test_webhook_slack_compatible(tmp_path):
     srv = WebhookServer()
     try:
-        st = State(str(tmp_path / "s.sqlite"))
-        st.open("sales", "fresh", "stale", "m", "P1", [("webhook", notice())])
+        st = AlertStore(str(tmp_path / "s.sqlite"))
+        st.open(notice(), ["webhook"])
         drain_all(Delivery(st, [WebhookNotifier(srv.hook_url)]), st)
         (body,) = srv.messages
         assert body["text"].startswith(":red_circle: [P1] SLA breached: [SLA] sales has not succeeded")
@@ -196,8 +197,8 @@ def test_webhook_slack_compatible(tmp_path):
         # same key for the receiver to dedupe on; another notice of the same alert does not
         (payload,) = st.db.execute("SELECT payload FROM outbox").fetchone()
         again = json.loads(payload)
-        WebhookNotifier(srv.hook_url).send("open", again)
-        WebhookNotifier(srv.hook_url).send("close", {**again, "at": "later"})
+        WebhookNotifier(srv.hook_url).send("open", Notice.from_payload(again))
+        WebhookNotifier(srv.hook_url).send("close", Notice.from_payload({**again, "at": "later"}))
         assert srv.keys[0] == srv.keys[1] == srv.messages[1]["airflow_monitor"]["id"] != srv.keys[2]
         assert srv.keys[0].startswith("airflow-sla:sales:fresh/open/")
     finally:
@@ -210,10 +211,11 @@ def test_a_healer_notice_names_itself_in_chat():
     srv = WebhookServer()
     try:
         n = WebhookNotifier(srv.hook_url)
-        n.send("open", {"alias": "airflow-heal:airflow/af:scheduler:healing_exhausted", "priority": "P1",
-                        "message": "[airflow-heal] healing exhausted for scheduler", "titles": TITLES})
-        n.send("close", {"alias": "airflow-heal:airflow/af:scheduler:healing_exhausted", "priority": "P1",
-                         "message": "[airflow-heal] scheduler is healthy again", "titles": TITLES})
+        alias = "airflow-heal:airflow/af:scheduler:healing_exhausted"
+        n.send("open", Notice(alias=alias, subject="scheduler", rule="healing_exhausted", priority="P1",
+                              message="[airflow-heal] healing exhausted for scheduler", titles=TITLES))
+        n.send("close", Notice(alias=alias, subject="scheduler", rule="healing_exhausted", priority="P1",
+                               message="[airflow-heal] scheduler is healthy again", titles=TITLES))
         assert [m["text"] for m in srv.messages] == [
             ":red_circle: [P1] Airflow unhealthy: [airflow-heal] healing exhausted for scheduler",
             ":large_green_circle: [P1] Airflow recovered: [airflow-heal] scheduler is healthy again"]
@@ -264,9 +266,9 @@ def drain_until_done(delivery, state, timeout=15.0):
 def test_jsm_opens_once_then_closes_by_looking_the_alias_up(tmp_path, jsm):
     """Resolved right after the breach: the close comes while JSM still processes the create, so it
     finds no alert yet and is retried until the alert exists; then closed by its id."""
-    st = State(str(tmp_path / "s.sqlite"))
-    assert st.open("sales", "fresh", "stale", "m", "P1", [("jsm", notice())])
-    st.resolve("sales", "fresh", [("jsm", notice(note="resolved: ok"))])
+    st = AlertStore(str(tmp_path / "s.sqlite"))
+    assert st.open(notice(), ["jsm"])
+    st.resolve(notice(note="resolved: ok"), ["jsm"])
     d = Delivery(st, [jsm_notifier(jsm)])
     drain_until_done(d, st)
     assert len(jsm.pages) == 1
@@ -282,7 +284,7 @@ def test_jsm_opens_once_then_closes_by_looking_the_alias_up(tmp_path, jsm):
 
 
 def test_jsm_dedupes_on_alias_and_a_person_closing_the_alert_needs_nothing_more(tmp_path, jsm):
-    st = State(str(tmp_path / "s.sqlite"))
+    st = AlertStore(str(tmp_path / "s.sqlite"))
     n = jsm_notifier(jsm)
     n.send("open", notice())
     n.send("open", notice())  # a second create for the same breach (say, state lost): deduplicated
@@ -329,10 +331,11 @@ def test_jsm_config(tmp_path, monkeypatch):
     (tmp_path / "jsm").write_text(JSM_TOKEN + "\n")
     cfg = parse({**base, "notify": {"jsm": {"cloud_id": JSM_CLOUD, "email": JSM_EMAIL,
                                             "api_token_file": str(tmp_path / "jsm")}}})
-    assert (cfg.jsm.cloud_id, cfg.jsm.api_token, cfg.jsm.url) == (JSM_CLOUD, JSM_TOKEN, "https://api.atlassian.com")
-    assert JSM_TOKEN not in repr(cfg.jsm)
+    assert (cfg.notify.jsm.cloud_id, cfg.notify.jsm.api_token, cfg.notify.jsm.url) == (JSM_CLOUD, JSM_TOKEN, "https://api.atlassian.com")
+    assert JSM_TOKEN not in repr(cfg.notify.jsm)
     monkeypatch.setenv("AIRFLOW_MONITOR_JSM_API_TOKEN", "from-env")
-    assert parse({**base, "notify": {"jsm": {"cloud_id": JSM_CLOUD, "email": JSM_EMAIL}}}).jsm.api_token == "from-env"
+    env_cfg = parse({**base, "notify": {"jsm": {"cloud_id": JSM_CLOUD, "email": JSM_EMAIL}}})
+    assert env_cfg.notify.jsm.api_token == "from-env"
     for bad, msg in [({"cloud_id": JSM_CLOUD, "email": JSM_EMAIL, "api_token": "x"}, "notify.jsm.api_token"),
                      ({"email": JSM_EMAIL}, "needs cloud_id"),
                      ({"cloud_id": "../x", "email": JSM_EMAIL}, "cloud_id"),
