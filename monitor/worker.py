@@ -6,7 +6,6 @@ over). monitor.serve decides what runs where."""
 from __future__ import annotations
 
 import logging
-import threading
 from datetime import datetime, timedelta
 
 from monitor.errors import UserError
@@ -65,63 +64,23 @@ class Schedule:
         self.worker.state.close()
 
 
-def _web_app(watcher, registry, web=None):
-    """/metrics, /-/healthy, and /-/ready: 503 with the reason while the worker cannot work; all
-    behind the web config's basic auth when it has users, but for the probes' bare status."""
-    from prometheus_client import make_wsgi_app
+def start_web(listen: str, registry, ready, web_config: str | None, name: str, healthy=lambda: ""):
+    """/metrics (the registry), /-/healthy and /-/ready (ready.problem()) on `listen`, in threads of the
+    one HTTP layer (monitor.http)."""
+    from monitor.http import server as http
+    from monitor.http.app import HttpCollector, Service, registry_metrics
+    from monitor.http.webconfig import WebConfigError
 
-    from monitor import webconfig
-
-    metrics = make_wsgi_app(registry)
-
-    def app(environ, start_response):
-        path = environ.get("PATH_INFO", "")
-        authed = web is None or web.get().allows(environ.get("HTTP_AUTHORIZATION"))
-        if not authed and path not in webconfig.PROBE_PATHS:
-            start_response("401 Unauthorized", [("Content-Type", "text/plain"),
-                                                ("WWW-Authenticate", 'Basic realm="airflow-monitor"')])
-            return [b"Unauthorized\n"]
-        if path in webconfig.PROBE_PATHS:
-            why = "" if path == "/-/healthy" else watcher.problem()
-            start_response("503 Service Unavailable" if why else "200 OK", [("Content-Type", "text/plain")])
-            return [((why if authed else "not ready") if why else "OK").encode() + b"\n"]
-        return metrics(environ, start_response)
-
-    return app
-
-
-def start_web(listen: str, registry, ready, web_config: str | None, name: str):
-    """/metrics (the registry), /-/healthy and /-/ready (ready.problem()) on `listen`, in a thread."""
-    from wsgiref.simple_server import WSGIRequestHandler, make_server
-
-    from prometheus_client.exposition import ThreadingWSGIServer
-
-    from monitor import webconfig
-    from monitor.bridge.listener import parse_address
-
-    class Quiet(WSGIRequestHandler):
-        def log_message(self, *args):  # no access log
-            pass
-
+    service = Service(registry_metrics(registry), ready=ready.problem, healthy=healthy,
+                      index=f"airflow-monitor {name}: /metrics /-/healthy /-/ready")
     try:
-        web = webconfig.Watched(web_config) if web_config else None
-    except (webconfig.WebConfigError, OSError) as e:
+        server = http.serve(listen, service, web_config, name=f"{name}-web", probe_paths=service.probe_paths)
+    except WebConfigError as e:
         raise UserError(str(e)) from None
-
-    class Server(ThreadingWSGIServer):  # TLS from the web config, handshakes in the connection's thread
-        def get_request(self):
-            sock, addr = super().get_request()
-            return webconfig.wrap(web, sock), addr
-
-        def finish_request(self, request, client_address):
-            if webconfig.handshake(request, 30.0):
-                super().finish_request(request, client_address)
-
-    try:
-        host, port = parse_address(listen)
-        server = make_server(host or "0.0.0.0", port, _web_app(ready, registry, web), Server, handler_class=Quiet)
     except (OSError, ValueError) as e:
         raise UserError(f"metrics listen address {listen}: {e}") from None
-    threading.Thread(target=server.serve_forever, name=f"{name}-web", daemon=True).start()
-    log.info("%s metrics on http://%s:%d/metrics", name, host or "0.0.0.0", server.server_port)
+    registry.register(HttpCollector(f"airflow_monitor_{name}", server))
+    host = http.parse_address(listen)[0]
+    log.info("%s metrics on http%s://%s:%d/metrics", name, "s" if server.web and server.web.current.tls else "",
+             host, server.port)
     return server

@@ -6,8 +6,11 @@ of the GIL, so compression overlaps rendering). A scrape that arrives while a re
 way waits for the next one, which serves all that came meanwhile. So 50 Prometheus replicas or a
 scrape storm cost one render at a time, not 50, and ingest (another process) keeps its core.
 
-Each scraper has a short queue; one that does not take its pieces for SLOW_CLIENT seconds (a
-stalled or hostile client) is dropped, so it cannot hold back the others.
+The renderer never waits for a scraper: each has its own queue of the (shared) pieces, and the
+HTTP layer writes them out under its own deadline, so a client that stops reading costs only
+itself (and, until its deadline, the pieces of one rendering). A rendering that fails ends every
+scrape waiting on it with Failed(why): before any piece, the scraper answers 503 with the reason;
+after, it ends the connection without the final chunk, so a short exposition is never a 200.
 """
 
 from __future__ import annotations
@@ -21,36 +24,31 @@ from collections.abc import Callable, Iterable
 
 log = logging.getLogger("airflow_monitor.web")
 
-QUEUE = 4  # pieces waiting per scraper (a piece is shared between scrapers, not copied)
-SLOW_CLIENT = 5.0  # seconds a scraper may leave its queue full before it is dropped
-FAILED = object()  # the rendering failed: the scraper closes its connection without ending the body
+QUEUE = 4  # pieces waiting for the gzip thread
+
+
+class Failed:
+    """The rendering failed (the last item of a scrape's queue, instead of None)."""
+
+    def __init__(self, why: str):
+        self.why = why
 
 
 class Scrape:
-    """One waiting scraper: its pieces arrive on `q`, then None (done) or FAILED."""
+    """One waiting scraper: its pieces arrive on `q`, then None (done) or a Failed."""
 
     def __init__(self, gz: bool):
         self.gz = gz
-        self.q: queue.Queue = queue.Queue(maxsize=QUEUE)
-        self.dead = False  # the client went away or was too slow: no more pieces for it
+        self.q: queue.SimpleQueue = queue.SimpleQueue()
+        self.dead = False  # the client went away: no more pieces for it
 
     def put(self, data) -> None:
-        if self.dead:
-            return
-        try:
-            self.q.put(data, timeout=SLOW_CLIENT)
-        except queue.Full:
-            self.dead = True
+        if not self.dead:
+            self.q.put(data)
 
     def end(self, data) -> None:
-        """The last item (None or FAILED); a dead scraper's queue may be full: then it is dropped."""
-        if not self.dead:
-            self.put(data)
-            return
-        try:
-            self.q.put_nowait(data)
-        except queue.Full:
-            pass
+        """The last item: None (done) or a Failed."""
+        self.q.put(data)
 
 
 class _Gzip:
@@ -107,10 +105,10 @@ class Fanout:
                 scrapes, self.waiting = self.waiting, []
             try:
                 self._render(scrapes)
-            except Exception:
-                log.exception("rendering /metrics failed")
+            except Exception as e:
+                log.warning("rendering /metrics failed: %s", e)
                 for s in scrapes:
-                    s.end(FAILED)
+                    s.end(Failed(str(e) or type(e).__name__))
 
     def _render(self, scrapes: list[Scrape]) -> None:
         start = time.perf_counter()

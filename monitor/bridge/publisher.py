@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 
-from monitor.bridge.web import CONTROL, HEADER, REPLY, recv_exact
+from monitor.bridge.web import CONTROL, HEADER, REPLY, SYNCED, recv_exact
 
 log = logging.getLogger(__name__)
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
@@ -66,7 +66,7 @@ class WebProcess:
             os.close(self.journal_w)
         self.journal_w = w
         self.backlog = bytearray()
-        self._frame([("reset",)] + self.store.snapshot_journal())
+        self._frame([("reset",)] + self.store.snapshot_journal() + [SYNCED])  # SYNCED: the web process may answer
         self.store.take_journal()  # already in the snapshot
         threading.Thread(target=self._answer, args=(mine,), name="web-control", daemon=True).start()
         self.pump()

@@ -45,7 +45,7 @@ class Bridge:
             if getattr(cfg, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not {getattr(cfg, name)!r}")
         if cfg.web_config_file:  # its one-line errors here, before anything listens
-            from monitor.webconfig import load as load_web_config
+            from monitor.http.webconfig import load as load_web_config
 
             load_web_config(cfg.web_config_file)
         try:

@@ -23,12 +23,13 @@ import socket
 import struct
 import sys
 import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from monitor import webconfig
 from monitor.bridge.exposition import StoreView
-from monitor.bridge.fanout import FAILED, Fanout
+from monitor.bridge.fanout import Failed, Fanout
+from monitor.http import webconfig
+from monitor.http.app import Service
+from monitor.http.server import REFUSALS as HTTP_REASONS
+from monitor.http.server import HttpServer, Request, Response, text
 
 log = logging.getLogger("airflow_monitor.web")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -36,7 +37,7 @@ HEADER = struct.Struct(">I")
 CONTROL = struct.Struct(">cI")  # op, sequence
 REPLY = struct.Struct(">II")  # sequence, length
 RENDER_WAIT = 60.0  # seconds a scrape waits for its next piece before it gives up
-IDLE_TIMEOUT = 30.0  # seconds an HTTP connection may sit idle
+SYNCED = ("synced",)  # the journal record that ends the bridge's snapshot
 
 
 def read_exact(fd: int, n: int) -> bytes:
@@ -63,7 +64,7 @@ class Control:
     """Request/response to the bridge over a socket; one question at a time; never hangs a scrape."""
 
     def __init__(self, sock: socket.socket, timeout: float = 5.0):
-        self.sock = sock
+        self.sock, self.timeout = sock, timeout
         self.sock.settimeout(timeout)
         self.lock = threading.Lock()
         self.seq = 0
@@ -88,14 +89,13 @@ class Web:
         self.view = StoreView(vals)
         self.journal_fd = journal_fd
         self.control = control
-        self.synced = threading.Event()
+        self.synced = threading.Event()  # the bridge's whole snapshot is applied (a partial one is no answer)
         self.scrapes = 0
         self.last_duration = 0.0
         self.last_bytes = 0
         self.fanout = Fanout(self.pieces, self._rendered)
-        self.server = None  # the HTTP server, for its refusal counts
-        self.lifecycle = False  # POST /-/reload allowed
-        self.webconfig = None  # TLS and basic auth (monitor.webconfig.Watched)
+        self.server = None  # the HTTP server (monitor.http), for its refusal counts
+        self.web = None  # TLS and basic auth (monitor.http.webconfig.Watched)
 
     def _rendered(self, scrapes: int, seconds: float, sent: int) -> None:
         self.scrapes += scrapes
@@ -106,8 +106,12 @@ class Web:
         try:
             while True:
                 (n,) = HEADER.unpack(read_exact(self.journal_fd, HEADER.size))
-                self.view.apply(pickle.loads(read_exact(self.journal_fd, n)))
-                self.synced.set()
+                batch = pickle.loads(read_exact(self.journal_fd, n))
+                if batch and batch[0] == ("reset",):
+                    self.synced.clear()
+                self.view.apply(batch)
+                if batch and batch[-1] == SYNCED:
+                    self.synced.set()
         except EOFError:
             log.info("the bridge closed the journal; exiting")
         except Exception:
@@ -116,191 +120,98 @@ class Web:
 
     def own_metrics(self) -> str:
         p = "airflow_monitor_bridge_"
-        return (f"# HELP {p}scrape_duration_seconds Time the last rendering of /metrics took to send (one "
-                f"rendering serves every scrape waiting).\n"
-                f"# TYPE {p}scrape_duration_seconds gauge\n{p}scrape_duration_seconds {self.last_duration!r}\n"
-                f"# HELP {p}scrape_bytes Bytes the last /metrics sent (after compression).\n"
-                f"# TYPE {p}scrape_bytes gauge\n{p}scrape_bytes {self.last_bytes}\n"
-                f"# HELP {p}scrapes Scrapes of /metrics served.\n"
-                f"# TYPE {p}scrapes counter\n{p}scrapes_total {self.scrapes}\n"
-                f"# HELP {p}renders Renderings of /metrics; each serves every scrape waiting for it.\n"
-                f"# TYPE {p}renders counter\n{p}renders_total {self.fanout.renders}\n"
-                f"# HELP {p}http_refused HTTP connections refused: over the connection limit, or accept() "
-                f"failed (file descriptors exhausted).\n# TYPE {p}http_refused counter\n"
-                f'{p}http_refused_total{{reason="too_many_connections"}} {getattr(self.server, "refused", 0)}\n'
-                f'{p}http_refused_total{{reason="accept_error"}} {getattr(self.server, "accept_errors", 0)}\n'
-                f'{p}http_refused_total{{reason="tls_handshake"}} {getattr(self.server, "tls_failures", 0)}\n'
-                f"# HELP {p}exposed_series Series the web process knows of.\n"
-                f"# TYPE {p}exposed_series gauge\n{p}exposed_series {self.view.series_count()}\n")
+        refused = dict(self.server.stats.refused) if self.server is not None else {}
+        lines = [f"# HELP {p}scrape_duration_seconds Time the last rendering of /metrics took to send (one "
+                 f"rendering serves every scrape waiting).",
+                 f"# TYPE {p}scrape_duration_seconds gauge", f"{p}scrape_duration_seconds {self.last_duration!r}",
+                 f"# HELP {p}scrape_bytes Bytes the last /metrics sent (after compression).",
+                 f"# TYPE {p}scrape_bytes gauge", f"{p}scrape_bytes {self.last_bytes}",
+                 f"# HELP {p}scrapes_total Scrapes of /metrics served.",
+                 f"# TYPE {p}scrapes_total counter", f"{p}scrapes_total {self.scrapes}",
+                 f"# HELP {p}renders_total Renderings of /metrics; each serves every scrape waiting for it.",
+                 f"# TYPE {p}renders_total counter", f"{p}renders_total {self.fanout.renders}",
+                 *http_refused_lines(f"{p}http_refused_total", refused),
+                 f"# HELP {p}web_config_refused_total Changes of the web config file refused (invalid, or "
+                 f"turning TLS or basic auth off); the last config stays.",
+                 f"# TYPE {p}web_config_refused_total counter",
+                 f"{p}web_config_refused_total {self.web.refused if self.web is not None else 0}",
+                 f"# HELP {p}exposed_series Series the web process knows of.",
+                 f"# TYPE {p}exposed_series gauge", f"{p}exposed_series {self.view.series_count()}"]
+        return "\n".join(lines) + "\n"
 
     def pieces(self):
-        """The whole exposition as byte pieces."""
-        extra = self.control.ask(b"m") or b""
-        for text in self.view.render():
-            yield text.encode()
+        """The whole exposition as byte pieces; raises (a 503, or a cut answer) rather than render a part."""
+        if not self.synced.is_set():
+            raise RuntimeError("the bridge's series are still being loaded (the web process just started)")
+        extra = self.control.ask(b"m")
+        if extra is None:
+            raise RuntimeError(f"the bridge process did not answer within {self.control.timeout:.0f}s, so its "
+                               "own series and the SLA watcher's and healer's cannot be served")
+        for part in self.view.render():
+            yield part.encode()
         yield extra + self.own_metrics().encode()
 
+    # ------------------------------------------------------------------ HTTP
+    def metrics(self, req: Request) -> Response:
+        gz = "gzip" in req.header("accept-encoding")
+        scrape = self.fanout.scrape(gz)  # served by the next rendering, with every scrape waiting
+        first = _next(scrape)
+        if isinstance(first, Failed):
+            scrape.dead = True
+            return text(503, f"/metrics cannot be served now: {first.why}")
 
-def _handler(web: Web):
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        timeout = IDLE_TIMEOUT
-
-        def log_message(self, *args):  # no access log on stderr
-            pass
-
-        def _send(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def _allowed(self) -> bool | None:
-            """Basic auth of the web config, on every endpoint as exporter-toolkit does: True when
-            allowed, None when refused (401 sent); False for a health probe without credentials,
-            answered without its reason (webconfig.PROBE_PATHS)."""
-            cfg = web.webconfig.get() if web.webconfig else None
-            if cfg is None or cfg.allows(self.headers.get("Authorization")):
-                return True
-            if self.command == "GET" and self.path.split("?", 1)[0] in webconfig.PROBE_PATHS:
-                return False
-            self.send_response(401)
-            self.send_header("WWW-Authenticate", 'Basic realm="airflow-monitor"')
-            self.send_header("Content-Length", "13")
-            self.end_headers()
-            self.wfile.write(b"Unauthorized\n")
-            return None
-
-        def do_GET(self):
-            authed = self._allowed()
-            if authed is None:
-                return
-            path = self.path.split("?", 1)[0]
-            if path == "/metrics":
-                self._metrics()
-            elif path == "/-/healthy":
-                self._send(200, b"OK\n")
-            elif path == "/-/ready":
-                ok = web.synced.is_set() and web.control.ask(b"y") == b"1"
-                self._send(200 if ok else 503, b"OK\n" if ok else b"not ready\n")
-            elif path == "/-/ready/sla":  # apart: a broken watcher must not take the statsd Service's endpoint
-                why = web.control.ask(b"s")
-                if why == b"-":
-                    self._send(404, b"no SLA watcher in this process\n")
-                elif why is None:
-                    self._send(503, b"the bridge does not answer\n")
-                else:
-                    self._send(503 if why else 200, (why if why and authed else b"not ready" if why else b"OK") + b"\n")
-            elif path == "/":
-                self._send(200, b"airflow-monitor bridge: /metrics /-/healthy /-/ready /-/ready/sla "
-                                b"POST /-/reload\n")
-            else:
-                self._send(404, b"not found\n")
-
-        def _metrics(self):
-            gz = "gzip" in self.headers.get("Accept-Encoding", "")
-            scrape = web.fanout.scrape(gz)  # served by the next rendering, with every scrape waiting
+        def body():
             try:
-                self.send_response(200)
-                self.send_header("Content-Type", CONTENT_TYPE)
-                if gz:
-                    self.send_header("Content-Encoding", "gzip")
-                self.send_header("Transfer-Encoding", "chunked")
-                self.end_headers()
-                out = _Chunked(self.wfile)
-                while True:
-                    try:
-                        data = scrape.q.get(timeout=RENDER_WAIT)
-                    except queue.Empty:
-                        data = FAILED
-                    if data is None:
-                        out.close()
-                        return
-                    if data is FAILED:  # no final chunk: the client sees a broken scrape, not a short one
-                        self.close_connection = True
-                        return
-                    out.write(data)
-            except BaseException:
+                data = first
+                while data is not None:
+                    if isinstance(data, Failed):
+                        raise RuntimeError(data.why)
+                    yield data
+                    data = _next(scrape)
+            finally:
                 scrape.dead = True
-                raise
 
-        def do_POST(self):
-            if not self._allowed():
-                return
-            if self.path.split("?", 1)[0] != "/-/reload":
-                self._send(404, b"not found\n")
-            elif not web.lifecycle:
-                self._send(403, b"Lifecycle API is not enabled (--web-enable-lifecycle); SIGHUP reloads\n")
-            else:
-                answer = web.control.ask(b"r")
-                if answer is None:
-                    self._send(503, b"the bridge did not answer\n")
-                else:
-                    self._send(200 if answer[:1] == b"1" else 500, answer[1:] + b"\n")
+        return Response(200, body(), content_type=CONTENT_TYPE,
+                        headers=[("Content-Encoding", "gzip")] if gz else [])
 
-        do_PUT = do_POST
+    def ready(self) -> str:
+        if not self.synced.is_set():
+            return "the bridge's series are still being loaded"
+        answer = self.control.ask(b"y")
+        return "" if answer == b"1" else "the bridge is not ready" if answer is not None else \
+            "the bridge process does not answer"
 
-    return Handler
+    def sla_ready(self, req: Request) -> Response:
+        """Apart from /-/ready: a broken SLA watcher must not take the statsd Service's endpoint."""
+        why = self.control.ask(b"s")
+        if why == b"-":
+            return text(404, "no SLA watcher in this process")
+        if why is None:
+            return text(503, "the bridge does not answer" if req.authed else "not ready")
+        return text(503, why.decode() if req.authed else "not ready") if why else text(200, "OK")
 
-
-class _Chunked:
-    """HTTP/1.1 chunked transfer encoding onto a socket file."""
-
-    def __init__(self, wfile):
-        self.wfile = wfile
-        self.sent = 0
-
-    def write(self, data: bytes) -> None:
-        if data:
-            self.wfile.write(b"%x\r\n%b\r\n" % (len(data), data))
-            self.sent += len(data)
-
-    def close(self) -> None:
-        self.wfile.write(b"0\r\n\r\n")
+    def reload(self) -> tuple[bool | None, str]:
+        answer = self.control.ask(b"r")
+        if answer is None:
+            return None, "the bridge did not answer"
+        return answer[:1] == b"1", answer[1:].decode(errors="replace")
 
 
-class _Server(ThreadingHTTPServer):
-    """A thread per connection, at most MAX_CONNECTIONS at once (more are closed at once)."""
+def _next(scrape):
+    try:
+        return scrape.q.get(timeout=RENDER_WAIT)
+    except queue.Empty:
+        return Failed(f"no rendering within {RENDER_WAIT:.0f}s")
 
-    daemon_threads = True
-    slots = threading.BoundedSemaphore(64)
-    refused = 0
-    accept_errors = 0
-    tls_failures = 0
-    webconfig = None  # monitor.webconfig.Watched, when --web-config-file
 
-    def process_request(self, request, client_address):
-        if not self.slots.acquire(blocking=False):
-            self.refused += 1
-            self.shutdown_request(request)
-            return
-        super().process_request(request, client_address)
-
-    def process_request_thread(self, request, client_address):
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self.slots.release()
-
-    def get_request(self):
-        try:
-            sock, addr = super().get_request()
-        except OSError:  # EMFILE, ENFILE, ENOBUFS: the listener stays readable; pause, do not spin
-            self.accept_errors += 1
-            time.sleep(0.2)
-            raise
-        return webconfig.wrap(self.webconfig, sock), addr
-
-    def finish_request(self, request, client_address):
-        if not webconfig.handshake(request, IDLE_TIMEOUT):
-            self.tls_failures += 1
-            return
-        super().finish_request(request, client_address)
-
-    def handle_error(self, request, client_address):  # a client that went away is not news
-        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
-            super().handle_error(request, client_address)
+def http_refused_lines(name: str, refused: dict) -> list[str]:
+    """`<name>{reason}` for every reason the HTTP layer closes a connection unserved (0 when none yet)."""
+    out = [f"# HELP {name} HTTP connections or requests refused or cut, by reason (too many connections, "
+           f"per client, evicted idle, head or body timeout, TLS handshake, out of descriptors, slow reader...).",
+           f"# TYPE {name} counter"]
+    for reason in sorted(set(HTTP_REASONS) | set(refused)):
+        out.append(f'{name}{{reason="{reason}"}} {refused.get(reason, 0)}')
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -316,15 +227,14 @@ def main(argv: list[str] | None = None) -> int:
     vals = memoryview(mmap.mmap(args.slots_fd, args.slots_bytes, prot=mmap.PROT_READ)).cast("d")
     web = Web(vals, args.journal_fd, Control(socket.socket(fileno=args.control_fd)))
     threading.Thread(target=web.follow_journal, name="journal", daemon=True).start()
-    server = _Server(("127.0.0.1", 0), _handler(web), bind_and_activate=False)
-    server.socket.close()
-    server.socket = socket.socket(fileno=args.http_fd)
-    server.server_address = server.socket.getsockname()
-    web.server = server
-    web.lifecycle = args.enable_lifecycle
     if args.web_config_file:
-        web.webconfig = server.webconfig = webconfig.Watched(args.web_config_file)
-    server.serve_forever(poll_interval=0.5)
+        web.web = webconfig.Watched(args.web_config_file)
+    service = Service(web.metrics, ready=web.ready, reload=web.reload, lifecycle=args.enable_lifecycle,
+                      probes={"/-/ready/sla": web.sla_ready},
+                      index="airflow-monitor bridge: /metrics /-/healthy /-/ready /-/ready/sla POST /-/reload")
+    web.server = HttpServer(socket.socket(fileno=args.http_fd), service, web=web.web, name="bridge-web",
+                            probe_paths=service.probe_paths).start()
+    threading.Event().wait()
     return 0
 
 

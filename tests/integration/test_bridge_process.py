@@ -207,7 +207,7 @@ def test_concurrent_scrapers_share_renderings_and_a_stalled_one_holds_nobody(bri
         b.send_udp("\n".join(lines[i:i + 50]))
     b.wait_for(lambda m: len(m.get("team39_rows_total", {})) >= 2400, timeout=30)
     before = b.scrape()
-    # a client that asks and never reads: the rendering it is part of waits for it, then drops it
+    # a client that asks and never reads: it holds its own worker until its write deadline, and no rendering
     stalled = socket.create_connection(("127.0.0.1", b.http))
     stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     stalled.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -236,7 +236,8 @@ def test_concurrent_scrapers_share_renderings_and_a_stalled_one_holds_nobody(bri
     after = b.scrape()
     renders = after["airflow_monitor_bridge_renders_total"][()] - before["airflow_monitor_bridge_renders_total"][()]
     scrapes = after["airflow_monitor_bridge_scrapes_total"][()] - before["airflow_monitor_bridge_scrapes_total"][()]
-    assert scrapes >= 21 and renders <= 4, (scrapes, renders)  # 21 scrapes: the stalled one's, then the rest
+    # 21 scrapes: the stalled one's, then the rest, sharing renderings (a rendering never waits for a client)
+    assert scrapes >= 21 and renders <= 10, (scrapes, renders)
 
 
 def test_a_killed_web_process_comes_back_with_every_series(bridge):
@@ -299,7 +300,7 @@ def test_running_out_of_file_descriptors_does_not_stop_the_bridge(bridge):
             s.close()
         held.clear()
         m = b.wait_for(lambda m: m["airflow_monitor_bridge_http_refused_total"].get(
-            (("reason", "accept_error"),), 0) >= 1)
+            (("reason", "out_of_descriptors"),), 0) >= 1)
         assert _web_pid(b) == web and b.proc.poll() is None, "neither process died nor was restarted"
     finally:
         for s in held:

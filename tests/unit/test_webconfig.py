@@ -5,7 +5,7 @@ import base64
 import bcrypt
 import pytest
 
-from monitor.webconfig import WebConfigError, load
+from monitor.http.webconfig import WebConfigError, load
 
 
 @pytest.mark.parametrize("text, message", [
