@@ -39,7 +39,7 @@ with atheris.instrument_imports(include=["monitor"]):
     from monitor.bridge.ingest import Ingest
     from monitor.bridge.mapper import Mapper, MappingError, load_rules
     from monitor.bridge.store import Store
-from tests import expfmt  # noqa: E402 - after instrumentation
+from testkit import expfmt  # noqa: E402 - after instrumentation
 
 SEED_LINES = [
     b"airflow.ti.finish.dag.task.success:1|c", b"airflow.ti.finish:1|c|#dag_id:d,task_id:t,state:success",

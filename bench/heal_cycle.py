@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from monitor.heal.rules import Observation, Settings, diagnose  # noqa: E402
 from monitor.kube.client import Kube, load_api_client  # noqa: E402
-from tests.servers.kube_api import KubeApiServer, now_ts  # noqa: E402
+from testkit.servers.kube_api import KubeApiServer, now_ts  # noqa: E402
 
 
 def fill(server: KubeApiServer, workers: int, events: int, pending_every: int) -> None:

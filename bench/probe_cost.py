@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from monitor.probe.settings import _getfqdn  # noqa: E402
-from tests.integration.airflow_harness import airflow_venv  # noqa: E402
+from testkit.airflow import airflow_venv  # noqa: E402
 
 
 def measure(cmd: list[str], env: dict) -> tuple[float, float, int, int]:

@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 
 from monitor.sla.config import parse  # noqa: E402
 from monitor.sla.service import build  # noqa: E402
-from tests.integration.airflow_harness import Airflow  # noqa: E402
+from testkit.airflow import Airflow  # noqa: E402
 
 DAG_FILE = '''
 import pendulum

@@ -22,9 +22,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from tests.integration.airflow_harness import Airflow, airflow_venv, free_port, statsd_env  # noqa: E402
-from tests.integration.bridge_process import BridgeProcess  # noqa: E402
-from tests.servers.webhook import WebhookServer  # noqa: E402
+from testkit.airflow import Airflow, airflow_venv, free_port, statsd_env  # noqa: E402
+from testkit.bridge import BridgeProcess  # noqa: E402
+from testkit.servers.webhook import WebhookServer  # noqa: E402
 
 DAGS = ("demo_ok", "demo_fail", "demo_late")
 EXPECTED_RUNS = {"demo_ok": "success", "demo_fail": "failed", "demo_late": "success"}

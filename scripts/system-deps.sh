@@ -7,7 +7,7 @@ set -euo pipefail
 need=()
 command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v amtool >/dev/null 2>&1 || need+=(prometheus-alertmanager)
-# Prometheus' own Go text parser (expfmt), for tests/tools/expfmtcheck: Debian's Go and libraries
+# Prometheus' own Go text parser (expfmt), for testkit/tools/expfmtcheck: Debian's Go and libraries
 command -v go >/dev/null 2>&1 || need+=(golang-go)
 [ -d /usr/share/gocode/src/github.com/prometheus/common/expfmt ] || need+=(golang-github-prometheus-common-dev)
 # PgBouncer in front of PostgreSQL, as the official Airflow chart's pgbouncer.enabled puts it

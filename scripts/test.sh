@@ -7,7 +7,7 @@ python3 -m pip install -q uv >/dev/null 2>&1 || true     # speeds up the Airflow
 python3 -m pip install -q -e ".[test]"
 scripts/system-deps.sh                                   # prometheus, promtool, alertmanager, amtool
 echo "Airflow venv: $(scripts/airflow-venv.sh)"          # cached in ~/.cache/airflow-monitor
-ruff check monitor tests bench demo
+ruff check monitor testkit tests bench demo
 set +e
 python3 -m pytest "$@"
 rc=$?

@@ -259,7 +259,7 @@ class Watcher:
                     if self.cfg.renotify and ts - current.notified_at >= self.cfg.renotify:
                         self.alerts.remind(self._notice(j, now, note="still breached: " + j.verdict.message), ts)
             elif current is not None:
-                self._close(key, self._notice(j, now, note=f"resolved: {j.verdict.message}"), ts)
+                self._close(self._notice(j, now, note=f"resolved: {j.verdict.message}"), ts)
         for key, row in open_alerts.items():
             if key != BLIND and key not in self.judgements:
                 dag_id, rule = key

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.airflow_harness import airflow_venv
-from tests.integration.bridge_process import BridgeProcess
+from testkit.airflow import airflow_venv
+from testkit.bridge import BridgeProcess
 
 pytestmark = pytest.mark.integration
 
@@ -79,8 +79,8 @@ class Stack:
     (tests/servers/kube_api.py) where the release has no pods: it diagnoses that, and pages nobody."""
 
     def __init__(self, tmp: Path, venv: Path):
-        from tests.integration.airflow_harness import Airflow, statsd_env
-        from tests.servers.kube_api import KubeApiServer
+        from testkit.airflow import Airflow, statsd_env
+        from testkit.servers.kube_api import KubeApiServer
 
         self.tmp = tmp
         self.airflow = Airflow(home=tmp / "airflow", venv=venv, env_extra={"SLA_SLOW_SECONDS": "25"})

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.airflow_harness import free_port
+from testkit.airflow import free_port
 
 
 class PgBouncer:

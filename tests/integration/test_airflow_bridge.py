@@ -16,8 +16,8 @@ import time
 import pytest
 
 from monitor import catalog
-from tests.integration.airflow_harness import REPO, Airflow, statsd_env
-from tests.integration.bridge_process import BridgeProcess
+from testkit.airflow import REPO, Airflow, statsd_env
+from testkit.bridge import BridgeProcess
 
 pytestmark = pytest.mark.integration
 DAG = "team.sales_daily"

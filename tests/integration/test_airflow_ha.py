@@ -15,8 +15,8 @@ import subprocess
 import pytest
 import yaml
 
-from tests.integration.airflow_harness import REPO, Airflow, statsd_env
-from tests.integration.bridge_process import BridgeProcess
+from testkit.airflow import REPO, Airflow, statsd_env
+from testkit.bridge import BridgeProcess
 
 pytestmark = pytest.mark.integration
 DAG = "team.sales_daily"

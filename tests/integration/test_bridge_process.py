@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers.datadog import DatadogServer
+from testkit.servers.datadog import DatadogServer
 
 pytestmark = pytest.mark.integration
 
@@ -317,7 +317,7 @@ def test_tls_and_basic_auth_from_a_web_config_file(tmp_path):
     import sys
     import urllib.error
 
-    from tests.integration.airflow_harness import free_port
+    from testkit.airflow import free_port
     from tests.integration.tools import Prometheus, web_config
 
     web, crt = web_config(tmp_path, "prom", "s3cret-pw")

@@ -11,7 +11,7 @@ import subprocess
 import pytest
 import yaml
 
-from tests.integration.airflow_harness import REPO
+from testkit.airflow import REPO
 
 pytestmark = pytest.mark.integration
 README = (REPO / "README.md").read_text()

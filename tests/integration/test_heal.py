@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.integration.airflow_harness import REPO, Airflow, free_port
-from tests.servers.kube_api import KubeApiServer
-from tests.servers.opsgenie import OpsGenieServer
+from testkit.airflow import REPO, Airflow, free_port
+from testkit.servers.kube_api import KubeApiServer
+from testkit.servers.opsgenie import OpsGenieServer
 
 pytestmark = pytest.mark.integration
 

@@ -21,10 +21,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.integration.airflow_harness import free_port
-from tests.integration.bridge_process import BridgeProcess
+from testkit.airflow import free_port
+from testkit.bridge import BridgeProcess
+from testkit.servers.opsgenie import OpsGenieServer
 from tests.integration.tools import run, tool
-from tests.servers.opsgenie import OpsGenieServer
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.servers.kube_api import KubeApiServer
+from testkit.servers.kube_api import KubeApiServer
 
 pytestmark = pytest.mark.integration
 
@@ -127,7 +127,7 @@ def test_serve_runs_the_healer_beside_the_bridge(kube, tmp_path):
     read (a SQLite file without Airflow's tables) it takes the Lease, acts on nothing and says why."""
     import yaml
 
-    from tests.integration.bridge_process import BridgeProcess
+    from testkit.bridge import BridgeProcess
 
     kube.kubeconfig(tmp_path / "kubeconfig")
     (tmp_path / "db-url").write_text(f"sqlite:///{tmp_path / 'not-airflow.db'}")

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tests.integration.airflow_harness import REPO, Airflow
+from testkit.airflow import REPO, Airflow
 
 pytestmark = pytest.mark.integration
 

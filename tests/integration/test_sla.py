@@ -19,8 +19,8 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitor import catalog
-from tests.integration.airflow_harness import free_port
-from tests.servers.opsgenie import OpsGenieServer
+from testkit.airflow import free_port
+from testkit.servers.opsgenie import OpsGenieServer
 
 pytestmark = pytest.mark.integration
 
@@ -376,7 +376,7 @@ def test_jsm_operations_api_pages_once_and_closes(airflow, tmp_path):
     """The watcher against the real Airflow, paging through a local JSM Operations REST API (Basic
     auth, asynchronous writes, alerts addressed by id only): test-notify opens and closes, a
     breach pages once across two processes, and the token never reaches the output."""
-    from tests.servers.jsm_ops import JsmOpsServer
+    from testkit.servers.jsm_ops import JsmOpsServer
 
     cloud, email, token = "0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b", "sla-bot@example.com", "atl-api-token-x1"
     jsm = JsmOpsServer(cloud, email, token, processing=0.5)

@@ -12,9 +12,9 @@ from monitor.alerting.notice import Notice
 from monitor.alerting.opsgenie import OpsGenieNotifier
 from monitor.alerting.store import AlertStore
 from monitor.alerting.webhook import WebhookNotifier
-from tests.servers.datadog import DatadogServer
-from tests.servers.opsgenie import OpsGenieServer
-from tests.servers.webhook import WebhookServer
+from testkit.servers.datadog import DatadogServer
+from testkit.servers.opsgenie import OpsGenieServer
+from testkit.servers.webhook import WebhookServer
 
 
 def notice(dag="sales", rule="fresh", **kw) -> Notice:
@@ -239,7 +239,7 @@ JSM_CLOUD, JSM_EMAIL, JSM_TOKEN = "5b6c1d2e-0a1b-4c3d-9e8f-7a6b5c4d3e2f", "ops-b
 
 @pytest.fixture
 def jsm():
-    from tests.servers.jsm_ops import JsmOpsServer
+    from testkit.servers.jsm_ops import JsmOpsServer
 
     s = JsmOpsServer(JSM_CLOUD, JSM_EMAIL, JSM_TOKEN, processing=0.3)
     yield s
@@ -309,7 +309,7 @@ def test_jsm_reminder_is_a_note_on_the_open_alert(jsm):
 def test_jsm_wrong_token_is_retried_and_aliases_with_quotes_are_searched_exactly(tmp_path, jsm):
     from monitor.alerting import Retry
     from monitor.alerting.jsm import alias_query
-    from tests.servers.jsm_ops import parse_query
+    from testkit.servers.jsm_ops import parse_query
 
     with pytest.raises(Retry, match="HTTP 401"):
         jsm_notifier(jsm, token="wrong").send("open", notice())

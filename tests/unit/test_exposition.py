@@ -14,8 +14,8 @@ from monitor.bridge.ingest import Ingest
 from monitor.bridge.mapper import Mapper
 from monitor.bridge.mmsg import Receiver
 from monitor.bridge.store import QUARANTINE, Store
-from tests import expfmt
-from tests.expfmt import check_text
+from testkit import expfmt
+from testkit.expfmt import check_text
 
 NAMES = st.sampled_from(["airflow.ti.finish", "airflow.task.duration", "airflow.pool.open_slots", "app.jobs",
                          "app.latency", "app.queue_depth", "app.latency_sum", "app.latency_count", "app.jobs_total",

@@ -1,7 +1,7 @@
 """What Prometheus requires of an exposition. check_text: the rules its text parser enforces (one
 HELP/TYPE per family, each sample under its own family's TYPE, no duplicate series, cumulative
 buckets), read with prometheus-client's parser. parse: Prometheus' own Go text parser (expfmt),
-tests/tools/expfmtcheck, built once with Debian's Go and Go Prometheus libraries
+testkit/tools/expfmtcheck, built once with Debian's Go and Go Prometheus libraries
 (scripts/system-deps.sh installs them); missing under CI is a failure, elsewhere a skip that
 says how to get it. bench/fuzz_bridge.py uses both."""
 

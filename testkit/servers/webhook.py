@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import threading
 
-from tests.servers.base import JsonServer
+from testkit.servers.base import JsonServer
 
 
 class WebhookServer(JsonServer):

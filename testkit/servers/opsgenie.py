@@ -17,7 +17,7 @@ import uuid
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlparse
 
-from tests.servers.base import JsonServer
+from testkit.servers.base import JsonServer
 
 PRIORITIES = {"P1", "P2", "P3", "P4", "P5"}
 RESPONDER_TYPES = {"team", "user", "escalation", "schedule"}

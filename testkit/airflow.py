@@ -19,8 +19,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-DAGS = Path(__file__).resolve().parent / "dags"
+REPO = Path(__file__).resolve().parents[1]
+DAGS = REPO / "tests" / "integration" / "dags"
 
 
 def airflow_venv() -> Path:

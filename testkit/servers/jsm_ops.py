@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import parse_qs, unquote, urlparse
 
-from tests.servers.base import JsonServer
-from tests.servers.opsgenie import Alert as OpsGenieAlert
-from tests.servers.opsgenie import create_problem
+from testkit.servers.base import JsonServer
+from testkit.servers.opsgenie import Alert as OpsGenieAlert
+from testkit.servers.opsgenie import create_problem
 
 _TERM = re.compile(r'\s*(alias|status)\s*:\s*("(?:[^"\\]|\\.)*"|[^\s"]+)\s*')
 

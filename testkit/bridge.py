@@ -15,7 +15,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.airflow_harness import free_port
+from testkit.airflow import free_port
 
 
 class BridgeProcess:

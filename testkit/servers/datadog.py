@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import zlib
 
-from tests.servers.base import JsonServer
+from testkit.servers.base import JsonServer
 
 
 class DatadogServer(JsonServer):
