@@ -21,8 +21,11 @@ from testkit.airflow import free_port
 class BridgeProcess:
     """A real `airflow-monitor serve` on free ports (or, with `command`, given args and ports)."""
 
-    def __init__(self, tmp: Path, *args: str, env: dict | None = None, max_files: int | None = None):
+    def __init__(self, tmp: Path, *args: str, env: dict | None = None, max_files: int | None = None,
+                 ca: Path | None = None):
+        """ca: the certificate of a --web-config-file's TLS, to talk to the port over https."""
         self.max_files = max_files
+        self.ca = ca
         self.udp = free_port(socket.SOCK_DGRAM)
         self.tcp = free_port()
         self.http = free_port()
@@ -36,7 +39,7 @@ class BridgeProcess:
         """`airflow-monitor <argv>` exactly as given (say, a rendered container's args)."""
         self = cls.__new__(cls)
         self.udp, self.tcp, self.http, self.unix = udp, None, http, None
-        self.max_files = None
+        self.max_files, self.ca = None, None
         self._start(tmp, argv, env, ready)
         return self
 
@@ -59,8 +62,12 @@ class BridgeProcess:
         raise TimeoutError(self.log.read_text())
 
     def get(self, path: str) -> tuple[int, str]:
+        import ssl
+
+        ctx = ssl.create_default_context(cafile=str(self.ca)) if self.ca else None
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http}{path}", timeout=5) as r:
+            with urllib.request.urlopen(f"http{'s' if self.ca else ''}://127.0.0.1:{self.http}{path}", timeout=30,
+                                        context=ctx) as r:
                 return r.status, r.read().decode()
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode()

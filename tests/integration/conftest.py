@@ -19,8 +19,8 @@ pytestmark = pytest.mark.integration
 def bridge(tmp_path):
     started = []
 
-    def start(*args, env=None, max_files=None):
-        b = BridgeProcess(tmp_path, *args, env=env, max_files=max_files)
+    def start(*args, env=None, max_files=None, ca=None):
+        b = BridgeProcess(tmp_path, *args, env=env, max_files=max_files, ca=ca)
         started.append(b)
         return b
 
