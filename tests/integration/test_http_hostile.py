@@ -23,7 +23,6 @@ import pytest
 import yaml
 
 from testkit.airflow import REPO, free_port
-from testkit.bridge import BridgeProcess
 from tests.integration.tools import web_config
 
 pytestmark = pytest.mark.integration
