@@ -33,12 +33,18 @@ def watcher_for(path: str, fresh_state: bool = False, lease=None, **over):
     return watcher, SLACollector(watcher)
 
 
-def healer_for(path: str, fresh_state: bool = False):
+def healer_for(path: str):
     from monitor.heal.command import build_from
     from monitor.heal.exposition import HealCollector
 
-    healer = build_from(path, fresh_state)
+    healer = build_from(path)
     return healer, HealCollector(healer)
+
+
+def watchdog(schedule, healer) -> None:
+    """A healer's cycle that stops completing stops its Lease renewing (a standby takes over)."""
+    if healer.lease is not None:
+        healer.lease.healthy = lambda: not schedule.stalled()
 
 
 # ---------------------------------------------------------------------- serve
@@ -61,9 +67,10 @@ def serve(args) -> int:
         lease = None
         heal_config = getattr(args, "heal_config", None) or os.environ.get("AIRFLOW_MONITOR_HEAL_CONFIG")
         if heal_config:
-            healer, collector = healer_for(heal_config, fresh)
+            healer, collector = healer_for(heal_config)
             bridge.registry.register(collector)
             schedules.append(Schedule(healer, "heal"))
+            watchdog(schedules[-1], healer)
             lease = healer.lease
             log.info("healer: %s, mode %s, every %.0fs", healer.where, healer.cfg.mode, healer.cfg.interval)
         sla_config = getattr(args, "sla_config", None) or os.environ.get("AIRFLOW_MONITOR_SLA_CONFIG")
@@ -103,7 +110,7 @@ def sla_run(args) -> int:
 
 def heal_run(args) -> int:
     fresh = getattr(args, "fresh_state", False)
-    healer, collector = healer_for(args.config, fresh)
+    healer, collector = healer_for(args.config)
     workers = [(healer, collector, "heal")]
     try:
         log.info("healer: %s, mode %s, every %.0fs, notifiers: %s", healer.where, healer.cfg.mode,
@@ -137,13 +144,17 @@ def serve_alone(workers: list[tuple], listen: str, web_config: str | None = None
 
     from monitor.worker import Schedule, start_web
 
+    schedules = [Schedule(w, name) for w, _, name in workers]
+    for schedule in schedules:
+        if schedule.name == "heal":
+            watchdog(schedule, schedule.worker)
     server = None
     if listen:
         registry = CollectorRegistry(auto_describe=False)
         for _, collector, _ in workers:
             registry.register(collector)
-        server = start_web(listen, registry, _Ready([w for w, _, _ in workers]), web_config, workers[0][2])
-    schedules = [Schedule(w, name) for w, _, name in workers]
+        server = start_web(listen, registry, _Ready([w for w, _, _ in workers]), web_config, workers[0][2],
+                           healthy=lambda: next((why for s in schedules if (why := s.stalled())), ""))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -6,6 +6,7 @@ over). monitor.serve decides what runs where."""
 from __future__ import annotations
 
 import logging
+import time
 from datetime import datetime, timedelta
 
 from monitor.errors import UserError
@@ -13,6 +14,7 @@ from monitor.errors import UserError
 log = logging.getLogger("airflow_monitor")
 
 DELIVERY_EVERY = 2.0  # seconds between outbox passes (each notice keeps its own backoff)
+STALLED, STALLED_MIN = 3, 60.0  # a worker is stalled when no cycle completed for 3 intervals (at least 60 s)
 
 
 class Schedule:
@@ -23,6 +25,7 @@ class Schedule:
         from apscheduler.schedulers.background import BackgroundScheduler
 
         self.worker, self.name = worker, name
+        self._created = self._started = self._done = time.monotonic()
         self.scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1})
         self.scheduler.add_job(self._cycle, "interval", seconds=worker.cfg.interval, id=f"{name}-cycle",
                                next_run_time=datetime.now().astimezone())
@@ -31,10 +34,25 @@ class Schedule:
         self.scheduler.add_job(self._prune, "interval", hours=6, id=f"{name}-prune")
 
     def _cycle(self) -> None:
+        self._started = time.monotonic()
         try:
             self.worker.cycle()
         except Exception:  # a bug must not stop the schedule; it is logged with its traceback
             log.exception("%s cycle failed", self.name)
+        finally:
+            self._done = time.monotonic()
+
+    def stalled(self) -> str:
+        """'' while cycles complete; else why not: no cycle has completed for STALLED intervals (at least
+        STALLED_MIN seconds), for instance a call that hangs. /-/healthy fails on it (the kubelet restarts
+        the process) and the healer's Lease stops renewing on it (a standby takes over)."""
+        limit = max(STALLED * self.worker.cfg.interval, STALLED_MIN)
+        last = max(self._done, self._created)
+        if time.monotonic() - last <= limit:
+            return ""
+        running = f" (the current one started {time.monotonic() - self._started:.0f}s ago)" \
+            if self._started > self._done else ""
+        return f"{self.name}: no cycle completed for {time.monotonic() - last:.0f}s{running}"
 
     def _deliver(self) -> None:
         try:
@@ -43,12 +61,11 @@ class Schedule:
             log.exception("%s delivery failed", self.name)
 
     def _prune(self) -> None:
-        import sqlite3
-        import time
+        from monitor.alerting.store import STORE_ERRORS
 
         try:
-            self.worker.state.prune(time.time() - 30 * 86400)
-        except sqlite3.Error:
+            (getattr(self.worker, "prune", None) or self.worker.state.prune)(time.time() - 30 * 86400)
+        except STORE_ERRORS:
             pass  # the cycle notices, says so and pages
 
     def start(self) -> None:

@@ -18,6 +18,7 @@ operator repaired or removed it). A file that existed and is now empty is refuse
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -26,7 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from monitor.alerting.notice import Notice
+from monitor.errors import StoreError
 from monitor.redact import redact
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS alert (
@@ -83,6 +87,9 @@ class OutboxItem:
     attempts: int
 
 
+STORE_ERRORS = (sqlite3.Error, StoreError)  # what a store's operations raise when the state cannot be used
+
+
 class StateEmpty(Exception):
     """The state file exists and is empty: refuse to start unless told to start fresh."""
 
@@ -116,6 +123,7 @@ class AlertStore:
                                  "start with no alerts")
             p.parent.mkdir(parents=True, exist_ok=True)
         self.lock = threading.Lock()
+        self.corrupted = 0  # outbox records found unreadable and moved aside
         self.broken = ""  # why the file cannot be used; "" while it can
         self.db = _Broken("not opened")
         self.retry()
@@ -233,7 +241,19 @@ class AlertStore:
                 "WHERE notifier=? AND done_at IS NULL ORDER BY id LIMIT ?", (notifier, limit)).fetchall()
         if not rows or rows[0][7] > now:
             return []
-        return [OutboxItem(r[0], r[1], r[2], r[3], r[4], Notice.from_payload(json.loads(r[5])), r[6]) for r in rows]
+        out = []
+        for r in rows:
+            try:
+                notice = Notice.from_payload(json.loads(r[5]))
+            except (ValueError, TypeError, KeyError, AttributeError) as e:
+                # garbage inside one record (a torn write, a bad disk): moved aside, the rest delivered
+                self.corrupted += 1
+                self.failed(r[0], f"corrupted record ({type(e).__name__}): moved aside, not sent", None)
+                log.error("%s: outbox record %d (%s %s/%s) is corrupted; kept as a dead letter, the rest is "
+                          "delivered", self.WHAT, r[0], r[2], r[3], r[4])
+                continue
+            out.append(OutboxItem(r[0], r[1], r[2], r[3], r[4], notice, r[6]))
+        return out
 
     def delivered(self, item_id: int, now: float | None = None) -> None:
         with self.lock:

@@ -24,7 +24,7 @@ class Budget:
 class Action:
     component: str
     at: float
-    outcome: str = "pending"  # pending | healed | failed | error
+    outcome: str = "pending"  # pending | healed | failed | error | blocked (refused by a PDB: costs no budget)
 
 
 @dataclass(frozen=True)
@@ -36,12 +36,14 @@ class Allowance:
 
 
 def left(actions: list[Action], component: str, now: float, b: Budget) -> int:
-    mine = [a for a in actions if a.component == component and now - a.at < b.window]
+    mine = [a for a in actions if a.component == component and now - a.at < b.window and a.outcome != "blocked"]
     return max(0, b.per_component - len(mine))
 
 
-def allowance(actions: list[Action], component: str, now: float, b: Budget) -> Allowance:
-    recent = [a for a in actions if now - a.at < b.window]
+def allowance(actions: list[Action], component: str, now: float, b: Budget, wait_until: float = 0.0) -> Allowance:
+    """wait_until: a time before which nothing is tried again (a PodDisruptionBudget's Retry-After)."""
+    tried = [a for a in actions if now - a.at < b.window]
+    recent = [a for a in tried if a.outcome != "blocked"]  # a refused eviction restarted nothing
     mine = [a for a in recent if a.component == component]
     n_left = max(0, b.per_component - len(mine))
     if n_left == 0:
@@ -53,8 +55,10 @@ def allowance(actions: list[Action], component: str, now: float, b: Budget) -> A
     if b.after_failed_check == "stop" and mine and max(mine, key=lambda a: a.at).outcome == "failed":
         return Allowance(False, f"the last restart of {component} did not heal it (after_failed_check: stop)",
                          n_left, True)
-    last = max((a.at for a in mine), default=None)
+    last = max((a.at for a in tried if a.component == component), default=None)
     if last is not None and now - last < b.cooldown:
-        return Allowance(False, f"cooldown: last restart of {component} {int(now - last)}s ago "
+        return Allowance(False, f"cooldown: last restart of {component} tried {int(now - last)}s ago "
                                 f"(cooldown {int(b.cooldown)}s)", n_left, False)
+    if now < wait_until:
+        return Allowance(False, f"asked to wait {int(wait_until - now)}s more (Retry-After)", n_left, False)
     return Allowance(True, "", n_left, False)

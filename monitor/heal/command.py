@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 from datetime import UTC, datetime
 
 from monitor.errors import UserError
@@ -16,22 +15,19 @@ from monitor.errors import UserError
 log = logging.getLogger("airflow_monitor")
 
 
-def build_from(path: str | None, fresh_state: bool = False, lease: bool = True):
-    from monitor.alerting.store import StateEmpty
+def build_from(path: str | None, read_only: bool = False):
+    """A healer from its config file; every failure a UserError of one line. read_only (status, check):
+    no Lease, no notifier (so no notifier secret is needed), nothing written."""
     from monitor.config import ConfigError
     from monitor.heal.config import load
     from monitor.heal.service import build
     from monitor.kube.client import KubeError
 
     try:
-        cfg = load(path)
-        return build(cfg, fresh_state, lease)
-    except (ConfigError, KubeError, StateEmpty) as e:
+        cfg = load(path, notifiers=not read_only)
+        return build(cfg, lease=not read_only, read_only=read_only)
+    except (ConfigError, KubeError) as e:
         raise UserError(str(e)) from None
-    except OSError as e:
-        raise UserError(f"cannot open the healer state file: {e.strerror or e}") from None
-    except sqlite3.Error as e:
-        raise UserError(f"cannot start the healer: {e}") from None
 
 
 def _ts(t: float | None) -> str:
@@ -44,12 +40,8 @@ def rows(healer) -> dict:
     from monitor.heal import budget as budgets
 
     now = time.time()
-    try:
-        open_alerts = healer.state.alerts("open")
-        actions = healer.state.actions(now - healer.cfg.budget.window - healer.cfg.budget.verify)
-    except sqlite3.Error as e:
-        healer.state.fail(e)
-        open_alerts, actions = {}, []
+    open_alerts = healer.state.alerts("open")
+    actions = healer.state.actions(now - healer.cfg.budget.window - healer.cfg.budget.verify)
     diag = [{"rule": d.rule, "component": d.component, "subject": d.subject, "restartable": d.restartable,
              "alert": (f"open since {_ts(open_alerts[d.key].opened_at)}" if d.key in open_alerts else "-"),
              "reason": d.reason} for d in healer.diagnoses]
@@ -59,6 +51,7 @@ def rows(healer) -> dict:
     alerts = [{"subject": s, "rule": r, "priority": a.priority, "since": _ts(a.opened_at), "message": a.message}
               for (s, r), a in sorted(open_alerts.items())]
     return {"release": healer.where, "mode": healer.cfg.mode, "blind": healer.stats.blind_reason,
+            "state": healer.state.broken or f"{healer.state.where} (version {healer.state.version or 'none yet'})",
             "scheduler_restarts_left": left, "diagnoses": diag, "actions": acts, "alerts": alerts}
 
 
@@ -89,14 +82,37 @@ def show(healer, as_json: bool) -> None:
     _table(r["alerts"], ("subject", "rule", "priority", "since", "message"))
 
 
+EXIT = {"ok": 0, "diagnosed": 1, "mistake": 2, "blind": 3, "misconfigured": 4}
+
+
+def verdict(healer, check: bool) -> str:
+    """What `heal check` exits with (EXIT); `heal status` exits 0 unless blind or misconfigured."""
+    if healer.stats.blind_reason:
+        return "blind"
+    if any(d.rule == "misconfigured" for d in healer.diagnoses):
+        return "misconfigured"
+    return "diagnosed" if check and healer.diagnoses else "ok"
+
+
 def run(args) -> int:
-    """status and check (`heal run` is composed by monitor.serve)."""
+    """status and check (`heal run` is composed by monitor.serve). Exit codes: 0 nothing diagnosed
+    (status: shown), 1 something diagnosed (check), 2 a mistake in the command or the config,
+    3 blind (the Kubernetes API or the database cannot be read), 4 scheduler jobs and pods that
+    cannot be paired (the healer would restart nothing: see the diagnosis)."""
+    for noisy in ("urllib3", "kubernetes"):  # their retry and connection warnings are not the answer
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     action = args.action or "run"
-    healer = build_from(args.config, getattr(args, "fresh_state", False), lease=False)
-    if action in ("status", "check"):
-        healer.cycle(apply=False)
-        show(healer, args.json)
-        if healer.stats.blind_reason:
-            return 1
-        return 1 if action == "check" and healer.diagnoses else 0
-    raise UserError(f"unknown heal action {action!r}")
+    try:
+        if action not in ("status", "check"):
+            raise UserError(f"unknown heal action {action!r}")
+        healer = build_from(args.config, read_only=True)
+    except UserError as e:
+        if getattr(args, "json", False):
+            from monitor.redact import redact
+
+            print(json.dumps({"error": redact(str(e)), "exit": EXIT["mistake"]}))
+            return EXIT["mistake"]
+        raise
+    healer.cycle(apply=False)
+    show(healer, args.json)
+    return EXIT[verdict(healer, action == "check")]

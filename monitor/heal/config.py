@@ -19,7 +19,7 @@ from monitor.heal.rules import COMPONENTS, Settings
 from monitor.probe.rules import Thresholds
 
 MODES = ("observe", "act")
-RESTARTS = ("delete", "rollout")
+RESTARTS = ("evict", "delete", "rollout")
 PRIORITIES = ("P1", "P2", "P3", "P4", "P5")
 SA_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
@@ -51,7 +51,7 @@ class HealConfig:
     mode: str = "observe"
     interval: float = 30.0
     restart: str = "delete"
-    state_file: str = "airflow-monitor-heal.sqlite"
+    state_file: str = ""  # 0.1.0's SQLite state, imported once into the cluster state (ConfigMap)
     metrics_listen: str = ":9104"
     blind_after: int = 3
     priority: str = "P2"
@@ -63,7 +63,7 @@ class HealConfig:
     settings: Settings = field(default_factory=Settings)
     thresholds: Thresholds = field(default_factory=Thresholds)
     lease: bool = True
-    lease_name: str = "airflow-monitor"
+    lease_name: str = ""  # default airflow-monitor-heal-<release>: one per release
     lease_duration: float = 15.0
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     source: str = ""
@@ -118,24 +118,36 @@ def _namespace(k: dict) -> str:
 
 
 def _db_url(a: dict) -> str:
+    """The metadata database URL, found as the probe finds it: sql_alchemy_conn_file, then
+    $AIRFLOW_MONITOR_SQL_ALCHEMY_CONN, then Airflow's own settings ($AIRFLOW__DATABASE__SQL_ALCHEMY_CONN,
+    its _CMD, or [database] sql_alchemy_conn in $AIRFLOW_CONFIG or $AIRFLOW_HOME/airflow.cfg)."""
     if "sql_alchemy_conn" in a:
         raise HealConfigError("airflow.sql_alchemy_conn: secrets are not read from the config file; use "
                               "sql_alchemy_conn_file or $AIRFLOW__DATABASE__SQL_ALCHEMY_CONN")
-    url = read_secret(("AIRFLOW_MONITOR_SQL_ALCHEMY_CONN", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"),
-                      str(a.get("sql_alchemy_conn_file") or ""))
+    from monitor.probe import settings
+    from monitor.probe.db import SourceError, parse_url
+    from monitor.redact import secret
+
+    url = read_secret(("AIRFLOW_MONITOR_SQL_ALCHEMY_CONN",), str(a.get("sql_alchemy_conn_file") or ""))
+    if not url:
+        try:
+            url = secret(settings.get("database", "sql_alchemy_conn"))
+        except settings.SettingError as e:
+            raise HealConfigError(f"airflow: {e}") from None
     if not url:
         raise HealConfigError("airflow: the metadata database URL is required (sql_alchemy_conn_file, "
-                              "$AIRFLOW_MONITOR_SQL_ALCHEMY_CONN or $AIRFLOW__DATABASE__SQL_ALCHEMY_CONN)")
-    from monitor.probe.db import SourceError, parse_url
-
+                              "$AIRFLOW_MONITOR_SQL_ALCHEMY_CONN, $AIRFLOW__DATABASE__SQL_ALCHEMY_CONN, or "
+                              "[database] sql_alchemy_conn in $AIRFLOW_HOME/airflow.cfg)")
     try:
-        parse_url(url)
+        parsed = parse_url(url)
     except SourceError as e:
         raise HealConfigError(f"airflow.sql_alchemy_conn: {e}") from None
+    secret(parsed.password)  # a driver's error may quote it on its own
     return url
 
 
-def parse(doc, source: str = "config") -> HealConfig:
+def parse(doc, source: str = "config", notifiers: bool = True) -> HealConfig:
+    """notifiers=False (heal status, heal check: they page nobody): the notify: section's secrets are not read."""
     doc = _map(doc, source)
     _only(doc, TOP_KEYS, source)
     k = _map(doc.get("kubernetes"), "kubernetes")
@@ -160,9 +172,11 @@ def parse(doc, source: str = "config") -> HealConfig:
     le = _map(doc.get("lease"), "lease")
     _only(le, LEASE_KEYS, "lease")
     try:
-        notify = parse_notify(doc.get("notify"))
+        notify = parse_notify(doc.get("notify")) if notifiers else NotifyConfig()
     except NotifyConfigError as e:
         raise HealConfigError(str(e)) from None
+    if not notifiers:
+        _only(_map(doc.get("notify"), "notify"), {"opsgenie", "jsm", "datadog", "webhook"}, "notify")
     responders = notify_config.responders(h.get("responders"), "healer", HealConfigError)
     tags = h.get("tags") or []
     if not isinstance(tags, list):
@@ -191,8 +205,8 @@ def parse(doc, source: str = "config") -> HealConfig:
         airflow_url=str(a.get("url") or "").rstrip("/"),
         mode=_choice(h, "mode", MODES, "observe", "healer"),
         interval=_seconds(h, "interval", "30s", "healer"),
-        restart=_choice(h, "restart", RESTARTS, "delete", "healer"),
-        state_file=str(h.get("state_file") or HealConfig.state_file),
+        restart=_choice(h, "restart", RESTARTS, "evict", "healer"),
+        state_file=str(h.get("state_file") or ""),
         metrics_listen=str(h.get("metrics_listen", ":9104")),
         blind_after=_count(h, "blind_after", 3, "healer"),
         priority=_choice({"priority": str(h.get("priority", "P2")).upper()}, "priority", PRIORITIES, "P2", "healer"),
@@ -200,12 +214,12 @@ def parse(doc, source: str = "config") -> HealConfig:
                                    "exhausted_priority", PRIORITIES, "P1", "healer"),
         responders=responders, tags=tuple(str(x) for x in tags), runbook=str(h.get("runbook") or ""),
         budget=budget, settings=settings, thresholds=thresholds,
-        lease=bool(le.get("enabled", True)), lease_name=str(le.get("name") or "airflow-monitor"),
+        lease=bool(le.get("enabled", True)), lease_name=str(le.get("name") or f"airflow-monitor-heal-{release}"),
         lease_duration=_seconds(le, "duration", "15s", "lease"), source=source, notify=notify)
 
 
-def load(path: str | None) -> HealConfig:
+def load(path: str | None, notifiers: bool = True) -> HealConfig:
     path = path or os.environ.get("AIRFLOW_MONITOR_HEAL_CONFIG")
     if not path:
         raise HealConfigError("no healer config: pass --config FILE (or set AIRFLOW_MONITOR_HEAL_CONFIG)")
-    return parse(read_yaml(path, "healer config", HealConfigError) or {}, path)
+    return parse(read_yaml(path, "healer config", HealConfigError) or {}, path, notifiers)

@@ -1,41 +1,58 @@
 """The healer cycle: observe (Kubernetes API + metadata DB) -> diagnose (pure rules) -> verify earlier
-actions -> act within the budget, or page -> deliver.
+restarts -> restart within the budget, or page -> deliver.
 
-Only the holder of the Lease speaks: it writes Events, restarts and pages; a standby observes,
-so its /metrics and `heal status` are right, and takes over when the holder's lease runs out.
-Nothing is done blind: when the Kubernetes API or the database cannot be read no action is taken,
-and after `blind_after` such cycles one "healer blind" alert is opened, closed when it sees again.
+Do no harm:
+- Only the holder of the Lease speaks (Events, restarts, pages), and it asks the Lease immediately
+  before each of them: a replica that stopped being leader mid-cycle does nothing more.
+- Nothing is done on a guess: when the Kubernetes API or the database cannot be read no action is
+  taken; a scheduler pod no job pairs with (while a live job pairs with no pod) is `misconfigured`.
+- A restart is an eviction (policy/v1, so PodDisruptionBudgets hold; a refusal is a page, never
+  forced), with the pod's uid as a precondition. It is verified by identity: healed means a pod of the
+  component that did not exist before (another uid), healthy, and the queue moving.
+- What was spent, what is being verified and what was paged live in the cluster (monitor.heal.state),
+  so the next leader continues with the same budget and pages nothing twice.
+
+When the healer cannot see (the API server or the database) for `blind_after` cycles it pages once,
+straight to the notifiers (its state may be out of reach too), and closes that page when it sees again.
 """
 
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from monitor.alerting import Refused, Retry
 from monitor.alerting.alerts import Alerts
 from monitor.alerting.notice import Notice
+from monitor.alerting.store import STORE_ERRORS
 from monitor.heal import budget as budgets
 from monitor.heal.config import HealConfig
-from monitor.heal.observe import DbView, read_db, read_kube
-from monitor.heal.rules import Diagnosis, Observation, diagnose
+from monitor.heal.observe import DbView, read_db
+from monitor.heal.rules import Diagnosis, Observation, diagnose, needs_events
 from monitor.kube.client import KubeError
-from monitor.kube.models import Pod
+from monitor.kube.models import Pod, cluster_text
 from monitor.probe.db import SourceError
 
 log = logging.getLogger(__name__)
 
 BLIND = ("_healer", "blind")
 EXHAUSTED = "healing_exhausted"
+BLOCKED = "healing_blocked"
 EVENT_REASONS = {"stuck_scheduler": "StuckScheduler", "queue_blocked": "QueueBlocked", "restart_storm": "RestartStorm",
                  "oom_killed": "OOMKilled", "crash_loop": "CrashLoop", "no_ready_pod": "NoReadyPod",
-                 "queued_timeout": "QueuedTimeout", EXHAUSTED: "HealingExhausted"}
+                 "queued_timeout": "QueuedTimeout", "misconfigured": "Misconfigured", EXHAUSTED: "HealingExhausted",
+                 BLOCKED: "HealingBlocked"}
 TITLES = {"open": "Airflow unhealthy", "close": "Airflow recovered", "remind": "Airflow still unhealthy"}
 HISTORY = 64  # restart-count samples kept per container
+DB_RULES = {"stuck_scheduler", "queue_blocked", "queued_timeout", "misconfigured"}
+
+
+class NotLeader(Exception):
+    """The Lease was lost during the cycle: nothing more is done."""
 
 
 @dataclass
@@ -48,12 +65,13 @@ class Stats:
     last_duration: float = 0.0
     events_created: int = 0
     events_failed: int = 0
+    event_lists: int = 0  # cycles that had to list Events
 
 
 class Healer:
     def __init__(self, cfg: HealConfig, kube, alerts: Alerts, lease=None):
         self.cfg, self.kube, self.alerts, self.lease = cfg, kube, alerts, lease
-        self.state = alerts.store  # the healer's state file (monitor.heal.state.HealState)
+        self.state = alerts.store  # the healer's state in the cluster (monitor.heal.state.HealState)
         self.notifiers = alerts.notifiers
         self.diagnoses: list[Diagnosis] = []
         self.pods: list[Pod] = []
@@ -61,9 +79,11 @@ class Healer:
         self.stats = Stats()
         self.actions: Counter[tuple[str, str]] = Counter()  # (rule, outcome)
         self.leader = False
-        self._led = False  # leader at the last Lease check that reached the API server
+        self._led = False  # leader when the current blind episode began
+        self._blind_paged: set[str] = set()  # notifiers that took the blind page
         self._history: dict[tuple[str, str], deque] = {}
         self._unready_since: dict[str, datetime] = {}
+        self._wait_until: dict[str, float] = {}  # component -> a PodDisruptionBudget's Retry-After
         self._lock = threading.Lock()
 
     @property
@@ -80,15 +100,20 @@ class Healer:
     def problem(self) -> str:
         """'' while the healer can work; else why not (for /-/ready)."""
         if self.state.broken:
-            return f"healer state file cannot be used: {self.state.broken}"
+            return f"healer state cannot be used: {self.state.broken}"
         return f"healer blind: {self.stats.blind_reason}" if self.blind else ""
+
+    def _may_act(self) -> None:
+        """Asked immediately before every side effect: a replica that lost the Lease does nothing more."""
+        if self.lease is not None and not self.lease.leader:
+            raise NotLeader()
 
     # ------------------------------------------------------------------ observe
     def _remember(self, pods: list[Pod], now: datetime) -> None:
         live = set()
         for p in pods:
             for c in p.containers:
-                key = (p.name, c.name)
+                key = (p.uid or p.name, c.name)
                 live.add(key)
                 h = self._history.setdefault(key, deque(maxlen=HISTORY))
                 if not h or h[-1][1] != c.restarts or (now - h[-1][0]).total_seconds() > 60:
@@ -96,20 +121,20 @@ class Healer:
         for key in set(self._history) - live:
             del self._history[key]
         for comp in self.cfg.settings.components:
-            if any(p.ready for p in pods if p.component == comp and not p.deleting):
+            if any(p.ready for p in pods if p.component == comp and not p.deleting and not p.finished):
                 self._unready_since.pop(comp, None)
             else:
                 self._unready_since.setdefault(comp, now)
 
     def observe(self, now: datetime) -> tuple[Observation, str, str]:
         """(observation, kubernetes error, database error)."""
-        kube_err = db_err = ""
+        db_err = ""
         try:
-            kv = read_kube(self.kube)
+            pods = self.kube.pods()
         except KubeError as e:
             self.stats.kube_errors += 1
             return Observation(now=now), str(e), "not read (Kubernetes first)"
-        sched = [p.name for p in kv.pods if p.component == "scheduler" and not p.deleting and p.phase == "Running"]
+        sched = [p for p in pods if p.component == "scheduler" and not p.deleting and p.phase == "Running"]
         dbv: DbView | None = None
         pending = [a.at for a in self._pending_all()]
         try:
@@ -119,15 +144,26 @@ class Healer:
         except SourceError as e:
             self.stats.db_errors += 1
             db_err = f"metadata database: {e}"
-        self._remember(kv.pods, now)
-        self.pods, self.db_view = kv.pods, dbv
+        self._remember(pods, now)
+        history = {(p.name, c.name): tuple(self._history.get((p.uid or p.name, c.name), ()))
+                   for p in pods for c in p.containers}
         obs = Observation(
-            now=now, pods=tuple(kv.pods), events=tuple(kv.events),
-            schedulers=dbv.schedulers if dbv else {}, queued=dbv.queued if dbv else None,
-            queued_timeouts=dbv.queued_timeouts if dbv else (),
-            restart_history={k: tuple(v) for k, v in self._history.items()},
+            now=now, pods=tuple(pods), schedulers=dbv.schedulers if dbv else {},
+            unpaired_jobs=dbv.unpaired_jobs if dbv else (), queued=dbv.queued if dbv else None,
+            queued_timeouts=dbv.queued_timeouts if dbv else (), restart_history=history,
             unready_since=dict(self._unready_since))
-        return obs, kube_err, db_err
+        want = needs_events(obs, self.cfg.settings)
+        if want:
+            self.stats.event_lists += 1
+            try:
+                events = self.kube.events(want)
+            except KubeError as e:
+                self.stats.kube_errors += 1
+                return Observation(now=now), str(e), ""
+            obs = Observation(**{**{f: getattr(obs, f) for f in Observation.__dataclass_fields__
+                                    if f != "events_of"}, "events": tuple(events)})
+        self.pods, self.db_view = pods, dbv
+        return obs, "", db_err
 
     # ------------------------------------------------------------------ the cycle
     def cycle(self, now: datetime | None = None, apply: bool = True) -> list[Diagnosis]:
@@ -141,39 +177,40 @@ class Healer:
 
     def _cycle(self, now: datetime, apply: bool) -> list[Diagnosis]:
         self.leader = self.lease.leader if (self.lease is not None and apply) else (self.lease is None)
-        if self.lease is None or not self.lease.last_error:
-            self._led = self.leader
+        if apply or not self.state.doc:
+            self.state.refresh()
         obs, kube_err, db_err = self.observe(now)
         self.diagnoses = diagnose(obs, self.cfg.settings)
         blind_why = kube_err or db_err
+        if blind_why and not self.stats.consecutive_blind:
+            self._led = self.leader
         self.stats.consecutive_blind = self.stats.consecutive_blind + 1 if blind_why else 0
         self.stats.blind_reason = blind_why
         if blind_why:
             log.warning("healer cannot see (%d cycle(s) in a row), no action: %s", self.stats.consecutive_blind,
                         blind_why)
-        # a leader that lost the API server cannot renew its Lease; it still says it is blind (a page,
-        # not an action: no standby can see more than it can), and acts on nothing
-        speak = self.leader or (bool(kube_err) and self._led)
-        if not (apply and speak):
+        if not apply:
             return self.diagnoses
-        if self.state.broken and not self.state.retry():
-            log.error("healer state file cannot be used, nothing is acted on or paged: %s", self.state.broken)
+        # the blind page goes straight to the notifiers (the state may be out of reach): from the leader, or
+        # from the replica that led when it lost the API server (it cannot renew; no standby sees more)
+        if self.leader or self._led:
+            self._page_blind(now)
+        if not self.leader:
+            return self.diagnoses
+        if self.state.broken:
+            log.error("healer state cannot be used, nothing is acted on or paged: %s", self.state.broken)
             return self.diagnoses
         try:
             self._apply(obs, now, kube_err, db_err)
-        except sqlite3.Error as e:
+            self.deliver()
+        except NotLeader:
+            log.warning("healer: the Lease was lost during the cycle; nothing more is done")
+        except STORE_ERRORS as e:
             self.state.fail(e)
-            log.error("healer state file failed: %s", self.state.broken)
-        self.deliver()
+            log.error("healer state cannot be written: %s", self.state.broken)
         return self.diagnoses
 
     def _apply(self, obs: Observation, now: datetime, kube_err: str, db_err: str) -> None:
-        if kube_err or db_err:
-            if self.blind:
-                self._open(BLIND[0], BLIND[1], "blind", f"healer blind: {kube_err or db_err}",
-                           self._blind_description(kube_err or db_err), self.cfg.priority, now, pods=())
-        else:
-            self._resolve(BLIND, "sees again", now)
         if kube_err:
             return  # nothing is known: no action, nothing resolved
         acting = self.cfg.mode == "act" and not db_err
@@ -189,16 +226,15 @@ class Healer:
                 if (d.component, EXHAUSTED) in open_alerts:
                     exhausted.add(d.component)
                     continue
-                if self._heal(d, obs, now):
-                    continue
-                exhausted.add(d.component)
+                if not self._heal(d, obs, now):
+                    exhausted.add(d.component)
                 continue
             pageable.add(d.key)
             self._open(d.subject, d.rule, d.rule, d.reason, self._description(d), self.cfg.priority, now,
                        pods=d.pods, diagnosis=d)
         # close what is no longer diagnosed (what cannot be seen without the database stays as it is)
-        db_rules = {"stuck_scheduler", "queue_blocked", "queued_timeout"}
-        for key in open_alerts:
+        diagnosed = {d.component for d in self.diagnoses if d.restartable}
+        for key in self.alerts.open_alerts():
             subject, rule = key
             if key == BLIND or key in pageable:
                 continue
@@ -206,7 +242,11 @@ class Healer:
                 if subject not in exhausted and not db_err and not self._pending(subject):
                     self._resolve(key, f"{subject} is healthy again", now)
                 continue
-            if db_err and rule in db_rules:
+            if rule == BLOCKED:
+                if subject not in diagnosed and not db_err:
+                    self._resolve(key, f"{subject} is healthy again", now)
+                continue
+            if db_err and rule in DB_RULES:
                 continue
             self._resolve(key, "no longer diagnosed", now)
 
@@ -215,7 +255,7 @@ class Healer:
         try:
             return [a for a in self.state.actions(time.time() - self.cfg.budget.window - self.cfg.budget.verify)
                     if a.outcome == "pending"]
-        except sqlite3.Error:
+        except STORE_ERRORS:
             return []  # the cycle says so
 
     def _pending(self, component: str) -> list:
@@ -227,45 +267,95 @@ class Healer:
         if self._pending(d.component):
             return True  # an earlier restart is being verified
         rows = self.state.actions(ts - self.cfg.budget.window)
-        allow = budgets.allowance([r.budget_action() for r in rows], d.component, ts, self.cfg.budget)
-        pod = next((p for p in obs.pods if p.name == d.subject), None)
+        allow = budgets.allowance([r.budget_action() for r in rows], d.component, ts, self.cfg.budget,
+                                  self._wait_until.get(d.component, 0.0))
+        pod = next((p for p in obs.pods if p.name == d.subject and not p.deleting), None)
+        if pod is None:
+            return True  # gone meanwhile: the next cycle sees its successor
         if not allow.allowed and not allow.exhausted:
             log.info("healer: %s: %s; waiting", d.subject, allow.why)
             return True
-        if not allow.allowed or pod is None:
-            self._exhausted(d, rows, allow.why or "the pod is gone", now)
+        if not allow.allowed:
+            self._exhausted(d, rows, allow.why, now)
             return False
-        what = (f"rollout restart of the workload of pod {pod.name}" if self.cfg.restart == "rollout"
-                else f"delete pod {pod.name}")
+        before = tuple(p.uid for p in obs.pods if p.component == d.component and p.uid)
+        restart = self.cfg.restart
+        workload = None
+        if restart == "rollout":
+            try:
+                workload = self.kube.workload(pod)
+            except KubeError as e:
+                return self._failed_restart(d, pod, f"rollout restart of pod {pod.name}'s workload", e, now)
+            if workload.why_not:
+                self._blocked(d, pod, workload.why_not, now)
+                return True
+        what = {"evict": f"evict pod {pod.name}", "delete": f"delete pod {pod.name}",
+                "rollout": f"rollout restart {workload.kind}/{workload.name}" if workload else ""}[restart]
+        self._may_act()
         self._event(pod, EVENT_REASONS[d.rule], f"airflow-monitor: {d.reason}; action: {what} "
                     f"({allow.left - 1} more allowed in {int(self.cfg.budget.window // 60)}m)", "Restart")
+        self._may_act()
         try:
-            if self.cfg.restart == "rollout":
-                what = f"rollout restart {self.kube.rollout_restart(pod.name)}"
-            else:
+            if restart == "evict":
+                self.kube.evict(pod.name, pod.uid)
+            elif restart == "delete":
                 self.kube.delete_pod(pod.name, pod.uid)
+            else:
+                self.kube.rollout_restart(workload)
         except KubeError as e:
+            if e.status == 429:  # a PodDisruptionBudget says no: a person decides, nothing is forced
+                budget = next((c.split("disruption budget ", 1)[1].split(" ", 1)[0] for c in e.causes
+                               if "disruption budget " in c), "")
+                if e.retry_after:
+                    self._wait_until[d.component] = ts + float(e.retry_after)
+                self.state.record(d.component, pod.name, d.rule, what, d.reason, ts, "blocked", str(e), now=ts,
+                                  uid=pod.uid, before=before)
+                self.actions[(d.rule, "blocked")] += 1
+                why = (f"blocked by PodDisruptionBudget {budget}" if budget else "blocked by a PodDisruptionBudget") \
+                    + f" ({'; '.join(e.causes) or e})"
+                self._blocked(d, pod, why, now)
+                return True
             if e.status in (404, 409):  # gone, or already replaced (the uid precondition): nothing to spend
                 log.info("healer: %s: the pod was already replaced (%s)", what, e)
                 return True
-            self.state.record(d.component, pod.name, d.rule, what, d.reason, ts, "error", str(e), now=ts)
-            self.actions[(d.rule, "error")] += 1
-            log.error("healer: %s failed: %s", what, e)
-            self._exhausted(d, self.state.actions(ts - self.cfg.budget.window), f"the restart failed: {e}", now)
-            return False
-        self.state.record(d.component, pod.name, d.rule, what, d.reason, ts + self.cfg.budget.verify, now=ts)
+            return self._failed_restart(d, pod, what, e, now)
+        self.state.record(d.component, pod.name, d.rule, what, d.reason, ts + self.cfg.budget.verify, now=ts,
+                          uid=pod.uid, before=before)
         self.actions[(d.rule, "started")] += 1
         log.warning("healer: %s: %s (verify within %.0fs)", what, d.reason, self.cfg.budget.verify)
         return True
 
-    def _healed(self, obs: Observation, component: str, acted_pod: str, final: bool) -> str:
-        """Why the component counts as healed, or '' if it does not (yet): a scheduler other than the
-        one restarted runs with a healthy verdict, and the queue moved: a task ended since the restart
-        or one is running; at the end of the verify window, an empty queue also counts (tasks the old
-        scheduler held are reset to scheduled for a moment, so an empty queue proves nothing earlier)."""
+    def _failed_restart(self, d: Diagnosis, pod: Pod, what: str, e: KubeError, now: datetime) -> bool:
+        ts = now.timestamp()
+        self.state.record(d.component, pod.name, d.rule, what, d.reason, ts, "error", str(e), now=ts, uid=pod.uid)
+        self.actions[(d.rule, "error")] += 1
+        log.error("healer: %s failed: %s", what, e)
+        self._exhausted(d, self.state.actions(ts - self.cfg.budget.window), f"the restart failed: {e}", now)
+        return False
+
+    def _blocked(self, d: Diagnosis, pod: Pod, why: str, now: datetime) -> None:
+        message = f"cannot restart {d.component} pod {pod.name}: {why}; not forced"
+        desc = "\n".join([f"airflow-monitor would restart {pod.name} in {self.where} ({d.reason}), and did not: {why}.",
+                          "Nothing is forced: a person decides (resume the workload, relax the budget, or restart "
+                          "the pod by hand).", *([f"Runbook: {self.cfg.runbook}"] if self.cfg.runbook else [])])
+        if self._open(d.component, BLOCKED, d.rule, message, desc, self.cfg.priority, now, pods=(pod.name,),
+                      diagnosis=d):
+            log.error("healer: %s", message)
+
+    def _healed(self, obs: Observation, a, final: bool) -> tuple[str, str]:
+        """(why the component counts as healed, '' if not (yet); why not, at the end of the window).
+        Healed: a pod of the component that did not exist before the restart (another uid) runs with a
+        healthy verdict, and the queue moved: a task ended since the restart or one is running; at the
+        end of the verify window an empty queue also counts (tasks the old scheduler held are reset to
+        scheduled for a moment, so an empty queue proves nothing earlier)."""
         dbv = self.db_view
+        before = set(filter(None, a.before.split(","))) | {a.uid}
+        new = [p for p in obs.pods if p.component == a.component and p.uid not in before and not p.deleting]
+        healthy = [p for p in new if p.phase == "Running" and (v := obs.schedulers.get(p.name)) is not None
+                   and v.status == "healthy"]
+        old = next((p for p in obs.pods if p.uid == a.uid), None)
         if dbv is None:
-            return ""
+            return "", ""
         if dbv.finished_since:
             moved = f"{dbv.finished_since} task(s) ended since the restart"
         elif dbv.running:
@@ -273,15 +363,20 @@ class Healer:
         elif final and dbv.queued == 0:
             moved = "nothing queued at the end of the verify window"
         else:
-            return ""
-        fresh = [p for p in obs.pods if p.component == component and p.name != acted_pod and not p.deleting
-                 and p.phase == "Running"]
-        for p in fresh:
-            v = obs.schedulers.get(p.name)
-            if v is not None and v.status == "healthy" and not any(
-                    d.rule == "stuck_scheduler" and d.component == component for d in self.diagnoses):
-                return f"{moved}; scheduler pod {p.name}: {v.reason}"
-        return ""
+            moved = ""
+        stuck = any(d.rule == "stuck_scheduler" and d.component == a.component for d in self.diagnoses)
+        if moved and healthy and not stuck:
+            v = obs.schedulers[healthy[0].name]
+            return f"{moved}; new scheduler pod {healthy[0].name} (uid {healthy[0].uid[:8]}): {v.reason}", ""
+        if old is not None and old.deleting:
+            since = f" since {old.deleted_at:%H:%M:%SZ}" if old.deleted_at else ""
+            return "", (f"pod {old.name} is stuck Terminating{since}, so its successor cannot start (a StatefulSet "
+                        f"keeps one pod per ordinal); check its node (kubectl get pod {old.name} -o wide)")
+        if not new:
+            return "", f"no new {a.component} pod appeared after the restart"
+        if not healthy:
+            return "", f"the new {a.component} pod {new[0].name} is not healthy"
+        return "", "the queue did not move within the verify window"
 
     def _verify(self, obs: Observation, now: datetime) -> None:
         ts = now.timestamp()
@@ -289,20 +384,24 @@ class Healer:
             if a.outcome != "pending":
                 continue
             final = ts >= a.verify_by
-            why = self._healed(obs, a.component, a.pod, final)
+            why, why_not = self._healed(obs, a, final)
             if why:
+                self._may_act()
                 self.state.settle(a.id, "healed", why, ts)
                 self.actions[(a.rule, "healed")] += 1
                 log.info("healer: %s healed %s: %s", a.what, a.component, why)
-                new = next((p for p in obs.pods if p.component == a.component and p.name != a.pod
+                before = set(filter(None, a.before.split(","))) | {a.uid}
+                new = next((p for p in obs.pods if p.component == a.component and p.uid not in before
                             and not p.deleting), None)
                 if new is not None:
                     self._event(new, "Healed", f"airflow-monitor: the queue moves again after {a.what} ({why})",
                                 "Verify", warning=False)
             elif final:
-                self.state.settle(a.id, "failed", "the queue did not move within the verify window", ts)
+                self._may_act()
+                self.state.settle(a.id, "failed", why_not, ts)
                 self.actions[(a.rule, "failed")] += 1
-                log.warning("healer: %s did not heal %s within %.0fs", a.what, a.component, self.cfg.budget.verify)
+                log.warning("healer: %s did not heal %s within %.0fs: %s", a.what, a.component,
+                            self.cfg.budget.verify, why_not)
 
     def _exhausted(self, d: Diagnosis, rows: list, why: str, now: datetime) -> None:
         tried = [f"{datetime.fromtimestamp(r.at, UTC):%H:%M:%SZ} {r.what}: {r.outcome}"
@@ -320,6 +419,7 @@ class Healer:
 
     # ------------------------------------------------------------------ Events and pages
     def _event(self, pod: Pod, reason: str, message: str, action: str, warning: bool = True) -> None:
+        self._may_act()
         try:
             self.kube.event(pod, f"AirflowMonitor{reason}", message, action, warning)
             self.stats.events_created += 1
@@ -339,15 +439,11 @@ class Healer:
             lines.append(f"Runbook: {self.cfg.runbook}")
         return "\n".join(lines)
 
-    def _blind_description(self, why: str) -> str:
-        return (f"airflow-monitor's healer cannot read what it needs for {self.where} for "
-                f"{self.stats.consecutive_blind} cycles: {why}. Nothing is diagnosed or restarted meanwhile.")
-
     def _notice(self, subject: str, rule: str, reason: str, message: str, desc: str, priority: str, now: datetime,
                 note: str = "", d: Diagnosis | None = None) -> Notice:
         details = {"release": self.where, "component": d.component if d else subject, "rule": rule,
                    **({"pods": ",".join(d.pods[:10])} if d and d.pods else {}),
-                   **({k: str(v) for k, v in d.details.items() if v is not None} if d else {})}
+                   **({k: cluster_text(str(v)) for k, v in d.details.items() if v is not None} if d else {})}
         return Notice(alias=self.alias(subject, rule), subject=subject, rule=rule, reason=reason,
                       message=f"[airflow-heal] {message}", description=desc, priority=priority,
                       responders=tuple(self.cfg.responders), tags=("airflow-heal", *self.cfg.tags),
@@ -362,6 +458,10 @@ class Healer:
     def _open(self, subject: str, rule: str, reason: str, message: str, desc: str, priority: str, now: datetime,
               pods: tuple[str, ...], diagnosis: Diagnosis | None = None) -> bool:
         notice = self._notice(subject, rule, reason, message, desc, priority, now, d=diagnosis)
+        if (subject, rule) in self.alerts.open_alerts():
+            self.alerts.update(notice)
+            return False
+        self._may_act()
         opened = self.alerts.open(notice, now.timestamp())
         if opened:
             log.warning("healer: paged %s/%s: %s", subject, rule, message)
@@ -370,24 +470,59 @@ class Healer:
                 if name in by_name:
                     self._event(by_name[name], EVENT_REASONS.get(rule, "Diagnosis"), f"airflow-monitor: {message}",
                                 "Diagnose")
-        else:
-            self.alerts.update(notice)
         return opened
 
     def _resolve(self, key: tuple[str, str], why: str, now: datetime) -> None:
         subject, rule = key
         notice = self._notice(subject, rule, "resolved", f"{subject} {rule}: {why}", "", self.cfg.priority, now,
                               note=f"resolved: {why}")
+        self._may_act()
         if self.alerts.resolve(notice, now.timestamp()):
             log.info("healer: resolved %s/%s: %s", subject, rule, why)
 
+    def _blind_notice(self, now: datetime, note: str = "") -> Notice:
+        why = self.stats.blind_reason or "it sees again"
+        return self._notice(*BLIND, "blind", f"healer blind: {why}",
+                            f"airflow-monitor's healer cannot read what it needs for {self.where} for "
+                            f"{self.stats.consecutive_blind} cycles: {why}. Nothing is diagnosed or restarted "
+                            "meanwhile.", self.cfg.priority, now, note=note)
+
+    def _page_blind(self, now: datetime) -> None:
+        """Open the blind page on every notifier once per episode, straight (not through the state, which
+        may be out of reach too); close it when the healer sees again."""
+        action = "open" if self.blind else "close"
+        if action == "close" and not self._blind_paged:
+            self._led = False
+            return
+        notice = self._blind_notice(now, "" if action == "open" else "resolved: the healer sees again")
+        for n in self.notifiers:
+            if (n.name in self._blind_paged) == (action == "open"):
+                continue
+            try:
+                n.send(action, notice)
+            except (Retry, Refused, OSError) as e:
+                log.warning("%s: %s of the blind page not delivered, tried again next cycle: %s", n.name, action, e)
+                continue
+            if action == "open":
+                self._blind_paged.add(n.name)
+                log.error("healer blind: paged %s", n.name)
+            else:
+                self._blind_paged.discard(n.name)
+        if action == "close" and not self._blind_paged:
+            self._led = False
+
     def deliver(self) -> None:
-        if not (self.leader or self._led) or self.state.broken:
+        if self.state.broken or (self.lease is not None and not self.lease.leader):
             return
         try:
             self.alerts.deliver()
-        except sqlite3.Error as e:
+        except STORE_ERRORS as e:
             self.state.fail(e)
+
+    def prune(self, older_than: float) -> None:
+        """Forget old closed alerts and settled actions: only the leader writes the state."""
+        if self.lease is None or self.lease.leader:
+            self.state.prune(older_than)
 
     def close(self) -> None:
         """On a clean stop: hand the Lease over at once."""

@@ -1,8 +1,6 @@
 """One observation of an Airflow release: its pods and Events from the Kubernetes API, and from the
-metadata database each scheduler's health through the probe's own queries (monitor.probe.db).
-
-A scheduler job is matched to its pod by hostname: Airflow records the pod's hostname in
-job.hostname, which is the pod name (a StatefulSet pod's may carry its DNS domain after a dot).
+metadata database each scheduler's health through the probe's own queries (monitor.probe.db), for
+the job paired with each scheduler pod (monitor.heal.pairing).
 """
 
 from __future__ import annotations
@@ -10,7 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from monitor.kube.models import Event, Pod
+from monitor.heal.pairing import Job, pair
+from monitor.kube.models import Pod
 from monitor.probe import db as probe_db
 from monitor.probe.rules import Thresholds, Verdict, evaluate
 
@@ -18,6 +17,8 @@ from monitor.probe.rules import Thresholds, Verdict, evaluate
 @dataclass
 class DbView:
     schedulers: dict[str, Verdict] = field(default_factory=dict)  # pod name -> verdict
+    unpaired_jobs: tuple[str, ...] = ()  # hostnames of live scheduler jobs that pair with no pod
+    jobs: dict[str, Job] = field(default_factory=dict)  # pod name -> its job
     queued: int = 0
     queued_stuck: int = 0  # queued longer than the probe's grace, by any scheduler
     running: int = 0
@@ -25,14 +26,7 @@ class DbView:
     queued_timeouts: tuple[tuple[str, str], ...] = ()
 
 
-def _pod_of(hostname: str, pods: list[str]) -> str | None:
-    for p in pods:
-        if hostname == p or hostname.startswith(p + "."):
-            return p
-    return None
-
-
-def read_db(url: str, scheduler_pods: list[str], th: Thresholds, queued_timeout_window: float,
+def read_db(url: str, scheduler_pods: list[Pod], th: Thresholds, queued_timeout_window: float,
             now: datetime | None = None, timeout: float = 5.0, since: datetime | None = None) -> DbView:
     """Raises probe.db.SourceError when the database cannot be read. With `since`, also counts the
     tasks that ended since then (did the queue move after a restart?)."""
@@ -42,8 +36,9 @@ def read_db(url: str, scheduler_pods: list[str], th: Thresholds, queued_timeout_
         view = DbView()
         try:
             cur = conn.cursor()
-            cur.execute("SELECT hostname FROM job WHERE job_type = 'SchedulerJob' AND state = 'running'")
-            hosts = [r[0] for r in cur.fetchall() if r[0]]
+            cur.execute("SELECT id, hostname, latest_heartbeat FROM job WHERE job_type = 'SchedulerJob' "
+                        "AND state = 'running'")
+            jobs = [Job(int(r[0]), str(r[1] or ""), probe_db.parse_ts(r[2])) for r in cur.fetchall()]
             grace = probe_db._param(now - timedelta(seconds=th.queued_grace), dialect)
             cur.execute(f"SELECT state, COUNT(*), SUM(CASE WHEN queued_dttm < {ph} THEN 1 ELSE 0 END) FROM "
                         "task_instance WHERE state IN ('queued', 'running') GROUP BY state", (grace,))
@@ -61,29 +56,23 @@ def read_db(url: str, scheduler_pods: list[str], th: Thresholds, queued_timeout_
             view.queued_timeouts = tuple((str(d), str(t)) for d, t in cur.fetchall())
         except Exception as e:  # noqa: BLE001 - every driver has its own error classes
             raise probe_db.SourceError(f"query failed: {' '.join(str(e).split())}") from None
-        by_pod = {}
-        for h in hosts:
-            pod = _pod_of(h, scheduler_pods)
-            if pod is not None:
-                by_pod[pod] = h
+        paired, loose = pair(jobs, scheduler_pods)
+        view.jobs = paired
+        fresh = [j for j in loose if j.heartbeat is not None and (now - j.heartbeat).total_seconds() <= th.heartbeat]
+        view.unpaired_jobs = tuple(sorted({j.hostname for j in fresh}))
         for pod in scheduler_pods:
-            obs = probe_db.observe(conn, ph, dialect, "scheduler", th, hostname=by_pod.get(pod, pod),
-                                   local_tasks=True, now=now)
-            view.schedulers[pod] = evaluate(obs, th)
+            job = paired.get(pod.name)
+            if job is None:
+                view.schedulers[pod.name] = Verdict(
+                    "unhealthy", "heartbeat", f"no running scheduler job pairs with pod {pod.name} (by name, FQDN or "
+                    f"IP {', '.join(pod.ips) or '-'})", {"unpaired": True})
+                continue
+            obs = probe_db.observe(conn, ph, dialect, "scheduler", th, hostname=job.hostname, local_tasks=True,
+                                   now=now)
+            view.schedulers[pod.name] = evaluate(obs, th)
         return view
     finally:
         try:
             conn.close()
         except Exception:  # noqa: BLE001
             pass
-
-
-@dataclass
-class KubeView:
-    pods: list[Pod]
-    events: list[Event]
-
-
-def read_kube(kube) -> KubeView:
-    """Raises monitor.kube.client.KubeError."""
-    return KubeView(kube.pods(), kube.events())

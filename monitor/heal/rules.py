@@ -5,7 +5,9 @@ database (each scheduler's heartbeat and queue, through the probe's own queries)
 Each rule yields Diagnoses: a named rule, the component and the object it is about, one line a
 person can act on, and whether a restart can fix it. Only `stuck_scheduler` is restartable: every
 other cause (pods that cannot be scheduled or pulled, a missing Secret, OOM, a crash loop) comes
-back after a restart, so it is paged instead.
+back after a restart, so it is paged instead. And nothing is restarted on a guess: a scheduler pod
+whose job cannot be told apart (its hostname pairs with no pod while a live job pairs with none)
+is `misconfigured`, paged, never restarted.
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ from monitor.kube.models import Container, Event, Pod
 from monitor.probe.rules import Verdict
 
 COMPONENTS = ("scheduler", "api-server", "triggerer", "dag-processor", "worker")
-# container waiting reasons that no restart of the scheduler can cure
-BLOCKED_WAITING = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError",
-                   "CreateContainerError", "RunContainerError")
-BLOCKED_EVENTS = ("FailedScheduling", "FailedMount", "FailedCreatePodSandBox", "Failed")
-RULES = ("stuck_scheduler", "queue_blocked", "restart_storm", "oom_killed", "crash_loop", "no_ready_pod",
-         "queued_timeout")
+# container waiting reasons (main or init containers) that no restart of the scheduler can cure
+BLOCKED_WAITING = ("ImagePullBackOff", "ErrImagePull", "ErrImageNeverPull", "InvalidImageName", "ImageInspectError",
+                   "RegistryUnavailable", "CreateContainerConfigError", "CreateContainerError", "RunContainerError",
+                   "CreatePodSandboxError")
+# the Warnings that say why a pod cannot start (kube-scheduler, kubelet, attachdetach-controller)
+BLOCKED_EVENTS = ("FailedScheduling", "FailedMount", "FailedAttachVolume", "FailedCreatePodSandBox", "Failed")
+RULES = ("misconfigured", "stuck_scheduler", "queue_blocked", "restart_storm", "oom_killed", "crash_loop",
+         "no_ready_pod", "queued_timeout")
 
 
 @dataclass(frozen=True)
@@ -42,21 +46,28 @@ class Observation:
     now: datetime
     pods: tuple[Pod, ...] = ()
     events: tuple[Event, ...] = ()
-    # the probe's verdict per scheduler pod (its job's hostname is the pod name); absent: not read
+    # the probe's verdict per scheduler pod, for the job paired with it (monitor.heal.pairing); absent:
+    # the database was not read. A pod no job pairs with has a heartbeat verdict with details unpaired=True
     schedulers: dict[str, Verdict] = field(default_factory=dict)
+    # running scheduler jobs with a fresh heartbeat that pair with no pod: their hostnames
+    unpaired_jobs: tuple[str, ...] = ()
     queued: int | None = None  # tasks queued, all schedulers together; None: database not read
     queued_timeouts: tuple[tuple[str, str], ...] = ()  # (dag_id, task_id) failed by task_queued_timeout
     # (pod, container) -> [(when, restartCount)] from earlier cycles, oldest first
     restart_history: dict[tuple[str, str], tuple[tuple[datetime, int], ...]] = field(default_factory=dict)
     unready_since: dict[str, datetime] = field(default_factory=dict)  # component -> first seen with no ready pod
-    # derived: the events of each object, so that a rule looks up a pod's events in O(1)
+    # derived: the events of each object (by uid; by name for an Event without one), so that a rule
+    # looks up a pod's events in O(1), and a pod recreated under the same name has none of its predecessor's
     events_of: dict[str, tuple[Event, ...]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         index: dict[str, list[Event]] = {}
         for e in self.events:
-            index.setdefault(e.object_name, []).append(e)
+            index.setdefault(e.object_uid or f"name:{e.object_name}", []).append(e)
         object.__setattr__(self, "events_of", {k: tuple(v) for k, v in index.items()})
+
+    def events_about(self, pod: Pod) -> tuple[Event, ...]:
+        return self.events_of.get(pod.uid, ()) + self.events_of.get(f"name:{pod.name}", ())
 
 
 @dataclass(frozen=True)
@@ -87,8 +98,8 @@ def _dur(seconds: float) -> str:
     return f"{s // 3600}h{(s % 3600) // 60:02d}m"
 
 
-def _last_event(obs: Observation, pod: str, reasons: tuple[str, ...]) -> Event | None:
-    hits = [e for e in obs.events_of.get(pod, ()) if e.reason in reasons]
+def _last_event(obs: Observation, pod: Pod, reasons: tuple[str, ...]) -> Event | None:
+    hits = [e for e in obs.events_about(pod) if e.reason in reasons]
     return max(hits, key=lambda e: e.last or datetime.min.replace(tzinfo=obs.now.tzinfo), default=None)
 
 
@@ -100,16 +111,18 @@ def _live(obs: Observation, component: str) -> list[Pod]:
 def _blocked_why(obs: Observation, pod: Pod, s: Settings) -> str | None:
     """Why a worker pod cannot run, or None if it is not blocked (yet)."""
     for c in pod.containers:
-        if c.waiting_reason in BLOCKED_WAITING:
-            return f"{c.waiting_reason}: {c.waiting_message}".rstrip(": ")
+        if c.waiting_reason in BLOCKED_WAITING or (c.kind == "init" and c.waiting_reason == "CrashLoopBackOff"):
+            return f"{c.shown}: {c.waiting_message}".rstrip(": ")
     if pod.phase != "Pending":
         return None
     age = _ago(obs.now, pod.created)
     if age is not None and age < s.pending_grace:
         return None
-    ev = _last_event(obs, pod.name, BLOCKED_EVENTS)
+    if pod.gated:
+        return "SchedulingGated: its scheduling gates were never removed (spec.schedulingGates)"
     if pod.unschedulable:
         return pod.unschedulable
+    ev = _last_event(obs, pod, BLOCKED_EVENTS)
     if ev is not None:
         return ev.message
     return "Pending, no reason given"
@@ -135,12 +148,42 @@ def queue_blocked(obs: Observation, s: Settings) -> list[Diagnosis]:
 
 
 # ---------------------------------------------------------------------- the scheduler's own queue
+def _unpaired(obs: Observation, s: Settings) -> list[Pod]:
+    """Running scheduler pods, past their start, that no running scheduler job pairs with."""
+    out = []
+    for pod in _live(obs, "scheduler"):
+        v = obs.schedulers.get(pod.name)
+        age = _ago(obs.now, pod.created)
+        if v is not None and v.details.get("unpaired") and pod.phase == "Running" and (age is None
+                                                                                        or age >= s.startup_grace):
+            out.append(pod)
+    return out
+
+
+def misconfigured(obs: Observation, s: Settings) -> list[Diagnosis]:
+    """Scheduler pods and live scheduler jobs that do not pair: which job is which pod's is unknown, so
+    nothing is restarted (a healthy scheduler would be), and a person is told how to fix the pairing."""
+    pods = _unpaired(obs, s)
+    if not pods or not obs.unpaired_jobs:
+        return []
+    hosts = ", ".join(obs.unpaired_jobs[:5]) + (" ..." if len(obs.unpaired_jobs) > 5 else "")
+    names = ", ".join(f"{p.name} ({', '.join(p.ips) or 'no IP'})" for p in pods[:5])
+    return [Diagnosis("misconfigured", "scheduler", "scheduler",
+                      f"cannot pair scheduler jobs (hostnames {hosts}) with pods ({names}); nothing is restarted: "
+                      "set [core] hostname_callable to airflow.utils.net.getfqdn (the pod name, Airflow's default) "
+                      "or airflow.utils.net.get_host_ip_address (the pod IP)", False, tuple(p.name for p in pods),
+                      {"job_hostnames": ",".join(obs.unpaired_jobs[:10])})]
+
+
 def stuck_scheduler(obs: Observation, s: Settings, blocked: bool) -> list[Diagnosis]:
     out = []
+    guessing = bool(obs.unpaired_jobs)  # a live job we cannot place: an unpaired pod may be healthy
     for pod in _live(obs, "scheduler"):
         v = obs.schedulers.get(pod.name)
         if v is None or v.status != "unhealthy" or pod.phase != "Running":
             continue
+        if v.details.get("unpaired") and guessing:
+            continue  # misconfigured says why; never a restart
         age = _ago(obs.now, pod.created)
         if age is not None and age < s.startup_grace:
             continue  # a new scheduler: its job and its queue are still starting
@@ -173,12 +216,14 @@ def restarts(obs: Observation, s: Settings) -> list[Diagnosis]:
         if pod.component == "worker" or pod.deleting:
             continue
         for c in pod.containers:
-            where = f"{pod.component} pod {pod.name}" + (f" container {c.name}" if len(pod.containers) > 1 else "")
+            where = f"{pod.component} pod {pod.name}" + (
+                f" {'init container' if c.kind == 'init' else 'sidecar' if c.kind == 'sidecar' else 'container'} "
+                f"{c.name}" if len(pod.containers) > 1 else "")
             last = f"{c.last_reason or 'unknown'}" + (f", exit {c.last_exit_code}" if c.last_exit_code is not None
                                                       else "")
             n = _restarts_within(obs, pod, c, s.storm_window)
             if n >= s.storm_restarts:
-                probe = _last_event(obs, pod.name, ("Unhealthy",))
+                probe = _last_event(obs, pod, ("Unhealthy",))
                 said = f"; last probe: {probe.message}" if probe else ""
                 out.append(Diagnosis("restart_storm", pod.component, pod.name,
                                      f"{where} restarted {n} times in {_dur(s.storm_window)}; last termination: "
@@ -194,7 +239,7 @@ def restarts(obs: Observation, s: Settings) -> list[Diagnosis]:
             if c.waiting_reason == "CrashLoopBackOff":
                 msg = f": {c.waiting_message}" if c.waiting_message else ""
                 out.append(Diagnosis("crash_loop", pod.component, pod.name,
-                                     f"{where} is in CrashLoopBackOff (last termination: {last}){msg}", False,
+                                     f"{where} is in {c.shown} (last termination: {last}){msg}", False,
                                      (pod.name,), {"restarts": c.restarts}))
     return out
 
@@ -203,7 +248,7 @@ def restarts(obs: Observation, s: Settings) -> list[Diagnosis]:
 def no_ready_pod(obs: Observation, s: Settings) -> list[Diagnosis]:
     out = []
     for comp in s.components:
-        pods = _live(obs, comp)
+        pods = [p for p in _live(obs, comp) if not p.finished]  # an evicted or completed pod never comes back
         if any(p.ready for p in pods):
             continue
         since = obs.unready_since.get(comp)
@@ -213,9 +258,13 @@ def no_ready_pod(obs: Observation, s: Settings) -> list[Diagnosis]:
         what = (f"{len(pods)} pod(s), none ready" if pods else "no pod at all")
         why = ""
         for p in pods:
-            waiting = next((c for c in p.containers if c.waiting_reason), None)
+            waiting = next((c for c in p.containers if c.waiting_reason and c.waiting_reason != "PodInitializing"),
+                           None)
             if waiting:
-                why = f" ({p.name}: {waiting.waiting_reason})"
+                why = f" ({p.name}: {waiting.shown})"
+                break
+            if p.gated:
+                why = f" ({p.name}: SchedulingGated)"
                 break
             if p.unschedulable:
                 why = f" ({p.name}: {p.unschedulable})"
@@ -240,6 +289,24 @@ def queued_timeout(obs: Observation, s: Settings) -> list[Diagnosis]:
 def diagnose(obs: Observation, s: Settings) -> list[Diagnosis]:
     """Every diagnosis of one observation, sorted by rule and subject."""
     blocked = queue_blocked(obs, s)
-    out = [*blocked, *stuck_scheduler(obs, s, bool(blocked)), *restarts(obs, s), *no_ready_pod(obs, s),
-           *queued_timeout(obs, s)]
+    out = [*misconfigured(obs, s), *blocked, *stuck_scheduler(obs, s, bool(blocked)), *restarts(obs, s),
+           *no_ready_pod(obs, s), *queued_timeout(obs, s)]
     return sorted(out, key=lambda d: (RULES.index(d.rule), d.subject))
+
+
+def needs_events(obs: Observation, s: Settings) -> list[Pod]:
+    """The pods whose Warning Events a rule would read: worker pods Pending past their grace with no
+    reason in their own status, and components' pods that restart (for their last probe message).
+    Listing Events is the costly read of a big cluster; a healthy release needs none."""
+    out = []
+    for p in obs.pods:
+        if p.deleting:
+            continue
+        if p.component == "worker":
+            age = _ago(obs.now, p.created)
+            if p.phase == "Pending" and (age is None or age >= s.pending_grace) and not p.unschedulable \
+                    and not p.gated and not any(c.waiting_reason in BLOCKED_WAITING for c in p.containers):
+                out.append(p)
+        elif any(_restarts_within(obs, p, c, s.storm_window) >= s.storm_restarts for c in p.containers):
+            out.append(p)
+    return out

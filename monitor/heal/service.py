@@ -1,24 +1,46 @@
-"""Build a healer from its config: the Kubernetes client, the Lease, the state file, the notifiers."""
+"""Build a healer from its config: the Kubernetes client, the Lease, its state in the cluster (a
+ConfigMap beside the Lease), the notifiers."""
 
 from __future__ import annotations
+
+import logging
+from pathlib import Path
 
 from monitor.alerting.alerts import Alerts
 from monitor.alerting.config import build_notifiers
 from monitor.heal.config import HealConfig
 from monitor.heal.healer import Healer
-from monitor.heal.state import HealState
-from monitor.kube.client import Kube, load_api_client
+from monitor.heal.state import HealState, import_file
+from monitor.kube.client import COMPONENTS, Kube, load_api_client
+from monitor.kube.configmap import ConfigMapDoc
 from monitor.kube.lease import Lease, identity
 
+log = logging.getLogger(__name__)
+OLD_STATE = "airflow-monitor-heal.sqlite"  # 0.1.0's default state file
 
-def build(cfg: HealConfig, fresh_state: bool = False, lease: bool = True) -> Healer:
-    """Raises KubeError (credentials), StateEmpty and sqlite3/OS errors for the state file."""
+
+def state_name(cfg: HealConfig) -> str:
+    return f"{cfg.lease_name}-state"
+
+
+def build(cfg: HealConfig, lease: bool = True, read_only: bool = False) -> Healer:
+    """read_only (heal status, heal check): no Lease, no notifier, nothing written. Raises KubeError
+    (credentials)."""
     api = load_api_client(cfg.kubeconfig, cfg.context)
     me = identity()
-    kube = Kube(api, cfg.namespace, cfg.release, cfg.kube_timeout, identity=me)
-    elector = Lease(api, cfg.namespace, cfg.lease_name, cfg.lease_duration, me) if (cfg.lease and lease) else None
-    healer = Healer(cfg, kube, Alerts(HealState(cfg.state_file, fresh=fresh_state), build_notifiers(cfg.notify)),
-                    elector)
+    comps = tuple(dict.fromkeys((*COMPONENTS, *cfg.settings.components)))
+    kube = Kube(api, cfg.namespace, cfg.release, cfg.kube_timeout, identity=me, components=comps)
+    name = state_name(cfg)
+    state = HealState(ConfigMapDoc(kube, name), f"ConfigMap {cfg.namespace}/{name}", read_only=read_only)
+    notifiers = [] if read_only else build_notifiers(cfg.notify)
+    if not read_only:
+        old = cfg.state_file or (OLD_STATE if Path(OLD_STATE).is_file() else "")
+        if old and not state.broken:
+            import_file(old, state, [n.name for n in notifiers])
+    elector = None
+    if cfg.lease and lease and not read_only:
+        elector = Lease(api, cfg.namespace, cfg.lease_name, cfg.lease_duration, me, timeout=cfg.kube_timeout)
+    healer = Healer(cfg, kube, Alerts(state, notifiers), elector)
     if elector is not None:
         elector.start()
     return healer

@@ -1,32 +1,24 @@
-"""The healer's state: the alert table and outbox every producer has (monitor.alerting.store) plus the
-actions taken, in one SQLite file, so that a restart of the healer neither forgets what it spent of a
-budget nor pages again what it already paged.
+"""The healer's state, in the cluster: the alert table and outbox every producer has (as a document,
+monitor.alerting.docstore) plus the actions taken (what the budget has spent, and the restarts still
+being checked), in one ConfigMap beside the Lease. So after a failover, an eviction or a drain the
+new leader has the same budget, pages nothing a second time and resolves what the last one opened.
+
+A healer of airflow-monitor 0.1.0 kept this in a SQLite file (`healer.state_file`); `import_file`
+brings its open alerts, undelivered notices and recent actions over once, into an empty state.
 """
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
-from monitor.alerting.store import AlertStore
+from monitor.alerting.docstore import DocAlertStore
 from monitor.heal.budget import Action
 
-ACTIONS = """
-CREATE TABLE IF NOT EXISTS action (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    component TEXT NOT NULL,
-    pod TEXT NOT NULL,
-    rule TEXT NOT NULL,
-    what TEXT NOT NULL,              -- delete pod/<name> | rollout Deployment/<name>
-    reason TEXT NOT NULL,
-    at REAL NOT NULL,
-    verify_by REAL NOT NULL,
-    outcome TEXT NOT NULL,           -- pending | healed | failed | error
-    detail TEXT NOT NULL DEFAULT '',
-    done_at REAL
-);
-CREATE INDEX IF NOT EXISTS action_at ON action (at);
-"""
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -39,41 +31,101 @@ class ActionRow:
     reason: str
     at: float
     verify_by: float
-    outcome: str
+    outcome: str  # pending | healed | failed | error
     detail: str
     done_at: float | None
+    uid: str = ""  # the uid of the pod restarted: healed means a pod with another uid ...
+    before: str = ""  # ... and not one of these (the component's pods' uids at the time, comma separated)
 
     def budget_action(self) -> Action:
         return Action(self.component, self.at, self.outcome)
 
 
-class HealState(AlertStore):
-    EXTRA_SCHEMA = ACTIONS
-    WHAT = "healer state file"
+class HealState(DocAlertStore):
+    WHAT = "healer state"
 
     def record(self, component: str, pod: str, rule: str, what: str, reason: str, verify_by: float,
-               outcome: str = "pending", detail: str = "", now: float | None = None) -> int:
+               outcome: str = "pending", detail: str = "", now: float | None = None, uid: str = "",
+               before: tuple[str, ...] = ()) -> int:
         now = time.time() if now is None else now
-        with self.lock:
-            cur = self.db.execute(
-                "INSERT INTO action (component, pod, rule, what, reason, at, verify_by, outcome, detail, done_at) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (component, pod, rule, what, reason, now, verify_by, outcome, detail,
-                 None if outcome == "pending" else now))
-            return int(cur.lastrowid)
+
+        def fn(doc: dict) -> int:
+            acts = doc.setdefault("actions", [])
+            n = doc.setdefault("next_action", 1)
+            doc["next_action"] = n + 1
+            acts.append(asdict(ActionRow(n, component, pod, rule, what, reason, now, verify_by, outcome, detail,
+                                         None if outcome == "pending" else now, uid, ",".join(before))))
+            return n
+
+        return self.change(fn)
 
     def settle(self, action_id: int, outcome: str, detail: str, now: float | None = None) -> None:
-        with self.lock:
-            self.db.execute("UPDATE action SET outcome=?, detail=?, done_at=? WHERE id=? AND outcome='pending'",
-                            (outcome, detail, time.time() if now is None else now, action_id))
+        now = time.time() if now is None else now
+
+        def fn(doc: dict) -> None:
+            for a in doc.get("actions", []):
+                if a["id"] == action_id and a["outcome"] == "pending":
+                    a.update(outcome=outcome, detail=detail, done_at=now)
+
+        self.change(fn)
 
     def actions(self, since: float = 0.0) -> list[ActionRow]:
         with self.lock:
-            rows = self.db.execute("SELECT id, component, pod, rule, what, reason, at, verify_by, outcome, detail, "
-                                   "done_at FROM action WHERE at >= ? ORDER BY id", (since,)).fetchall()
-        return [ActionRow(*r) for r in rows]
+            known = set(ActionRow.__dataclass_fields__)
+            rows = [ActionRow(**{k: v for k, v in a.items() if k in known}) for a in self.doc.get("actions", [])
+                    if a["at"] >= since]
+        return sorted(rows, key=lambda a: a.id)
 
     def prune(self, older_than: float) -> None:
         super().prune(older_than)
         with self.lock:
-            self.db.execute("DELETE FROM action WHERE at < ? AND outcome != 'pending'", (older_than,))
+            old = [a["id"] for a in self.doc.get("actions", []) if a["at"] < older_than and a["outcome"] != "pending"]
+        if old:
+            gone = set(old)
+            self.change(lambda doc: doc.__setitem__("actions", [a for a in doc.get("actions", [])
+                                                                 if a["id"] not in gone]))
+
+
+def import_file(path: str, state: HealState, notifiers: list[str]) -> bool:
+    """Bring a 0.1.0 healer state file over into an empty state (once): open alerts, undelivered
+    notices, actions of the last day. True if something was imported."""
+    p = Path(path).expanduser()
+    if not p.is_file() or p.stat().st_size == 0 or state.doc.get("alerts") or state.doc.get("actions"):
+        return False
+    try:
+        db = sqlite3.connect(f"file:{p}?mode=ro", uri=True)
+        alerts = db.execute("SELECT dag_id, rule, status, reason, message, priority, opened_at, closed_at, "
+                            "notified_at FROM alert WHERE status='open'").fetchall()
+        outbox = db.execute("SELECT notifier, action, dag_id, rule, payload, created_at, attempts, next_at, "
+                            "last_error FROM outbox WHERE done_at IS NULL ORDER BY id").fetchall()
+        actions = db.execute("SELECT component, pod, rule, what, reason, at, verify_by, outcome, detail, done_at "
+                             "FROM action WHERE at >= ? ORDER BY id", (time.time() - 86400,)).fetchall()
+        db.close()
+    except sqlite3.Error as e:
+        log.warning("healer: the old state file %s cannot be read, not imported: %s", p, e)
+        return False
+    if not (alerts or outbox or actions):
+        return False
+    import json
+
+    def fn(doc: dict) -> None:
+        for r in alerts:
+            doc["alerts"][f"{r[0]}\x00{r[1]}"] = dict(zip(("subject", "rule", "status", "reason", "message", "priority",
+                                                           "opened_at", "closed_at", "notified_at"), r, strict=True))
+        for r in outbox:
+            if r[0] not in notifiers:
+                continue
+            doc["outbox"].append({"id": doc["next_id"], "notifier": r[0], "action": r[1], "subject": r[2],
+                                  "rule": r[3], "payload": json.loads(r[4]), "created_at": r[5], "attempts": r[6],
+                                  "next_at": r[7], "last_error": r[8]})
+            doc["next_id"] += 1
+        acts = doc.setdefault("actions", [])
+        for r in actions:
+            n = doc.setdefault("next_action", 1)
+            doc["next_action"] = n + 1
+            acts.append(asdict(ActionRow(n, *r)))
+
+    state.change(fn)
+    log.info("healer: imported %d open alert(s), %d notice(s) and %d action(s) from %s into the cluster", len(alerts),
+             len(outbox), len(actions), p)
+    return True

@@ -1,11 +1,36 @@
 """What the Kubernetes API says about an Airflow release, as plain values: its pods (with their
-containers' states) and the Events about them. monitor.kube.client reads them; the healer's rules
-take them as input. No I/O here."""
+containers' states, init containers and sidecars included) and the Warning Events about them.
+monitor.kube.client reads them from the API's JSON; the healer's rules take them as input. No I/O.
+
+Text that comes from the cluster (a container's waiting message, an Event's message, a pod's
+status message) is data written by whoever can create pods or Events: it passes through
+`cluster_text` before it is kept, so it cannot forge a log line, mention a whole chat channel or
+slip a link into a page.
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
+
+TEXT_MAX = 400  # characters kept of one message from the cluster
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200b-\u200f\u202a-\u202e\u2066-\u2069]+")
+_MENTION = re.compile(r"@(channel|here|everyone|all|group)\b", re.IGNORECASE)
+
+
+def cluster_text(text: str | None, limit: int = TEXT_MAX) -> str:
+    """A message from the cluster made safe to log, page and write back: control characters and line
+    breaks become spaces, chat markup (<!channel>, <@U123>, <http://x|y>) loses its brackets, @here-style
+    mentions and URL schemes are defanged, and it is cut to `limit` characters."""
+    if not text:
+        return ""
+    s = _CONTROL.sub(" ", str(text))
+    s = s.replace("<", "‹").replace(">", "›")
+    s = _MENTION.sub(lambda m: "@\u2060" + m.group(1), s)  # a word joiner: no channel-wide ping
+    s = re.sub(r"\b([A-Za-z][A-Za-z0-9+.-]*)://", r"\1[:]//", s)  # no clickable link
+    s = " ".join(s.split())
+    return s if len(s) <= limit else s[: limit - 1] + "…"
 
 
 @dataclass(frozen=True)
@@ -19,6 +44,12 @@ class Container:
     last_exit_code: int | None = None
     last_finished: datetime | None = None
     memory_limit: str = ""
+    kind: str = "main"  # main | init | sidecar (an init container with restartPolicy: Always)
+
+    @property
+    def shown(self) -> str:
+        """How kubectl names a waiting state: Init:ImagePullBackOff for an init container."""
+        return f"Init:{self.waiting_reason}" if self.kind == "init" and self.waiting_reason else self.waiting_reason
 
 
 @dataclass(frozen=True)
@@ -29,9 +60,25 @@ class Pod:
     ready: bool = True
     created: datetime | None = None
     deleting: bool = False
-    containers: tuple[Container, ...] = ()
+    containers: tuple[Container, ...] = ()  # main containers, then init containers and sidecars
     unschedulable: str = ""  # the PodScheduled=False condition's message
     uid: str = ""
+    ips: tuple[str, ...] = ()  # status.podIPs (podIP first)
+    hostname: str = ""  # spec.hostname (a StatefulSet's pods have one)
+    subdomain: str = ""  # spec.subdomain (the StatefulSet's serviceName)
+    node: str = ""  # spec.nodeName
+    host_network: bool = False
+    reason: str = ""  # status.reason: Evicted, NodeLost, ...
+    message: str = ""  # status.message
+    owner_kind: str = ""  # the controller: StatefulSet, ReplicaSet, Job, ...
+    owner_name: str = ""
+    gated: bool = False  # PodScheduled=False with reason SchedulingGated (spec.schedulingGates)
+    deleted_at: datetime | None = None  # metadata.deletionTimestamp
+
+    @property
+    def finished(self) -> bool:
+        """Succeeded or Failed (an evicted pod is Failed): it will never be ready again."""
+        return self.phase in ("Succeeded", "Failed")
 
 
 @dataclass(frozen=True)
@@ -39,6 +86,7 @@ class Event:
     object_name: str
     reason: str
     message: str
-    last: datetime | None = None
-    count: int = 1
+    last: datetime | None = None  # lastTimestamp, or series.lastObservedTime, or eventTime
+    count: int = 1  # count, or series.count
     type: str = "Normal"
+    object_uid: str = ""  # involvedObject.uid: a pod recreated under its name is another object

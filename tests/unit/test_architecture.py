@@ -19,7 +19,7 @@ ALLOWED = {
     "dashboards": SHARED | {"catalog"},
     "sla": SHARED | {"airflow", "alerting"},
     "heal": SHARED | {"kube", "alerting", "probe"},
-    "worker": SHARED | {"http"},
+    "worker": SHARED | {"http", "alerting"},
     "serve": SHARED | {"bridge", "sla", "heal", "worker", "http", "alerting"},
     "cli": SHARED | {"serve", "sla", "heal", "probe", "dashboards", "catalog", "bridge", "__init__"},
     "__init__": set(),

@@ -161,7 +161,7 @@ B = b.Budget(per_component=2, window=3600, global_max=3, cooldown=300)
 
 @pytest.mark.parametrize("actions, want", [
     ([], (True, "", 2, False)),
-    ([b.Action("scheduler", 1000)], (False, "cooldown: last restart of scheduler 100s ago (cooldown 300s)", 1, False)),
+    ([b.Action("scheduler", 1000)], (False, "cooldown: last restart of scheduler tried 100s ago (cooldown 300s)", 1, False)),
     ([b.Action("scheduler", 500)], (True, "", 1, False)),
     ([b.Action("scheduler", 200), b.Action("scheduler", 700)],
      (False, "budget spent: 2 restart(s) of scheduler in the last 60m (limit 2)", 0, True)),
@@ -192,7 +192,7 @@ def test_config_errors_name_their_place(monkeypatch, tmp_path):
     ok = {"kubernetes": {"namespace": "airflow"}, "airflow": {"release": "af"}}
     cfg = parse(ok)
     assert (cfg.mode, cfg.restart, cfg.budget.per_component, cfg.budget.window, cfg.namespace) == (
-        "observe", "delete", 2, 3600.0, "airflow")
+        "observe", "evict", 2, 3600.0, "airflow")
     assert "p@db" not in repr(cfg)
     for bad, msg in [
         ({"healer": {"mode": "fix"}}, "healer.mode: one of observe, act, not 'fix'"),

@@ -52,14 +52,26 @@ def test_an_sla_state_file_of_0_1_0_opens_and_its_outbox_is_delivered(tmp_path, 
     assert len(closes) == 1 and st.backlog() == {"webhook": 1}
 
 
-def test_a_healer_state_file_of_0_1_0_keeps_its_actions_and_alerts(tmp_path):
+def test_a_healer_state_file_of_0_1_0_is_imported_once_into_the_cluster_state(tmp_path, monkeypatch):
+    """The healer's state moved into the cluster (a ConfigMap): its 0.1.0 SQLite file is brought over
+    once, into an empty state: the open alert (so no second page), the undelivered notice, the actions."""
+    import time
+
+    from monitor.alerting.docstore import MemoryDoc
+    from monitor.heal.state import import_file
+
     path = tmp_path / "heal.sqlite"
     shutil.copy(FIXTURES / "heal-0.1.0.sqlite", path)
-    st = HealState(str(path))
-    assert not st.broken
+    monkeypatch.setattr(time, "time", lambda: 1764900000.0 + 3600)  # the file's actions are recent
+    backend = MemoryDoc()
+    st = HealState(backend, "memory")
+    assert import_file(str(path), st, ["opsgenie"])
+    assert not import_file(str(path), st, ["opsgenie"]), "once: a state that has content is left alone"
     acts = st.actions()
     assert [(a.pod, a.outcome) for a in acts] == [("af-scheduler-0", "pending"), ("af-scheduler-1", "failed")]
     assert ("af-scheduler-0", "stuck_scheduler") in st.alerts("open")
     (item,) = st.pending("opsgenie", now=float("inf"))
     assert item.notice.titles["open"] == "Airflow unhealthy" and item.notice.service_check == "airflow.heal"
     assert item.notice.subject == "af-scheduler-0" and item.notice.dd_tags[0] == "subject:af-scheduler-0"
+    again = HealState(backend, "memory")  # another replica reads the same document
+    assert again.alerts("open") == st.alerts("open") and len(again.actions()) == 2
