@@ -1,29 +1,27 @@
 """A local server implementing the documented subset of the Kubernetes API that the healer uses, for
 tests: no registry ships an API server, so this stands in for one, and the real `kubectl` talks to it.
+The cluster behind it (kube_cluster.py) runs real processes as pods and controllers that behave as
+the real ones do.
 
-What it implements, as documented (kubernetes.io/docs/reference/using-api/api-concepts):
+What it implements, as documented (kubernetes.io/docs/reference/using-api/api-concepts), in the shapes
+a v1.31 kube-apiserver sends (../shared/fixtures/kubernetes):
 - discovery (/version, /api, /apis, /api/v1, /apis/{group}/{version}) so that kubectl finds the
-  resources; bearer-token authentication (401 Status otherwise);
-- pods: list (labelSelector with =, ==, !=, in, notin and existence; fieldSelector on metadata.name,
-  metadata.namespace, status.phase, spec.nodeName), watch (ADDED/MODIFIED/DELETED lines), get,
-  create, delete (DeleteOptions, preconditions.uid -> 409 Conflict), and Table responses for
-  `kubectl get` (Accept: ...;as=Table;g=meta.k8s.io;v=v1);
-- events (core/v1): list and watch with involvedObject.* field selectors, create (409 AlreadyExists);
-- leases (coordination.k8s.io/v1): get, create, replace with metadata.resourceVersion (409
-  Conflict when it is not the current one), list;
-- deployments, replica sets and stateful sets (apps/v1): get, list, and merge/strategic-merge
-  patch of a Deployment, after which its controller replaces its pods (a rollout restart).
-Every request body is validated against Kubernetes' published JSON schemas (kubernetes-validate,
-strict: unknown fields are refused) and refused with 422 Invalid, as the API server would.
-
-The pods behind it are real processes: a Deployment's pods are started from its pod template's
-command and env in their own process group (a "container"); a container whose process exits is
-restarted with back-off (CrashLoopBackOff while waiting, restartCount and lastState as the kubelet
-sets them); one whose process group grows over its memory limit is killed with SIGKILL and
-reported OOMKilled, as the kernel's OOM killer and the kubelet would; deleting a pod sends SIGTERM
-to its group, then SIGKILL after the grace period, and the Deployment's controller starts a new
-pod. Pods that request more CPU than any node has stay Pending with PodScheduled=False
-(Unschedulable) and a FailedScheduling Event, as the scheduler reports them.
+  resources; bearer-token authentication (401 Status otherwise), and **RBAC**: a token may be bound to
+  the rules of a Role (the chart's, rendered): every other request is refused 403 Forbidden with the
+  API server's message, and every rule used is recorded, so a missing or an unused rule shows;
+- lists with labelSelector (=, ==, !=, in, notin, existence) and fieldSelector, **paginated** (`limit`,
+  an opaque `continue` token, `remainingItemCount` without selectors; a token past its time is
+  410 Expired, which the client must answer with a fresh list); items carry no kind/apiVersion;
+  watch (ADDED/MODIFIED/DELETED lines); Tables for `kubectl get`;
+- pods: get, create, delete (DeleteOptions, preconditions.uid -> 409 Conflict), and the **eviction**
+  subresource (policy/v1): a PodDisruptionBudget that allows no disruption answers 429
+  TooManyRequests with a DisruptionBudget cause (and Retry-After while the budget is being processed);
+- events (core/v1, kube-scheduler's in the events.k8s.io shape), leases and ConfigMaps (create, get,
+  replace with metadata.resourceVersion: 409 Conflict when it is not the current one),
+  poddisruptionbudgets, deployments/statefulsets (get, patch: a rollout restart), replica sets (get);
+- every request body validated against Kubernetes' published JSON schemas (kubernetes-validate,
+  strict: unknown fields refused) and refused with 422 Invalid, as the API server would;
+- faults: `down` (every connection reset) and `hang` (requests accepted, never answered).
 """
 
 from __future__ import annotations
@@ -31,14 +29,12 @@ from __future__ import annotations
 import base64
 import copy
 import json
-import os
 import re
 import secrets
-import signal
+import ssl
 import subprocess
 import threading
 import time
-import uuid
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -49,12 +45,12 @@ import kubernetes_validate
 import referencing
 from kubernetes_validate.utils import schema_contents
 
+from testkit.servers.kube_cluster import Cluster, now_ts
+
 K8S_VERSION = "1.32.0"
-PAGE = 4096
+CONTINUE_TTL = 300.0  # seconds a continue token stays valid (etcd compaction, in real life)
 
-
-def now_ts() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+__all__ = ["KubeApiServer", "Cluster", "now_ts", "validate", "match_labels", "Rbac"]
 
 
 class Invalid(Exception):
@@ -85,9 +81,9 @@ def validate_as(schema: str, body: dict) -> None:
         raise Invalid(f"{schema} is invalid: {e.message}") from None
 
 
-def status(code: int, reason: str, message: str) -> dict:
+def status(code: int, reason: str, message: str, details: dict | None = None) -> dict:
     return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
-            "reason": reason, "code": code}
+            "reason": reason, **({"details": details} if details else {}), "code": code}
 
 
 # ---------------------------------------------------------------------------- selectors
@@ -159,401 +155,29 @@ def match_fields(sel: str, obj: dict, allowed: set[str]) -> bool:
     return True
 
 
-POD_FIELDS = {"metadata.name", "metadata.namespace", "status.phase", "spec.nodeName", "spec.restartPolicy"}
+POD_FIELDS = {"metadata.name", "metadata.namespace", "status.phase", "spec.nodeName", "spec.restartPolicy",
+              "status.podIP", "spec.schedulerName", "spec.serviceAccountName"}
 EVENT_FIELDS = {"involvedObject.kind", "involvedObject.namespace", "involvedObject.name", "involvedObject.uid",
                 "involvedObject.apiVersion", "involvedObject.resourceVersion", "involvedObject.fieldPath",
                 "reason", "reportingComponent", "source", "type", "metadata.name", "metadata.namespace"}
 
 
-def parse_quantity(q) -> float:
-    """CPU or memory quantities: 500m, 2, 64Mi, 1Gi, 100M."""
-    s = str(q)
-    units = {"m": 1e-3, "Ki": 1024, "Mi": 1024 ** 2, "Gi": 1024 ** 3, "Ti": 1024 ** 4, "k": 1e3, "M": 1e6,
-             "G": 1e9, "T": 1e12}
-    for u in sorted(units, key=len, reverse=True):
-        if s.endswith(u):
-            return float(s[: -len(u)]) * units[u]
-    return float(s)
+# ---------------------------------------------------------------------------- RBAC
+class Rbac:
+    """The rules of a Role (rbac.authorization.k8s.io/v1), as the API server's authorizer reads them."""
 
+    def __init__(self, rules: list[dict], subject: str = "system:serviceaccount:airflow:healer"):
+        self.rules, self.subject = rules, subject
 
-# ---------------------------------------------------------------------------- the "kubelet"
-class Container:
-    """One pod's one container as a real process group, restarted the way the kubelet does."""
-
-    def __init__(self, cluster: Cluster, pod: dict, spec: dict, logdir: Path):
-        self.cluster, self.pod, self.spec, self.logdir = cluster, pod, spec, logdir
-        self.proc: subprocess.Popen | None = None
-        self.restarts = 0
-        self.last: dict | None = None  # lastState.terminated
-        self.waiting: dict | None = None
-        self.started_at = ""
-        self.stopping = False
-        limit = ((spec.get("resources") or {}).get("limits") or {}).get("memory")
-        self.memory_limit = parse_quantity(limit) if limit else None
-        self.oom = False
-
-    def start(self) -> None:
-        env = dict(self.cluster.base_env or os.environ)  # a container gets its own env, not the host's
-        meta = self.pod["metadata"]
-        env.update({"POD_NAME": meta["name"], "POD_NAMESPACE": meta["namespace"], "HOSTNAME": meta["name"]})
-        for e in self.spec.get("env") or []:
-            if "value" in e:
-                env[e["name"]] = str(e["value"])
-            elif (e.get("valueFrom") or {}).get("fieldRef", {}).get("fieldPath") == "metadata.name":
-                env[e["name"]] = meta["name"]
-        cmd = list(self.spec.get("command") or []) + list(self.spec.get("args") or [])
-        log = open(self.logdir / f"{meta['name']}.{self.spec['name']}.log", "ab")
-        self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                     cwd=self.cluster.workdir)
-        log.close()
-        self.started_at, self.waiting, self.oom = now_ts(), None, False
-
-    def group_rss(self) -> int:
-        if self.proc is None:
-            return 0
-        total = 0
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                if os.getpgid(int(pid)) != self.proc.pid:
-                    continue
-                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1]) * 1024
-            except (OSError, ProcessLookupError, ValueError):
-                continue
-        return total
-
-    def kill_group(self, sig: int) -> None:
-        if self.proc is None:
-            return
-        try:
-            os.killpg(self.proc.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-    def stop(self, grace: float) -> None:
-        """SIGTERM to the group, SIGKILL after the grace period (a frozen process stays frozen through
-        SIGTERM, as in a real container, and is killed at the end of the grace period)."""
-        self.stopping = True
-        if self.proc is None:
-            return
-        self.kill_group(signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            time.sleep(0.1)
-        self.kill_group(signal.SIGKILL)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
-
-    def tick(self) -> bool:
-        """Check the process; restart it with back-off when it ended. True if something changed."""
-        if self.stopping or self.proc is None:
-            return False
-        if self.memory_limit and self.proc.poll() is None and self.group_rss() > self.memory_limit:
-            self.oom = True
-            self.kill_group(signal.SIGKILL)
-            self.proc.wait(timeout=10)
-        code = self.proc.poll()
-        if code is None:
-            return False
-        if self.waiting is None:
-            # ended now: record it, then wait (back-off doubles from 1 s, capped at 10 s here)
-            self.kill_group(signal.SIGKILL)  # the container's other processes go with it
-            exit_code = 137 if self.oom else (128 - code if code < 0 else code)
-            reason = "OOMKilled" if self.oom else ("Completed" if code == 0 else "Error")
-            self.last = {"terminated": {"exitCode": exit_code, "reason": reason, "startedAt": self.started_at,
-                                        "finishedAt": now_ts()}}
-            backoff = min(10.0, 1.0 * 2 ** min(self.restarts, 4))
-            self.waiting = {"reason": "CrashLoopBackOff", "until": time.monotonic() + backoff,
-                            "message": f"back-off {int(backoff)}s restarting failed container={self.spec['name']} "
-                                       f"pod={self.pod['metadata']['name']}"}
-            return True
-        if time.monotonic() >= self.waiting["until"]:
-            self.restarts += 1
-            self.start()
-            return True
-        return False
-
-    def status(self) -> dict:
-        running = self.proc is not None and self.proc.poll() is None and self.waiting is None
-        st: dict = {"name": self.spec["name"], "image": self.spec.get("image", ""), "imageID": "",
-                    "restartCount": self.restarts, "ready": running, "started": running}
-        if running:
-            st["state"] = {"running": {"startedAt": self.started_at}}
-        elif self.waiting is not None:
-            st["state"] = {"waiting": {k: v for k, v in self.waiting.items() if k in ("reason", "message")}}
-        else:
-            st["state"] = {"waiting": {"reason": "ContainerCreating"}}
-        if self.last:
-            st["lastState"] = self.last
-        return st
-
-
-# ---------------------------------------------------------------------------- the cluster
-class Cluster:
-    """Objects by (kind, namespace, name), a resourceVersion counter, a change log for watches, and the
-    controllers (scheduler, kubelet, Deployment controller) as one background thread."""
-
-    def __init__(self, workdir: Path, nodes: int = 6, node_cpu: float = 2.0, base_env: dict | None = None,
-                 grace: float = 5.0):
-        self.workdir = workdir
-        self.logdir = workdir / "pod-logs"
-        self.logdir.mkdir(parents=True, exist_ok=True)
-        self.nodes, self.node_cpu, self.grace = nodes, node_cpu, grace
-        self.base_env = base_env or {}
-        self.objects: dict[tuple[str, str, str], dict] = {}
-        self.containers: dict[str, list[Container]] = {}  # pod uid -> containers
-        self.rv = 1000
-        self.cond = threading.Condition()
-        self.log: list[tuple[int, str, str, dict]] = []  # (rv, kind, type, object)
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._loop, name="kube-controllers", daemon=True)
-        self.thread.start()
-
-    # -- storage
-    def _bump(self, kind: str, typ: str, obj: dict) -> None:
-        self.rv += 1
-        obj["metadata"]["resourceVersion"] = str(self.rv)
-        self.log.append((self.rv, kind, typ, copy.deepcopy(obj)))
-        del self.log[:-5000]
-        self.cond.notify_all()
-
-    def put(self, kind: str, obj: dict, typ: str = "ADDED") -> dict:
-        meta = obj.setdefault("metadata", {})
-        meta.setdefault("uid", str(uuid.uuid4()))
-        meta.setdefault("creationTimestamp", now_ts())
-        with self.cond:
-            self.objects[(kind, meta["namespace"], meta["name"])] = obj
-            self._bump(kind, typ, obj)
-        return obj
-
-    def get(self, kind: str, ns: str, name: str) -> dict | None:
-        return self.objects.get((kind, ns, name))
-
-    def items(self, kind: str, ns: str | None) -> list[dict]:
-        return [o for (k, n, _), o in sorted(self.objects.items()) if k == kind and (ns is None or n == ns)]
-
-    def remove(self, kind: str, ns: str, name: str) -> dict | None:
-        with self.cond:
-            obj = self.objects.pop((kind, ns, name), None)
-            if obj is not None:
-                self._bump(kind, "DELETED", obj)
-            return obj
-
-    # -- pods
-    def create_pod(self, ns: str, pod: dict, owner: dict | None = None) -> dict:
-        pod = copy.deepcopy(pod)
-        meta = pod.setdefault("metadata", {})
-        meta["namespace"] = ns
-        if not meta.get("name"):
-            meta["name"] = (meta.get("generateName") or "pod-") + secrets.token_hex(3)[:5]
-        if owner is not None:
-            meta["ownerReferences"] = [owner]
-        pod.setdefault("spec", {}).setdefault("restartPolicy", "Always")
-        pod["spec"].setdefault("terminationGracePeriodSeconds", int(self.grace))
-        pod["status"] = {"phase": "Pending", "conditions": [], "startTime": now_ts()}
-        self.put("Pod", pod)
-        with self.cond:
-            self._schedule(pod)
-        return pod
-
-    def _schedule(self, pod: dict) -> None:
-        need = sum(parse_quantity(((c.get("resources") or {}).get("requests") or {}).get("cpu", 0))
-                   for c in pod["spec"].get("containers", []))
-        meta = pod["metadata"]
-        if need > self.node_cpu:
-            msg = (f"0/{self.nodes} nodes are available: {self.nodes} Insufficient cpu. preemption: 0/{self.nodes} "
-                   f"nodes are available: {self.nodes} No preemption victims found for incoming pod.")
-            pod["status"]["conditions"] = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                                            "message": msg, "lastTransitionTime": now_ts()}]
-            self._bump("Pod", "MODIFIED", pod)
-            self.event(meta["namespace"], pod, "FailedScheduling", msg, "Warning", "default-scheduler")
-            return
-        pod["spec"]["nodeName"] = f"node-{1 + hash(meta['name']) % self.nodes}"
-        pod["status"]["conditions"] = [{"type": "PodScheduled", "status": "True", "lastTransitionTime": now_ts()}]
-        self.event(meta["namespace"], pod, "Scheduled", f"Successfully assigned {meta['namespace']}/{meta['name']} "
-                   f"to {pod['spec']['nodeName']}", "Normal", "default-scheduler")
-        if all(c.get("command") for c in pod["spec"]["containers"]):
-            cs = [Container(self, pod, c, self.logdir) for c in pod["spec"]["containers"]]
-            self.containers[meta["uid"]] = cs
-            for c in cs:
-                c.start()
-            self._refresh(pod)
-        else:  # no command: an image we cannot run here; it stays in ContainerCreating
-            self._refresh(pod)
-
-    def _refresh(self, pod: dict) -> None:
-        cs = self.containers.get(pod["metadata"]["uid"])
-        st = pod["status"]
-        if cs is None:
-            if pod["spec"].get("nodeName"):
-                st["containerStatuses"] = [{"name": c["name"], "image": c.get("image", ""), "imageID": "",
-                                            "ready": False, "restartCount": 0, "started": False,
-                                            "state": {"waiting": {"reason": "ContainerCreating"}}}
-                                           for c in pod["spec"]["containers"]]
-            return
-        statuses = [c.status() for c in cs]
-        ready = all(s["ready"] for s in statuses)
-        if statuses != st.get("containerStatuses") or st.get("phase") != "Running":
-            st["phase"] = "Running"
-            st["containerStatuses"] = statuses
-            conds = [c for c in st.get("conditions", []) if c["type"] not in ("Ready", "ContainersReady")]
-            word = "True" if ready else "False"
-            conds += [{"type": "Ready", "status": word, "lastTransitionTime": now_ts()},
-                      {"type": "ContainersReady", "status": word, "lastTransitionTime": now_ts()}]
-            st["conditions"] = conds
-            self._bump("Pod", "MODIFIED", pod)
-
-    def delete_pod(self, ns: str, name: str, grace: float | None = None) -> dict | None:
-        with self.cond:
-            pod = self.get("Pod", ns, name)
-            if pod is None or pod["metadata"].get("deletionTimestamp"):
-                return pod
-            pod["metadata"]["deletionTimestamp"] = now_ts()
-            pod["metadata"]["deletionGracePeriodSeconds"] = int(self.grace if grace is None else grace)
-            self._bump("Pod", "MODIFIED", pod)
-        self.event(ns, pod, "Killing", f"Stopping container {pod['spec']['containers'][0]['name']}", "Normal",
-                   "kubelet")
-        threading.Thread(target=self._terminate, args=(pod, self.grace if grace is None else grace),
-                         daemon=True).start()
-        return pod
-
-    def _terminate(self, pod: dict, grace: float) -> None:
-        for c in self.containers.pop(pod["metadata"]["uid"], []):
-            c.stop(grace)
-        self.remove("Pod", pod["metadata"]["namespace"], pod["metadata"]["name"])
-
-    # -- events
-    def event(self, ns: str, obj: dict, reason: str, message: str, typ: str = "Normal",
-              component: str = "kubelet") -> None:
-        meta = obj["metadata"]
-        ev = {"apiVersion": "v1", "kind": "Event",
-              "metadata": {"name": f"{meta['name']}.{secrets.token_hex(8)}", "namespace": ns},
-              "involvedObject": {"apiVersion": obj.get("apiVersion", "v1"), "kind": obj.get("kind", "Pod"),
-                                 "name": meta["name"], "namespace": ns, "uid": meta.get("uid", "")},
-              "reason": reason, "message": message, "type": typ, "source": {"component": component},
-              "firstTimestamp": now_ts(), "lastTimestamp": now_ts(), "count": 1, "reportingComponent": component,
-              "reportingInstance": ""}
-        self.put("Event", ev)
-
-    # -- workloads
-    def remove_deployment(self, ns: str, name: str) -> None:
-        dep = self.remove("Deployment", ns, name)
-        if dep is None:
-            return
-        for p in self.items("Pod", ns):
-            if any(o.get("name", "").startswith(name + "-") for o in p["metadata"].get("ownerReferences", [])):
-                self.delete_pod(ns, p["metadata"]["name"], 1.0)
-
-    def deployment(self, ns: str, name: str, labels: dict, container: dict, replicas: int = 1) -> dict:
-        dep = {"apiVersion": "apps/v1", "kind": "Deployment",
-               "metadata": {"name": name, "namespace": ns, "labels": dict(labels), "generation": 1},
-               "spec": {"replicas": replicas, "selector": {"matchLabels": dict(labels)},
-                        "template": {"metadata": {"labels": dict(labels)}, "spec": {"containers": [container]}}},
-               "status": {"replicas": 0, "observedGeneration": 1}}
-        validate(dep)
-        self.put("Deployment", dep)
-        with self.cond:
-            self._reconcile(dep)
-        return dep
-
-    def _replica_set(self, dep: dict) -> dict:
-        ns, name = dep["metadata"]["namespace"], dep["metadata"]["name"]
-        template = dep["spec"]["template"]
-        h = format(abs(hash(json.dumps(template, sort_keys=True))) % 16 ** 10, "010x")
-        rs_name = f"{name}-{h}"
-        rs = self.get("ReplicaSet", ns, rs_name)
-        if rs is None:
-            rs = {"apiVersion": "apps/v1", "kind": "ReplicaSet",
-                  "metadata": {"name": rs_name, "namespace": ns, "labels": dict(template["metadata"]["labels"]),
-                               "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": name,
-                                                    "uid": dep["metadata"]["uid"], "controller": True}]},
-                  "spec": {"replicas": dep["spec"]["replicas"],
-                           "selector": {"matchLabels": dict(template["metadata"]["labels"])},
-                           "template": copy.deepcopy(template)}}
-            self.put("ReplicaSet", rs)
-        return rs
-
-    def _reconcile(self, dep: dict) -> None:
-        rs = self._replica_set(dep)
-        ns = dep["metadata"]["namespace"]
-        owned = [p for p in self.items("Pod", ns) if any(o.get("uid") == rs["metadata"]["uid"]
-                                                         for o in p["metadata"].get("ownerReferences", []))]
-        others = [p for p in self.items("Pod", ns)
-                  if any(o.get("kind") == "ReplicaSet" and o.get("uid") != rs["metadata"]["uid"]
-                         and o.get("name", "").startswith(dep["metadata"]["name"] + "-")
-                         for o in p["metadata"].get("ownerReferences", []))]
-        live = [p for p in owned if not p["metadata"].get("deletionTimestamp")]
-        for _ in range(dep["spec"]["replicas"] - len(live)):
-            pod = {"apiVersion": "v1", "kind": "Pod",
-                   "metadata": {"generateName": rs["metadata"]["name"] + "-",
-                                "labels": dict(rs["spec"]["template"]["metadata"]["labels"]),
-                                "annotations": dict(rs["spec"]["template"]["metadata"].get("annotations") or {})},
-                   "spec": copy.deepcopy(rs["spec"]["template"]["spec"])}
-            self.create_pod(ns, pod, {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": rs["metadata"]["name"],
-                                      "uid": rs["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True})
-        for p in others:  # an older template: rolled away
-            if not p["metadata"].get("deletionTimestamp"):
-                threading.Thread(target=self.delete_pod, args=(ns, p["metadata"]["name"]), daemon=True).start()
-        ready = sum(1 for p in live if any(c["type"] == "Ready" and c["status"] == "True"
-                                           for c in p["status"].get("conditions", [])))
-        st = dep.setdefault("status", {})
-        if (st.get("replicas"), st.get("readyReplicas")) != (len(live), ready):
-            st.update({"replicas": len(live), "readyReplicas": ready, "observedGeneration":
-                       dep["metadata"].get("generation", 1)})
-            self._bump("Deployment", "MODIFIED", dep)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(0.2):
-            with self.cond:
-                for pod in self.items("Pod", None):
-                    cs = self.containers.get(pod["metadata"]["uid"])
-                    if cs is None or pod["metadata"].get("deletionTimestamp"):
-                        continue
-                    changed = False
-                    for c in cs:
-                        before = c.waiting
-                        if c.tick():
-                            changed = True
-                            if c.waiting is not None and before is None and c.last:
-                                t = c.last["terminated"]
-                                if t["reason"] == "OOMKilled":
-                                    self.event(pod["metadata"]["namespace"], pod, "OOMKilling",
-                                               f"Memory cgroup out of memory: Killed process of container "
-                                               f"{c.spec['name']}", "Warning")
-                                self.event(pod["metadata"]["namespace"], pod, "BackOff",
-                                           f"Back-off restarting failed container {c.spec['name']} in pod "
-                                           f"{pod['metadata']['name']}", "Warning")
-                    del changed
-                    self._refresh(pod)
-                for dep in self.items("Deployment", None):
-                    self._reconcile(dep)
-
-    def close(self) -> None:
-        self._stop.set()
-        self.thread.join(timeout=5)
-        for cs in list(self.containers.values()):
-            for c in cs:
-                c.stop(0.5)
-        self.containers.clear()
-
-    def processes(self, pod_name: str, needle: str = "") -> list[int]:
-        """PIDs in a pod's process groups whose command line contains `needle`."""
-        pod = next((p for p in self.items("Pod", None) if p["metadata"]["name"] == pod_name), None)
-        if pod is None:
-            return []
-        groups = {c.proc.pid for c in self.containers.get(pod["metadata"]["uid"], []) if c.proc}
-        out = []
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                if os.getpgid(int(pid)) in groups and needle in Path(f"/proc/{pid}/cmdline").read_bytes().replace(
-                        b"\0", b" ").decode():
-                    out.append(int(pid))
-            except (OSError, ProcessLookupError):
-                continue
-        return out
+    def allows(self, verb: str, group: str, resource: str, name: str) -> int | None:
+        """The index of the first rule that allows it, or None."""
+        for i, r in enumerate(self.rules):
+            if (verb in r.get("verbs", []) or "*" in r.get("verbs", [])) and \
+                    (group in r.get("apiGroups", []) or "*" in r.get("apiGroups", [])) and \
+                    (resource in r.get("resources", []) or "*" in r.get("resources", [])) and \
+                    (not r.get("resourceNames") or name in r["resourceNames"]):
+                return i
+        return None
 
 
 # ---------------------------------------------------------------------------- Tables for kubectl get
@@ -570,14 +194,20 @@ def table(kind: str, items: list[dict], rv: str) -> dict:
         rows = []
         for p in items:
             cs = p["status"].get("containerStatuses", [])
-            waiting = next((c["state"]["waiting"]["reason"] for c in cs if "waiting" in c.get("state", {})), None)
-            phase = "Terminating" if p["metadata"].get("deletionTimestamp") else (waiting or p["status"]["phase"])
+            init = p["status"].get("initContainerStatuses", [])
+            waiting = next((c["state"]["waiting"]["reason"] for c in cs if "waiting" in c.get("state", {})
+                            and c["state"]["waiting"]["reason"] != "PodInitializing"), None)
+            init_waiting = next((c["state"]["waiting"]["reason"] for c in init if "waiting" in c.get("state", {})),
+                                None)
+            phase = ("Terminating" if p["metadata"].get("deletionTimestamp") else
+                     (f"Init:{init_waiting}" if init_waiting else None) or waiting or p["status"]["phase"])
             ready = f"{sum(1 for c in cs if c.get('ready'))}/{len(p['spec']['containers'])}"
             rows.append([p["metadata"]["name"], ready, phase, sum(c.get("restartCount", 0) for c in cs),
                          _age(p["metadata"].get("creationTimestamp"))])
     elif kind == "Event":
         cols = ["Last Seen", "Type", "Reason", "Object", "Message"]
-        rows = [[_age(e.get("lastTimestamp")), e.get("type", ""), e.get("reason", ""),
+        rows = [[_age(e.get("lastTimestamp") or (e.get("series") or {}).get("lastObservedTime")
+                      or e.get("eventTime")), e.get("type", ""), e.get("reason", ""),
                  f"{e['involvedObject'].get('kind', '').lower()}/{e['involvedObject'].get('name', '')}",
                  e.get("message", "")] for e in items]
     else:
@@ -594,21 +224,25 @@ def table(kind: str, items: list[dict], rv: str) -> dict:
 RESOURCES = {
     # (group/version) -> [(plural, kind, namespaced, verbs)]
     "v1": [("pods", "Pod", True, ["create", "delete", "get", "list", "watch"]),
+           ("pods/eviction", "Eviction", True, ["create"]),
            ("events", "Event", True, ["create", "get", "list", "watch"]),
+           ("configmaps", "ConfigMap", True, ["create", "delete", "get", "list", "update", "watch"]),
            ("namespaces", "Namespace", False, ["get", "list"])],
     "coordination.k8s.io/v1": [("leases", "Lease", True, ["create", "get", "list", "update", "watch"])],
+    "policy/v1": [("poddisruptionbudgets", "PodDisruptionBudget", True, ["create", "delete", "get", "list"])],
     "apps/v1": [("deployments", "Deployment", True, ["get", "list", "patch", "watch"]),
                 ("replicasets", "ReplicaSet", True, ["get", "list"]),
                 ("statefulsets", "StatefulSet", True, ["get", "list", "patch"])],
 }
-KINDS = {plural: kind for rs in RESOURCES.values() for plural, kind, _, _ in rs}
-GROUP_OF = {kind: gv for gv, rs in RESOURCES.items() for _, kind, _, _ in rs}
+KINDS = {plural: kind for rs in RESOURCES.values() for plural, kind, _, _ in rs if "/" not in plural}
+GROUP_OF = {kind: gv for gv, rs in RESOURCES.items() for plural, kind, _, _ in rs if "/" not in plural}
+PLURAL = {kind: plural for plural, kind in KINDS.items()}
 
 
 def resource_list(gv: str) -> dict:
     return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv,
-            "resources": [{"name": p, "singularName": k.lower(), "namespaced": n, "kind": k, "verbs": v}
-                          for p, k, n, v in RESOURCES[gv]]}
+            "resources": [{"name": p, "singularName": "" if "/" in p else k.lower(), "namespaced": n, "kind": k,
+                           "verbs": v} for p, k, n, v in RESOURCES[gv]]}
 
 
 # ---------------------------------------------------------------------------- the HTTP server
@@ -624,15 +258,19 @@ def self_signed(workdir: Path) -> tuple[Path, Path]:
 
 class KubeApiServer:
     def __init__(self, workdir: Path, token: str = "", **cluster):
-        import ssl
-
-        self.token = token or secrets.token_hex(16)
+        self.token = token or secrets.token_hex(16)  # the cluster admin's (the tests', kubectl's)
         self.cert, key = self_signed(workdir)
         self.cluster = Cluster(workdir, **cluster)
         self.requests: list[tuple[str, str]] = []  # (method, path)
         self.bodies: list[tuple[str, str, dict]] = []
         self.down = False  # while True, every request is refused at the socket (connection reset)
+        self.hang = threading.Event()  # while set, every request is accepted and never answered
         self.namespaces = {"airflow"}
+        self.roles: dict[str, Rbac] = {}  # token -> the Role it is bound to (others: the admin, or 401)
+        self.used: dict[str, set[int]] = {}  # token -> indexes of the rules that allowed a request
+        self.forbidden: list[tuple[str, str, str, str, str]] = []  # (token user, verb, group, resource, name)
+        self.continue_ttl = CONTINUE_TTL
+        self._cache: dict[tuple[str, str, str], tuple[str, bytes]] = {}  # list items as JSON, by resourceVersion
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -681,17 +319,28 @@ class KubeApiServer:
     def url(self) -> str:
         return f"https://127.0.0.1:{self.httpd.server_address[1]}"
 
-    def kubeconfig(self, path: Path, namespace: str = "airflow") -> Path:
+    def grant(self, rules: list[dict], subject: str = "system:serviceaccount:airflow:airflow-monitor-heal") -> str:
+        """A token bound to these RBAC rules (a ServiceAccount's, through its RoleBinding)."""
+        token = secrets.token_hex(16)
+        self.roles[token] = Rbac(rules, subject)
+        self.used[token] = set()
+        return token
+
+    def unused_rules(self, token: str) -> list[dict]:
+        return [r for i, r in enumerate(self.roles[token].rules) if i not in self.used[token]]
+
+    def kubeconfig(self, path: Path, namespace: str = "airflow", token: str = "") -> Path:
         path.write_text(json.dumps({
             "apiVersion": "v1", "kind": "Config", "current-context": "test",
             "clusters": [{"name": "test", "cluster": {"server": self.url, "certificate-authority-data":
                                                       base64.b64encode(self.cert.read_bytes()).decode()}}],
-            "users": [{"name": "healer", "user": {"token": self.token}}],
-            "contexts": [{"name": "test", "context": {"cluster": "test", "user": "healer", "namespace": namespace}}],
+            "users": [{"name": "user", "user": {"token": token or self.token}}],
+            "contexts": [{"name": "test", "context": {"cluster": "test", "user": "user", "namespace": namespace}}],
         }))
         return path
 
     def close(self) -> None:
+        self.hang.clear()
         self.httpd.shutdown()
         self.httpd.server_close()
         self.cluster.close()
@@ -704,11 +353,14 @@ class KubeApiServer:
                 if component is None or p["metadata"].get("labels", {}).get("component") == component]
 
     # -- plumbing
-    def _send(self, h, code: int, body: dict, ctype: str = "application/json") -> None:
-        data = json.dumps(body).encode()
+    def _send(self, h, code: int, body: dict | bytes, ctype: str = "application/json",
+              headers: dict | None = None) -> None:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
         h.send_response(code)
         h.send_header("Content-Type", ctype)
         h.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            h.send_header(k, v)
         h.end_headers()
         h.wfile.write(data)
 
@@ -733,20 +385,42 @@ class KubeApiServer:
             except OSError:
                 pass
             return
+        while self.hang.is_set():  # accepted, read, never answered (a hung API server or a black hole)
+            time.sleep(0.2)
+            h.close_connection = True
         url = urlparse(h.path)
         q = {k: v[0] for k, v in parse_qs(url.query).items()}
         self.requests.append((method, url.path))
-        if h.headers.get("Authorization") != f"Bearer {self.token}":
+        auth = h.headers.get("Authorization") or ""
+        token = auth[7:] if auth.startswith("Bearer ") else ""
+        if token != self.token and token not in self.roles:
             return self._send(h, 401, status(401, "Unauthorized", "Unauthorized"))
         try:
             body = self._body(h) if method in ("POST", "PUT", "PATCH", "DELETE") else {}
             if body:
                 self.bodies.append((method, url.path, body))
-            return self._route(h, method, url.path, q, body)
+            return self._route(h, method, url.path, q, body, token)
         except Invalid as e:
             return self._send(h, 422, status(422, "Invalid", str(e)))
 
-    def _route(self, h, method: str, path: str, q: dict, body: dict) -> None:
+    def _authorize(self, h, token: str, verb: str, gv: str, resource: str, name: str, ns: str | None) -> bool:
+        if token == self.token:
+            return True
+        role = self.roles[token]
+        group = "" if gv == "v1" else gv.split("/")[0]
+        i = role.allows(verb, group, resource, name)
+        if i is not None:
+            self.used[token].add(i)
+            return True
+        self.forbidden.append((role.subject, verb, group, resource, name))
+        base = resource.split("/")[0]
+        what = f'{base} "{name}"' if name else base
+        self._send(h, 403, status(403, "Forbidden", f'{what} is forbidden: User "{role.subject}" cannot {verb} '
+                                  f'resource "{resource}" in API group "{group}" in the namespace "{ns}"',
+                                  {"name": name, "kind": base} if name else {"kind": base}))
+        return False
+
+    def _route(self, h, method: str, path: str, q: dict, body: dict, token: str) -> None:
         if path == "/version":
             return self._send(h, 200, {"major": "1", "minor": "32", "gitVersion": "v1.32.0", "platform": "linux/amd64"})
         if path == "/api":
@@ -769,14 +443,26 @@ class KubeApiServer:
                                            "status": {"phase": "Active"}})
             return self._send(h, 200, {"apiVersion": "v1", "kind": "NamespaceList", "metadata": {}, "items": [
                 {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}} for n in sorted(self.namespaces)]})
-        m = re.fullmatch(r"/(?:api/v1|apis/([^/]+/[^/]+))(?:/namespaces/([^/]+))?/([a-z]+)(?:/([^/]+))?", path)
+        m = re.fullmatch(r"/(?:api/v1|apis/([^/]+/[^/]+))(?:/namespaces/([^/]+))?/([a-z]+)(?:/([^/]+))?(?:/([a-z]+))?",
+                         path)
         if not m or m[3] not in KINDS:
             return self._send(h, 404, status(404, "NotFound", f"the server could not find the requested resource "
                                                               f"({method} {path})"))
-        gv, ns, plural, name = m[1] or "v1", m[2], m[3], m[4]
+        gv, ns, plural, name, sub = m[1] or "v1", m[2], m[3], m[4], m[5]
         kind = KINDS[plural]
         if GROUP_OF[kind] != gv:
             return self._send(h, 404, status(404, "NotFound", f"no {plural} in {gv}"))
+        if sub:
+            if (plural, sub, method) != ("pods", "eviction", "POST") or not ns:
+                return self._send(h, 404, status(404, "NotFound", f"the server could not find the requested "
+                                                                  f"resource ({method} {path})"))
+            if not self._authorize(h, token, "create", gv, "pods/eviction", name, ns):
+                return None
+            return self._evict(h, ns, name, body)
+        verb = {"GET": "get" if name else ("watch" if q.get("watch") in ("1", "true") else "list"),
+                "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}[method]
+        if not self._authorize(h, token, verb, gv, plural, name or "", ns):
+            return None
         if name is None:
             if method == "GET":
                 return self._list(h, kind, ns, q)
@@ -786,38 +472,87 @@ class KubeApiServer:
             if method == "GET":
                 obj = self.cluster.get(kind, ns, name)
                 if obj is None:
-                    return self._send(h, 404, status(404, "NotFound", f'{plural} "{name}" not found'))
+                    return self._send(h, 404, status(404, "NotFound", f'{plural} "{name}" not found',
+                                                     {"name": name, "kind": plural}))
                 return self._send(h, 200, obj)
             if method == "DELETE" and kind == "Pod":
                 return self._delete_pod(h, ns, name, body)
-            if method == "PUT" and kind == "Lease":
-                return self._replace_lease(h, ns, name, body)
+            if method == "DELETE" and kind in ("PodDisruptionBudget", "ConfigMap"):
+                gone = self.cluster.remove(kind, ns, name)
+                return self._send(h, 200 if gone else 404, gone or status(404, "NotFound", f'{plural} "{name}" '
+                                                                                           "not found"))
+            if method == "PUT" and kind in ("Lease", "ConfigMap"):
+                return self._replace(h, kind, ns, name, body)
             if method == "PATCH" and kind in ("Deployment", "StatefulSet"):
                 return self._patch(h, kind, ns, name, body)
         return self._send(h, 405, status(405, "MethodNotAllowed", f"{method} is not supported on {path}"))
 
+    # -- lists
+    def _item_json(self, kind: str, o: dict) -> bytes:
+        """An object as a list item (no kind, no apiVersion), cached by its resourceVersion."""
+        meta = o["metadata"]
+        key = (kind, meta["namespace"], meta["name"])
+        cached = self._cache.get(key)
+        if cached is not None and cached[0] == meta.get("resourceVersion"):
+            return cached[1]
+        data = json.dumps({k: v for k, v in o.items() if k not in ("kind", "apiVersion")}).encode()
+        self._cache[key] = (meta.get("resourceVersion"), data)
+        return data
+
     def _list(self, h, kind: str, ns: str | None, q: dict) -> None:
         allowed = POD_FIELDS if kind == "Pod" else EVENT_FIELDS if kind == "Event" else {"metadata.name",
                                                                                           "metadata.namespace"}
+        lsel, fsel = q.get("labelSelector", ""), q.get("fieldSelector", "")
 
         def wanted(o: dict) -> bool:
-            return (match_labels(q.get("labelSelector", ""), o["metadata"].get("labels") or {})
-                    and match_fields(q.get("fieldSelector", ""), o, allowed))
+            return (match_labels(lsel, o["metadata"].get("labels") or {})
+                    and match_fields(fsel, o, allowed))
 
         if q.get("watch") in ("1", "true"):
             return self._watch(h, kind, ns, wanted, q)
+        limit = int(q.get("limit") or 0)
+        start = ""
+        if q.get("continue"):
+            try:
+                tok = json.loads(base64.urlsafe_b64decode(q["continue"] + "=="))
+                start, issued = tok["start"], float(tok["t"])
+            except (ValueError, KeyError, TypeError):
+                return self._send(h, 400, status(400, "BadRequest", "continue key is not valid: illegal base64 data"))
+            if time.time() - issued > self.continue_ttl:
+                fresh = base64.urlsafe_b64encode(json.dumps({"v": "meta.k8s.io/v1", "rv": -1, "start": start,
+                                                             "t": time.time()}).encode()).decode().rstrip("=")
+                body = status(410, "Expired", "The provided continue parameter is too old to display a consistent "
+                              "list result. You can start a new list without the continue parameter, or use the "
+                              "continue token in this response to retrieve the remainder of the results. Continuing "
+                              "with the provided token results in an inconsistent list - objects that were created, "
+                              "modified, or deleted between the time the first chunk was returned and now may show "
+                              "up in the list.")
+                body["metadata"] = {"continue": fresh}
+                return self._send(h, 410, body)
         with self.cluster.cond:
-            items = [copy.deepcopy(o) for o in self.cluster.items(kind, ns) if wanted(o)]
+            objs = [o for o in self.cluster.items(kind, ns)
+                    if f"{o['metadata']['namespace']}/{o['metadata']['name']}" > start and wanted(o)]
             rv = str(self.cluster.rv)
-        accept = h.headers.get("Accept", "")
-        if "as=Table" in accept:
-            return self._send(h, 200, table(kind, items, rv))
+            if "as=Table" not in h.headers.get("Accept", ""):
+                page = objs[:limit] if limit else objs
+                items = [self._item_json(kind, o) for o in page]
+            else:
+                page = [copy.deepcopy(o) for o in (objs[:limit] if limit else objs)]
+        if "as=Table" in h.headers.get("Accept", ""):
+            return self._send(h, 200, table(kind, page, rv))
+        meta: dict = {"resourceVersion": rv}
+        if limit and len(objs) > limit:
+            last = page[-1]["metadata"]
+            meta["continue"] = base64.urlsafe_b64encode(json.dumps(
+                {"v": "meta.k8s.io/v1", "rv": int(rv), "start": f"{last['namespace']}/{last['name']}",
+                 "t": time.time()}).encode()).decode().rstrip("=")
+            if not lsel and not fsel:
+                meta["remainingItemCount"] = len(objs) - limit
         gv = GROUP_OF[kind]
-        for o in items:
-            o.setdefault("apiVersion", gv)
-            o.setdefault("kind", kind)
-        return self._send(h, 200, {"apiVersion": gv, "kind": f"{kind}List", "metadata": {"resourceVersion": rv},
-                                   "items": items})
+        data = (b'{"kind":"%sList","apiVersion":"%s","metadata":%s,"items":[' % (kind.encode(), gv.encode(),
+                                                                                   json.dumps(meta).encode())
+                + b",".join(items) + b"]}")
+        return self._send(h, 200, data)
 
     def _watch(self, h, kind: str, ns: str | None, wanted, q: dict) -> None:
         h.send_response(200)
@@ -853,6 +588,7 @@ class KubeApiServer:
             pass
         h.close_connection = True
 
+    # -- writes
     def _create(self, h, kind: str, ns: str, body: dict) -> None:
         validate(body)
         meta = body.get("metadata") or {}
@@ -864,7 +600,8 @@ class KubeApiServer:
         if not meta.get("name"):
             raise Invalid(f"{kind}.metadata.name: Required value")
         if self.cluster.get(kind, ns, meta["name"]) is not None:
-            return self._send(h, 409, status(409, "AlreadyExists", f'{kind.lower()}s "{meta["name"]}" already exists'))
+            return self._send(h, 409, status(409, "AlreadyExists", f'{PLURAL[kind]} "{meta["name"]}" already exists',
+                                             {"name": meta["name"], "kind": PLURAL[kind]}))
         if kind == "Event" and (body.get("involvedObject") or {}).get("namespace") not in (None, ns):
             raise Invalid("Event.involvedObject.namespace: does not match event.namespace")
         if kind == "Lease":
@@ -874,26 +611,32 @@ class KubeApiServer:
         obj = copy.deepcopy(body)
         obj["metadata"] = {**meta, "namespace": ns}
         obj["metadata"].pop("resourceVersion", None)
+        if kind == "PodDisruptionBudget":
+            obj["metadata"]["generation"] = 1
         return self._send(h, 201, self.cluster.put(kind, obj))
 
-    def _replace_lease(self, h, ns: str, name: str, body: dict) -> None:
+    def _replace(self, h, kind: str, ns: str, name: str, body: dict) -> None:
+        """PUT with metadata.resourceVersion: compare-and-swap (409 Conflict on a stale version)."""
         validate(body)
+        group = GROUP_OF[kind].split("/")[0] if "/" in GROUP_OF[kind] else ""
+        qualified = f"{PLURAL[kind]}{'.' + group if group else ''}"
         with self.cluster.cond:
-            cur = self.cluster.get("Lease", ns, name)
+            cur = self.cluster.get(kind, ns, name)
             if cur is None:
-                return self._send(h, 404, status(404, "NotFound", f'leases.coordination.k8s.io "{name}" not found'))
+                return self._send(h, 404, status(404, "NotFound", f'{qualified} "{name}" not found'))
             want = (body.get("metadata") or {}).get("resourceVersion")
             if not want:
                 raise Invalid("metadata.resourceVersion: Invalid value: 0x0: must be specified for an update")
             if want != cur["metadata"]["resourceVersion"]:
-                return self._send(h, 409, status(409, "Conflict", f'Operation cannot be fulfilled on '
-                                                 f'leases.coordination.k8s.io "{name}": the object has been modified; '
-                                                 f'please apply your changes to the latest version and try again'))
+                return self._send(h, 409, status(409, "Conflict", f'Operation cannot be fulfilled on {qualified} '
+                                                 f'"{name}": the object has been modified; please apply your changes '
+                                                 f'to the latest version and try again',
+                                                 {"name": name, "group": group, "kind": PLURAL[kind]}))
             obj = copy.deepcopy(body)
             obj["metadata"] = {**cur["metadata"], **{k: v for k, v in obj["metadata"].items()
                                                      if k in ("labels", "annotations")}}
-            self.cluster.objects[("Lease", ns, name)] = obj
-            self.cluster._bump("Lease", "MODIFIED", obj)
+            self.cluster.objects[(kind, ns, name)] = obj
+            self.cluster._bump(kind, "MODIFIED", obj)
         return self._send(h, 200, obj)
 
     def _delete_pod(self, h, ns: str, name: str, body: dict) -> None:
@@ -901,13 +644,58 @@ class KubeApiServer:
             validate_as("deleteoptions-meta-v1", body)
         pod = self.cluster.get("Pod", ns, name)
         if pod is None:
-            return self._send(h, 404, status(404, "NotFound", f'pods "{name}" not found'))
+            return self._send(h, 404, status(404, "NotFound", f'pods "{name}" not found', {"name": name,
+                                                                                           "kind": "pods"}))
         want = (body.get("preconditions") or {}).get("uid")
         if want and want != pod["metadata"]["uid"]:
-            return self._send(h, 409, status(409, "Conflict", f"Precondition failed: UID in precondition: {want}, "
-                                             f"UID in object meta: {pod['metadata']['uid']}"))
+            return self._send(h, 409, self._uid_conflict(name, want, pod["metadata"]["uid"]))
         grace = body.get("gracePeriodSeconds")
         return self._send(h, 200, self.cluster.delete_pod(ns, name, None if grace is None else float(grace)))
+
+    @staticmethod
+    def _uid_conflict(name: str, want: str, have: str) -> dict:
+        return status(409, "Conflict", f'Operation cannot be fulfilled on Pod "{name}": the UID in the precondition '
+                      f"({want}) does not match the UID in record ({have}). The object might have been deleted and "
+                      "then recreated", {"name": name, "kind": "Pod"})
+
+    def _evict(self, h, ns: str, name: str, body: dict) -> None:
+        """POST pods/{name}/eviction: as the API server's eviction REST handler does it."""
+        validate(body)
+        pod = self.cluster.get("Pod", ns, name)
+        if pod is None:
+            return self._send(h, 404, status(404, "NotFound", f'pods "{name}" not found', {"name": name,
+                                                                                           "kind": "pods"}))
+        opts = body.get("deleteOptions") or {}
+        want = (opts.get("preconditions") or {}).get("uid")
+        if want and want != pod["metadata"]["uid"]:
+            return self._send(h, 409, self._uid_conflict(name, want, pod["metadata"]["uid"]))
+        done = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}
+        if pod["status"].get("phase") in ("Succeeded", "Failed") or pod["metadata"].get("deletionTimestamp"):
+            self.cluster.delete_pod(ns, name)
+            return self._send(h, 201, done)
+        pdbs = [p for p in self.cluster.items("PodDisruptionBudget", ns) if match_labels(
+            ",".join(f"{k}={v}" for k, v in (p["spec"].get("selector", {}).get("matchLabels") or {}).items()),
+            pod["metadata"].get("labels") or {})]
+        if len(pdbs) > 1:
+            return self._send(h, 500, status(500, "InternalError", "This pod has more than one PodDisruptionBudget, "
+                                             "which the eviction subresource does not support."))
+        if pdbs:
+            pdb = pdbs[0]
+            pname = pdb["metadata"]["name"]
+            cause = "Cannot evict pod as it would violate the pod's disruption budget."
+            if pname in self.cluster.pdb_lagging:
+                return self._send(h, 429, status(429, "TooManyRequests", cause, {"causes": [
+                    {"reason": "DisruptionBudget", "message": f"The disruption budget {pname} is still being "
+                                                              "processed by the server."}], "retryAfterSeconds": 10}),
+                                  headers={"Retry-After": "10"})
+            allowed, healthy, desired, _ = self.cluster.disruptions_allowed(pdb)
+            if allowed < 1:
+                return self._send(h, 429, status(429, "TooManyRequests", cause, {"causes": [
+                    {"reason": "DisruptionBudget", "message": f"The disruption budget {pname} needs {desired} "
+                                                              f"healthy pods and has {healthy} currently"}]}))
+        grace = opts.get("gracePeriodSeconds")
+        self.cluster.delete_pod(ns, name, None if grace is None else float(grace))
+        return self._send(h, 201, done)
 
     def _patch(self, h, kind: str, ns: str, name: str, body: dict) -> None:
         ctype = h.headers.get("Content-Type", "")
@@ -930,7 +718,7 @@ class KubeApiServer:
         with self.cluster.cond:
             cur = self.cluster.get(kind, ns, name)
             if cur is None:
-                return self._send(h, 404, status(404, "NotFound", f'{kind.lower()}s.apps "{name}" not found'))
+                return self._send(h, 404, status(404, "NotFound", f'{PLURAL[kind]}.apps "{name}" not found'))
             new = merge(copy.deepcopy(cur), body)
             validate(new)
             if new["spec"] != cur["spec"]:
@@ -939,4 +727,6 @@ class KubeApiServer:
             self.cluster._bump(kind, "MODIFIED", new)
             if kind == "Deployment":
                 self.cluster._reconcile(new)
+            else:
+                self.cluster._reconcile_sts(new)
         return self._send(h, 200, new)

@@ -35,7 +35,12 @@ def test_one_lease_holder_at_a_time_and_takeover_only_after_expiry(kube, tmp_pat
     a, b = Lease(client, "airflow", "am", 2, "a"), Lease(client, "airflow", "am", 2, "b")
     assert a.tick() and not b.tick() and a.tick()
     assert a.leader and not b.leader
-    time.sleep(2.5)  # a stops renewing (as after kill -9): b takes over once the lease has run out
+    # a stops renewing (as after kill -9): b sees the record change once more (a's last renewal), and
+    # takes over only after a whole lease duration in which it saw no change, on its own clock
+    assert not b.tick()
+    time.sleep(1.0)
+    assert not b.tick(), "half a duration without a change is not enough"
+    time.sleep(1.5)
     assert b.tick() and b.leader
     assert not a.tick() and not a.leader
     lease = kube.cluster.get("Lease", "airflow", "am")
@@ -87,9 +92,11 @@ def test_delete_with_a_stale_uid_is_refused_and_rollout_restart_replaces_the_pod
     k = Kube(api(kube, tmp_path), "airflow", "af")
     pod = k.pods()[0]
     assert pod.phase == "Running" and pod.component == "scheduler"
-    with pytest.raises(KubeError, match="HTTP 409: Precondition failed"):
+    with pytest.raises(KubeError, match="HTTP 409: Operation cannot be fulfilled on Pod .* the UID in the precondition"):
         k.delete_pod(pod.name, "not-its-uid")
-    assert k.rollout_restart(pod.name) == "Deployment/af-scheduler"
+    w = k.workload(pod)
+    assert (w.kind, w.name, w.why_not) == ("Deployment", "af-scheduler", "")
+    assert k.rollout_restart(w) == "Deployment/af-scheduler"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         names = [p.name for p in k.pods() if not p.deleting]
@@ -148,8 +155,101 @@ def test_serve_runs_the_healer_beside_the_bridge(kube, tmp_path):
         assert m["airflow_monitor_heal_blind"][()] == 1
         assert "airflow_monitor_bridge_lines_total" in m
         assert not [p for meth, p in kube.requests if meth == "DELETE"]
-        assert kube.cluster.get("Lease", "airflow", "airflow-monitor")["spec"]["holderIdentity"]
+        assert kube.cluster.get("Lease", "airflow", "airflow-monitor-heal-af")["spec"]["holderIdentity"]
     finally:
         b.stop()
-    assert kube.cluster.get("Lease", "airflow", "airflow-monitor")["spec"]["holderIdentity"] == "", \
+    assert kube.cluster.get("Lease", "airflow", "airflow-monitor-heal-af")["spec"]["holderIdentity"] == "", \
         "a clean stop hands the Lease over"
+
+
+def test_a_statefulset_pod_comes_back_under_its_name_with_a_new_uid_and_evictions_respect_its_budget(kube, tmp_path):
+    """The official chart's LocalExecutor layout: <release>-scheduler-0. An eviction a PodDisruptionBudget
+    refuses is a 429 naming the budget (with Retry-After while it is processed); one it allows replaces the
+    pod under the same name, with a new uid, and only once the old one is gone."""
+    from monitor.kube.client import Kube, KubeError
+
+    kube.cluster.statefulset("airflow", "af-scheduler", {"release": "af", "component": "scheduler"},
+                             {"name": "scheduler", "image": "apache/airflow:3.3.2",
+                              "command": [sys.executable, "-c", "import time; time.sleep(600)"]})
+    k = Kube(api(kube, tmp_path), "airflow", "af")
+    deadline = time.monotonic() + 30
+    while not (pods := [p for p in k.pods() if p.ready]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    (old,) = pods
+    assert old.name == "af-scheduler-0" and old.owner_kind == "StatefulSet" and old.hostname == "af-scheduler-0"
+    assert old.ips and old.ips[0].startswith("127.0.")
+    kube.cluster.put("PodDisruptionBudget", {
+        "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+        "metadata": {"name": "af-scheduler-pdb", "namespace": "airflow", "generation": 1},
+        "spec": {"minAvailable": 1, "selector": {"matchLabels": {"component": "scheduler"}}}})
+    with pytest.raises(KubeError) as e:
+        k.evict(old.name, old.uid)
+    assert e.value.status == 429 and e.value.reason == "TooManyRequests" and e.value.retry_after is None
+    assert e.value.causes == ("The disruption budget af-scheduler-pdb needs 1 healthy pods and has 1 currently",)
+    kube.cluster.pdb_lagging.add("af-scheduler-pdb")
+    with pytest.raises(KubeError) as e:
+        k.evict(old.name, old.uid)
+    assert e.value.retry_after == 10 and "still being processed" in e.value.causes[0]
+    kube.cluster.remove("PodDisruptionBudget", "airflow", "af-scheduler-pdb")
+    with pytest.raises(KubeError, match="HTTP 409"):
+        k.evict(old.name, "a-stale-uid")
+    k.evict(old.name, old.uid)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        new = [p for p in k.pods() if not p.deleting]
+        if new and new[0].uid != old.uid and new[0].ready:
+            break
+        time.sleep(0.2)
+    assert new[0].name == old.name and new[0].uid != old.uid and new[0].created >= old.created
+    # a StatefulSet with updateStrategy OnDelete, and a paused Deployment: no rollout restart would restart them
+    kube.cluster.statefulset("airflow", "af-triggerer", {"release": "af", "component": "triggerer"},
+                             {"name": "triggerer", "image": "apache/airflow:3.3.2",
+                              "command": [sys.executable, "-c", "import time; time.sleep(600)"]},
+                             update_strategy="OnDelete")
+    deadline = time.monotonic() + 30
+    while not (trig := [p for p in k.pods() if p.component == "triggerer"]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "updateStrategy OnDelete" in k.workload(trig[0]).why_not
+
+
+def test_lists_are_paginated_relisted_on_410_and_rbac_refuses_what_the_role_does_not_grant(kube, tmp_path):
+    from monitor.kube.client import PAGE, Kube, KubeError, load_api_client
+
+    with kube.cluster.cond:
+        for i in range(PAGE * 2 + 7):
+            kube.cluster.put("Pod", {"apiVersion": "v1", "kind": "Pod", "metadata": {
+                "name": f"etl-task-{i:05d}", "namespace": "airflow", "labels": {"release": "af", "component": "worker"}},
+                "spec": {"containers": [{"name": "base", "image": "x"}]}, "status": {"phase": "Pending"}})
+    k = Kube(api(kube, tmp_path), "airflow", "af")
+    pods = k.pods()
+    assert len(pods) == PAGE * 2 + 7
+    assert sum(1 for m, p in kube.requests if p.endswith("/pods")) >= 3, "one request per page"
+    kube.continue_ttl = 0  # every continue token is already too old: the first page is read again, then it gives up
+    with pytest.raises(KubeError, match="410"):
+        k.pods()
+    kube.continue_ttl = 300
+    rules = [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}]
+    token = kube.grant(rules)
+    limited = Kube(load_api_client(str(kube.kubeconfig(tmp_path / "limited", token=token))), "airflow", "af")
+    assert len(limited.pods()) == PAGE * 2 + 7
+    with pytest.raises(KubeError) as e:
+        limited.delete_pod("etl-task-00000")
+    assert e.value.status == 403 and 'cannot delete resource "pods" in API group ""' in str(e.value)
+    assert kube.unused_rules(token) == []
+
+
+def test_a_configmap_is_written_with_compare_and_swap(kube, tmp_path):
+    from monitor.errors import WriteConflict
+    from monitor.kube.client import Kube
+    from monitor.kube.configmap import ConfigMapDoc
+
+    k = Kube(api(kube, tmp_path), "airflow", "af")
+    a, b = ConfigMapDoc(k, "am-state"), ConfigMapDoc(k, "am-state")
+    assert a.read() == ({}, "")
+    v1 = a.write({"n": 1}, "")
+    doc, v = b.read()
+    assert doc == {"n": 1} and v == v1
+    a.write({"n": 2}, v1)
+    with pytest.raises(WriteConflict):
+        b.write({"n": 3}, v1)  # stale: b read version v1, a wrote since
+    assert a.read()[0] == {"n": 2}
