@@ -54,8 +54,10 @@ def full_values(**extra) -> dict:
     return values
 
 
-def template(tmp: Path, values: dict | None = None, ok: bool = True) -> subprocess.CompletedProcess:
-    args = [tool("helm"), "template", "mon", str(CHART), "--namespace", "monitoring"]
+def template(tmp: Path, values: dict | None = None, ok: bool = True, api_versions: tuple[str, ...] = ()
+             ) -> subprocess.CompletedProcess:
+    args = [tool("helm"), "template", "mon", str(CHART), "--namespace", "monitoring",
+            *(f"--api-versions={v}" for v in api_versions)]
     if values is not None:
         (tmp / "values.yaml").write_text(yaml.safe_dump(values))
         args += ["-f", str(tmp / "values.yaml")]
@@ -365,11 +367,25 @@ def test_the_healer_gets_the_least_rbac_and_the_only_token(tmp_path):
     assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "airflow"
     rules = {(tuple(r["apiGroups"]), tuple(r["resources"]), tuple(r.get("resourceNames", ()))): set(r["verbs"])
              for r in role["rules"]}
-    assert rules == {((("",)), ("pods",), ()): {"get", "list", "watch", "delete"},
-                     (("",), ("events",), ()): {"get", "list", "watch", "create"},
+    lease = "airflow-monitor-heal-airflow"  # one Lease per Airflow release; the state ConfigMap beside it
+    assert rules == {(("",), ("pods",), ()): {"list"},
+                     (("",), ("pods/eviction",), ()): {"create"},
+                     (("",), ("events",), ()): {"list", "create"},
                      (("coordination.k8s.io",), ("leases",), ()): {"create"},
-                     (("coordination.k8s.io",), ("leases",), ("airflow-monitor",)): {"get", "update"}}
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "mon-airflow-monitor", "namespace": "monitoring"}]
+                     (("coordination.k8s.io",), ("leases",), (lease,)): {"get", "update"},
+                     (("",), ("configmaps",), ()): {"create"},
+                     (("",), ("configmaps",), (f"{lease}-state",)): {"get", "update"}}
+    # its own ServiceAccount, whatever serviceAccount.create says (never the namespace's default)
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "mon-airflow-monitor-heal",
+                                    "namespace": "monitoring"}]
+    assert objs["ServiceAccount/mon-airflow-monitor-heal"]["automountServiceAccountToken"] is False
+    no_sa = {**values, "serviceAccount": {"create": False}}
+    sa_off = {f"{d['kind']}/{d['metadata']['name']}": d for d in yaml.safe_load_all(template(tmp_path, no_sa).stdout)
+              if d}
+    assert sa_off["RoleBinding/mon-airflow-monitor-heal"]["subjects"][0]["name"] == "mon-airflow-monitor-heal"
+    assert sa_off["Deployment/mon-airflow-monitor-heal"]["spec"]["template"]["spec"]["serviceAccountName"] == \
+        "mon-airflow-monitor-heal"
+    assert "ValidatingAdmissionPolicy" not in {d["kind"] for d in docs}, "only where the cluster serves it"
     heal = objs["Deployment/mon-airflow-monitor-heal"]["spec"]
     bridge = objs["Deployment/mon-airflow-monitor"]["spec"]
     assert heal["replicas"] == 2 and heal["template"]["spec"]["automountServiceAccountToken"] is True
@@ -383,7 +399,7 @@ def test_the_healer_gets_the_least_rbac_and_the_only_token(tmp_path):
     assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     cfg = yaml.safe_load(objs["ConfigMap/mon-airflow-monitor-heal"]["data"]["heal.yaml"])
     assert cfg["kubernetes"] == {"namespace": "airflow"}
-    assert cfg["healer"]["state_file"] == "/var/lib/airflow-monitor/heal.sqlite"
+    assert cfg["lease"] == {"name": lease} and "state_file" not in cfg["healer"]
     from monitor.heal.config import parse
 
     os.environ["AIRFLOW_MONITOR_SQL_ALCHEMY_CONN"] = "postgresql://u:p@db/airflow"
@@ -416,6 +432,11 @@ def test_the_healer_gets_the_least_rbac_and_the_only_token(tmp_path):
     assert {"apps"} in [set(r["apiGroups"]) for r in role["rules"]]
     assert {(tuple(r["resources"]), tuple(r["verbs"])) for r in role["rules"] if r["apiGroups"] == ["apps"]} == {
         (("deployments", "statefulsets"), ("get", "patch")), (("replicasets",), ("get",))}
+    assert not [r for r in role["rules"] if r["resources"] in (["pods/eviction"],) or "delete" in r["verbs"]]
+    values["heal"]["config"]["healer"]["restart"] = "delete"
+    role = next(d for d in yaml.safe_load_all(template(tmp_path, values).stdout) if d and d["kind"] == "Role")
+    assert {(r["resources"][0], tuple(r["verbs"])) for r in role["rules"] if r["resources"][0].startswith("pods")} \
+        == {("pods", ("list",)), ("pods", ("delete",))}
     values["heal"]["config"]["healer"]["mode"] = "fix"
     assert "mode" in template(tmp_path, values, ok=False).stderr
 
@@ -446,3 +467,48 @@ def test_the_sla_watcher_can_run_in_the_healers_replicas(tmp_path):
         del os.environ["AIRFLOW_MONITOR_AIRFLOW_PASSWORD"], os.environ["AIRFLOW_MONITOR_OPSGENIE_API_KEY"]
     values["heal"]["enabled"] = False
     assert "sla.runWith: healer needs heal.enabled" in template(tmp_path, values, ok=False).stderr
+
+
+def test_the_admission_policy_lets_the_healer_restart_only_the_release_schedulers(tmp_path):
+    """Where the API server serves ValidatingAdmissionPolicy (1.30+), the chart ships one: the healer's
+    ServiceAccount may evict or delete the scheduler pods of Airflow's release and no other pod. Its CEL
+    is evaluated here (cel-python) on the admission requests the API server would send."""
+    import celpy
+
+    values = full_values(heal={"enabled": True, "namespace": "airflow", "config": {"airflow": {"release": "af"}}},
+                         secrets={"sqlAlchemyConn": {"name": "airflow-metadata", "key": "connection"}})
+    docs = [d for d in yaml.safe_load_all(template(tmp_path, values, api_versions=(
+        "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy",)).stdout) if d]
+    vap = next(d for d in docs if d["kind"] == "ValidatingAdmissionPolicy")
+    binding = next(d for d in docs if d["kind"] == "ValidatingAdmissionPolicyBinding")
+    for doc in (vap, binding):
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    assert binding["spec"]["policyName"] == vap["metadata"]["name"] and binding["spec"]["validationActions"] == ["Deny"]
+    assert vap["spec"]["matchConstraints"]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name":
+                                                                                   "airflow"}
+    env = celpy.Environment()
+
+    def run(expr: str, request: dict, old=None) -> bool:
+        prog = env.program(env.compile(expr))
+        return bool(prog.evaluate({"request": celpy.json_to_cel(request), "oldObject": celpy.json_to_cel(old)}))
+
+    healer = {"username": "system:serviceaccount:monitoring:mon-airflow-monitor-heal"}
+    (match,) = vap["spec"]["matchConditions"]
+    assert run(match["expression"], {"userInfo": healer})
+    assert not run(match["expression"], {"userInfo": {"username": "system:serviceaccount:airflow:default"}})
+    (rule,) = vap["spec"]["validations"]
+
+    def allowed(op: str, name: str, sub: str = "", labels: dict | None = None) -> bool:
+        req = {"userInfo": healer, "operation": op, "name": name, "subResource": sub}
+        old = {"metadata": {"name": name, "labels": labels}} if labels is not None else None
+        return run(rule["expression"], req, old)
+
+    sched = {"component": "scheduler", "release": "af", "tier": "airflow"}
+    assert allowed("CREATE", "af-scheduler-0", "eviction")
+    assert allowed("CREATE", "af-scheduler-7d9c8b6f5-m2c8x", "eviction")
+    assert not allowed("CREATE", "af-postgresql-0", "eviction")
+    assert not allowed("CREATE", "other-scheduler-0", "eviction")
+    assert allowed("DELETE", "af-scheduler-0", labels=sched)
+    assert not allowed("DELETE", "af-postgresql-0", labels={"app.kubernetes.io/name": "postgresql"})
+    assert not allowed("DELETE", "af-worker-1", labels={**sched, "component": "worker"})
+    assert not allowed("DELETE", "x-scheduler-0", labels={**sched, "release": "x"})

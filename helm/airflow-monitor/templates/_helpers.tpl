@@ -87,15 +87,28 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
-{{/* The healer's config file: heal.config with the namespace and the state file set by the chart. */}}
+{{/* The healer's config file: heal.config with the namespace and the Lease name set by the chart (its
+state lives in the ConfigMap <lease>-state, beside the Lease). */}}
 {{- define "airflow-monitor.healConfig" -}}
 {{- $doc := deepCopy .Values.heal.config }}
 {{- $_ := set $doc "kubernetes" (dict "namespace" (include "airflow-monitor.healNamespace" .)) }}
 {{- $healer := default (dict) (get $doc "healer") }}
-{{- $_ := set $healer "state_file" "/var/lib/airflow-monitor/heal.sqlite" }}
 {{- $_ := set $healer "metrics_listen" ":9104" }}
 {{- $_ := set $doc "healer" $healer }}
+{{- $lease := default (dict) (get $doc "lease") }}
+{{- $_ := set $lease "name" (include "airflow-monitor.healLease" .) }}
+{{- $_ := set $doc "lease" $lease }}
 {{- toYaml $doc }}
+{{- end }}
+
+{{/* The healer's Lease: one per Airflow release (two healers of two releases never share one). */}}
+{{- define "airflow-monitor.healLease" -}}
+{{- dig "lease" "name" (printf "airflow-monitor-heal-%s" (dig "airflow" "release" "airflow" .Values.heal.config)) .Values.heal.config }}
+{{- end }}
+
+{{/* The healer's ServiceAccount: always its own (never the namespace's default), the only one with a token. */}}
+{{- define "airflow-monitor.healServiceAccount" -}}
+{{- printf "%s-heal" (include "airflow-monitor.fullname" .) }}
 {{- end }}
 
 {{/* The healer's pods: a name of their own, so the bridge's Service (statsd) never selects them. */}}
