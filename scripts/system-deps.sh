@@ -12,6 +12,8 @@ command -v go >/dev/null 2>&1 || need+=(golang-go)
 [ -d /usr/share/gocode/src/github.com/prometheus/common/expfmt ] || need+=(golang-github-prometheus-common-dev)
 # PgBouncer in front of PostgreSQL, as the official Airflow chart's pgbouncer.enabled puts it
 command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || need+=(pgbouncer)
+# libfaketime: a healer process with a clock 12 s off (leader election under clock skew)
+command -v faketime >/dev/null 2>&1 || need+=(faketime)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo -n"

@@ -92,7 +92,7 @@ def test_delete_with_a_stale_uid_is_refused_and_rollout_restart_replaces_the_pod
     k = Kube(api(kube, tmp_path), "airflow", "af")
     pod = k.pods()[0]
     assert pod.phase == "Running" and pod.component == "scheduler"
-    with pytest.raises(KubeError, match="HTTP 409: Operation cannot be fulfilled on Pod .* the UID in the precondition"):
+    with pytest.raises(KubeError, match="HTTP 409: Operation cannot be fulfilled on Pod .* UID in the precondition"):
         k.delete_pod(pod.name, "not-its-uid")
     w = k.workload(pod)
     assert (w.kind, w.name, w.why_not) == ("Deployment", "af-scheduler", "")
@@ -217,8 +217,9 @@ def test_lists_are_paginated_relisted_on_410_and_rbac_refuses_what_the_role_does
 
     with kube.cluster.cond:
         for i in range(PAGE * 2 + 7):
+            labels = {"release": "af", "component": "worker"}
             kube.cluster.put("Pod", {"apiVersion": "v1", "kind": "Pod", "metadata": {
-                "name": f"etl-task-{i:05d}", "namespace": "airflow", "labels": {"release": "af", "component": "worker"}},
+                "name": f"etl-task-{i:05d}", "namespace": "airflow", "labels": labels},
                 "spec": {"containers": [{"name": "base", "image": "x"}]}, "status": {"phase": "Pending"}})
     k = Kube(api(kube, tmp_path), "airflow", "af")
     pods = k.pods()

@@ -161,7 +161,8 @@ B = b.Budget(per_component=2, window=3600, global_max=3, cooldown=300)
 
 @pytest.mark.parametrize("actions, want", [
     ([], (True, "", 2, False)),
-    ([b.Action("scheduler", 1000)], (False, "cooldown: last restart of scheduler tried 100s ago (cooldown 300s)", 1, False)),
+    ([b.Action("scheduler", 1000)],
+     (False, "cooldown: last restart of scheduler tried 100s ago (cooldown 300s)", 1, False)),
     ([b.Action("scheduler", 500)], (True, "", 1, False)),
     ([b.Action("scheduler", 200), b.Action("scheduler", 700)],
      (False, "budget spent: 2 restart(s) of scheduler in the last 60m (limit 2)", 0, True)),
