@@ -311,9 +311,8 @@ class Healer:
                 self.state.record(d.component, pod.name, d.rule, what, d.reason, ts, "blocked", str(e), now=ts,
                                   uid=pod.uid, before=before)
                 self.actions[(d.rule, "blocked")] += 1
-                why = (f"blocked by PodDisruptionBudget {budget}" if budget else "blocked by a PodDisruptionBudget") \
-                    + f" ({'; '.join(e.causes) or e})"
-                self._blocked(d, pod, why, now)
+                why = f"blocked by PodDisruptionBudget {budget}" if budget else "blocked by a PodDisruptionBudget"
+                self._blocked(d, pod, why, now, "; ".join(e.causes) or str(e))
                 return True
             if e.status in (404, 409):  # gone, or already replaced (the uid precondition): nothing to spend
                 log.info("healer: %s: the pod was already replaced (%s)", what, e)
@@ -333,9 +332,10 @@ class Healer:
         self._exhausted(d, self.state.actions(ts - self.cfg.budget.window), f"the restart failed: {e}", now)
         return False
 
-    def _blocked(self, d: Diagnosis, pod: Pod, why: str, now: datetime) -> None:
-        message = f"cannot restart {d.component} pod {pod.name}: {why}; not forced"
-        desc = "\n".join([f"airflow-monitor would restart {pod.name} in {self.where} ({d.reason}), and did not: {why}.",
+    def _blocked(self, d: Diagnosis, pod: Pod, why: str, now: datetime, detail: str = "") -> None:
+        message = f"cannot restart {d.component} pod {pod.name}, not forced: {why}"
+        desc = "\n".join([f"airflow-monitor would restart {pod.name} in {self.where} ({d.reason}), and did not: {why}"
+                          + (f" ({detail})." if detail else "."),
                           "Nothing is forced: a person decides (resume the workload, relax the budget, or restart "
                           "the pod by hand).", *([f"Runbook: {self.cfg.runbook}"] if self.cfg.runbook else [])])
         if self._open(d.component, BLOCKED, d.rule, message, desc, self.cfg.priority, now, pods=(pod.name,),

@@ -412,8 +412,8 @@ def test_a_pod_disruption_budget_blocks_the_restart_it_is_paged_and_nothing_is_f
     h = healers(release, og, "pdb", mode="act")
     page = og.wait(lambda s: next((p for p in s.pages if p["alias"] == alias("scheduler", "healing_blocked")), None),
                    120)
-    assert "blocked by PodDisruptionBudget af-scheduler-pdb" in page["message"] and "not forced" in page["message"]
-    assert "needs 1 healthy pods and has 1 currently" in page["message"]
+    assert "not forced: blocked by PodDisruptionBudget af-scheduler-pdb" in page["message"]
+    assert "needs 1 healthy pods and has 1 currently" in page["description"]
     time.sleep(5)
     assert release.scheduler_pods()[0]["metadata"]["uid"] == pod["uid"], "nothing forced past the budget"
     assert [p["alias"] for p in og.pages].count(alias("scheduler", "healing_blocked")) == 1
