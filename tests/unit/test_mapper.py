@@ -138,7 +138,8 @@ def test_a_template_naming_a_group_the_match_lacks_expands_to_nothing(tmp_path, 
 
 def test_regexes_run_in_linear_time_with_statsd_exporter_semantics(tmp_path, harness):
     """Hostile input N5: statsd_exporter's README regex backtracks for seconds in Python's re on a
-    1,000-byte name; here it is RE2 (as Go's regexp), searched anywhere, with $n expansion."""
+    1,000-byte name (the process test holds ingest to a deadline); here it is RE2, as Go's regexp:
+    searched anywhere, with $n expansion, as statsd_exporter."""
     r = rules(tmp_path, """
         mappings:
           - match: '(.*)\\.(.*)--(.*)\\.status\\.(.*)\\.count'
