@@ -35,7 +35,7 @@ def connection_cap(wanted: int = MAX_CONNECTIONS) -> int:
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return wanted
-    return max(1, min(wanted, soft - FD_RESERVE, soft // 2))
+    return max(1, min(wanted, soft - min(FD_RESERVE, soft // 2)))
 
 
 def parse_address(addr: str, default_host: str = "0.0.0.0") -> tuple[str, int]:
