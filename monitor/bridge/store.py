@@ -127,8 +127,7 @@ class Store:
         self.max_total = max_series
         self.max_label_bytes = max_label_bytes
         self.max_series_label_bytes = max_series_label_bytes
-        self.label_bytes = 0  # label text of every series, against max_label_bytes
-        self.series_bytes: dict[int, int] = {}  # base -> its label bytes, given back when it expires
+        self.label_bytes = 0  # label text of every series, against max_label_bytes (given back on expiry)
         # room for max_series histograms of up to 28 buckets; reserved, not committed
         self.slots = slots or Slots(max_series * 32)
         self.vals = self.slots.vals
@@ -181,7 +180,6 @@ class Store:
             self.families[family] = fam
             self.journal.append(("family", family, kind, fam.help, fam.buckets))
         self.label_bytes += size
-        self.series_bytes[base] = size
         self.vals[base] = now
         if len(self.pairs) > 2 * self.total + 10_000:  # values of expired series: start afresh
             self.pairs.clear()
@@ -249,7 +247,7 @@ class Store:
                 del fam.series[labels]
                 fam.ttl.pop(base, None)
                 self.sets.pop(base, None)
-                self.label_bytes -= self.series_bytes.pop(base, 0)
+                self.label_bytes -= label_bytes(labels)
                 self.slots.release(base, fam.width, now)
                 self.total -= 1
                 self.journal.append(("drop", fam.name, base))
