@@ -100,7 +100,7 @@ def test_a_huge_file_is_refused_before_it_is_parsed(tmp_path):
 
     p = tmp_path / "m.yml"
     p.write_bytes(b"mappings:\n" + b"- {match: a.b, name: x}\n" * (boundedyaml.MAX_BYTES // 24 + 1))
-    with pytest.raises(MappingError, match="larger than 8,388,608 bytes"):
+    with pytest.raises(MappingError, match="larger than 1,048,576 bytes"):
         load_rules(p)
 
 
