@@ -454,8 +454,14 @@ class Mapper:
 
     def map(self, key: Key) -> Target:
         t = self._map(key)
-        if t.form in ("user", "unmapped") and t.kind != "drop" and self.reserved(t.family, t.kind):
-            return Target(family="", kind="drop", reason="reserved", form=t.form)
+        if t.form in ("user", "unmapped") and t.kind != "drop":
+            if t.kind == "counter" and t.family.endswith("_total") and \
+                    self.catalog_kinds.get(t.family[:-6]) == "counter":
+                # `airflow_ti_finish_total` as a counter (how statsd_exporter files often spell
+                # it) is the catalog family airflow_ti_finish: the same name on /metrics
+                t = replace(t, family=t.family[:-6])
+            if self.reserved(t.family, t.kind):
+                return Target(family="", kind="drop", reason="reserved", form=t.form)
         if t.form == "user" and t.kind != "drop":
             # a rule that maps one of Airflow's twin forms (the official chart's maps the legacy
             # names) keeps the form, so that each event is still counted once
