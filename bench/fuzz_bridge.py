@@ -4,16 +4,22 @@
     python bench/fuzz_bridge.py [--seconds 300] [--check-every 25] [--go-every 2000]
 
 Each input is either a mapping file (first byte 0: the rest is YAML that must load or be refused
-with a MappingError, and when it loads it maps what follows) or statsd bytes, handled as a UDP
-datagram or a TCP chunk by the bridge's real Ingest into a real Store, while a StoreView (the web
-process's side) applies the journal and renders. Time moves 0.3 s an input, and series expire
+with a MappingError, and when it loads it maps what follows; first byte 2: a mapping file built
+from the input's bytes out of the parts hostile files are made of: anchors and aliases fanning out,
+deep nesting, regexes with backreferences, lookaround, huge repetitions and nested quantifiers,
+`$n` templates naming groups that do not exist; each is loaded, then adversarial names of up to
+1,000 bytes are mapped through it) or statsd bytes, handled as a UDP datagram or a TCP chunk by the
+bridge's real Ingest into a real Store, while a StoreView (the web process's side) applies the
+journal and renders. Time moves 0.3 s an input, and series expire
 after 20 s, so housekeeping, slot reuse and twin hold-backs run too. Seeds: the recorded Airflow
 3.3.2 traffic in all three statsd modes, lines known to have broken statsd tools, and mapping
 files (the official Airflow chart's when ../shared is beside the repository).
 
 A finding is any of: an exception out of Ingest (the service counts unexpected errors as
 internal_errors instead of dying; here they are raised so that libFuzzer reports them), a mapping
-file that fails with anything but MappingError, or an exposition that Prometheus would refuse:
+file that fails with anything but MappingError, a mapping load or a name's mapping that takes more
+than --slow seconds (unbounded work: an alias bomb, backtracking), or an exposition that
+Prometheus would refuse:
 every --check-every inputs with the checks of tests/expfmt.py, every --go-every inputs also with
 Prometheus' own Go parser. The store starts afresh every 5,000 inputs. It prints inputs tried,
 findings and expositions checked; figures, not assertions.
@@ -30,6 +36,7 @@ import time
 from pathlib import Path
 
 import atheris
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -38,6 +45,7 @@ with atheris.instrument_imports(include=["monitor"]):
     from monitor.bridge.exposition import StoreView
     from monitor.bridge.ingest import Ingest
     from monitor.bridge.mapper import Mapper, MappingError, load_rules
+    from monitor.bridge.parse import Key
     from monitor.bridge.store import Store
 from testkit import expfmt  # noqa: E402 - after instrumentation
 
@@ -58,14 +66,31 @@ SEED_MAPPINGS = [
     b'  labels: {k: "${2}", le: "${1}"}\n- match: "a.b.*"\n  name: "${1}_total"\n  scale: 0.001\n',
     b'mappings:\n- match: "app.*"\n  name: "x"\n  match_metric_type: counter\n  honor_labels: true\n'
     b'  histogram_options: {buckets: [0.5, 1]}\n',
+    b'defaults:\n  shared:\n  - &a [1, 2, 3]\n  - &b [*a, *a, *a]\nmappings:\n'
+    b'- {match: a.b, name: x, histogram_options: {buckets: *b}, labels: &l {k: v}}\n'
+    b'- {match: c, name: y, labels: *l}\n',
+    b'mappings:\n- match: "(.*)\\\\.(.*)--(.*)\\\\.status\\\\.(.*)\\\\.count"\n  match_type: regex\n'
+    b'  name: "req_$1_${4}_$99999999999999999999"\n',
+    b"mappings: [[[[[[[[[[[[[[[[{match: a, name: b}]]]]]]]]]]]]]]]]\n",
+    b'mappings:\n- {match: "(a+)+$", match_type: regex, name: x}\n- {match: "(a)\\\\1", match_type: regex, name: y}\n',
 ]
+# the parts hostile mapping files are made of (structured inputs, first byte 2)
+REGEX_PARTS = ["(.*)", "\\.", "(.+)", "[a-z]+", "(a|b)*", "(?P<n>x)", "\\1", "(?P=n)", "(?=a)", "(?!b)", "(?<=c)",
+               "(?>d)", "a{1000}", "a{1001}", "a{4294967296}", "{2,}", "\\d", "\\pL", "[[:alpha:]]", "(?i)", "^", "$",
+               "\\z", "\\Z", "(?:x+)+", "((a*)*)*", "--", "\\.status\\.", "\\", "(", ")", "[", "]", "{", "}", "*",
+               "+", "?", "|", "\u00e9", "\\x{10FFFF}", ".*?", "a**"]
+TEMPLATES = ["$1", "${2}", "$0", "${9}", "$99999999999999999999", "${1}_${2}", "x", "airflow_ti_finish_total",
+             "airflow_dagrun_duration_count", "$", "${", "_created", "airflow_monitor_x"]
+NAMES = ["a.--" * 249, ".--" * 333, "a." * 499, "web.api--get.status.500.count", "airflow.ti.finish",
+         "x" * 1000, "é" * 300, "a" * 999 + "!"]
 
 
 class Fuzz:
-    def __init__(self, check_every: int, go_every: int, corpus: Path):
-        self.check_every, self.go_every, self.corpus = check_every, go_every, corpus
+    def __init__(self, check_every: int, go_every: int, corpus: Path, slow: float = 2.0):
+        self.check_every, self.go_every, self.corpus, self.slow = check_every, go_every, corpus, slow
         self.inputs = self.findings = self.checked = self.go_checked = self.mappings_loaded = 0
-        self.mappings_refused = self.invalid = 0
+        self.mappings_refused = self.invalid = self.structured_files = self.names_mapped = 0
+        self.slowest_load = self.slowest_map = 0.0
         self.mapper = Mapper()
         self.fresh()
 
@@ -87,6 +112,9 @@ class Fuzz:
         self.now += 0.3
         if data[:1] == b"\x00":
             self.mapping(data[1:])
+        elif data[:1] == b"\x02":
+            self.structured_files += 1
+            self.mapping(self.structured(data[1:]), names=True)
         else:
             transport = "tcp" if data[:1] == b"\x01" else "udp"
             self.ingest.handle(data, transport, self.now)
@@ -95,18 +123,61 @@ class Fuzz:
         if self.inputs % self.check_every == 0:
             self.check()
 
-    def mapping(self, text: bytes) -> None:
+    def mapping(self, text: bytes, names: bool = False) -> None:
         with tempfile.NamedTemporaryFile("wb", suffix=".yml") as f:
             f.write(text)
             f.flush()
+            t = time.monotonic()
             try:
                 rules = load_rules(f.name)
             except MappingError:
                 self.mappings_refused += 1
                 return
+            finally:
+                self.slowest_load = max(self.slowest_load, self._took(t, "loading a mapping file"))
         self.mappings_loaded += 1
         self.mapper = Mapper(rules)
+        if names:  # adversarial names through every rule
+            for name in NAMES:
+                for kind in ("c", "ms"):
+                    t = time.monotonic()
+                    self.mapper.map(Key(name, kind, 1.0, ()))
+                    self.slowest_map = max(self.slowest_map, self._took(t, f"mapping {name[:20]!r}..."))
+                    self.names_mapped += 1
         self.ingest.reload(self.mapper)
+
+    def _took(self, since: float, what: str) -> float:
+        took = time.monotonic() - since
+        if took > self.slow:
+            raise AssertionError(f"{what} took {took:.1f} s (unbounded work)")
+        return took
+
+    def structured(self, data: bytes) -> bytes:
+        """A mapping file built from the input's bytes out of hostile parts."""
+        fdp = atheris.FuzzedDataProvider(data)
+        out = ["defaults:\n  shared:\n"]
+        fan = fdp.ConsumeIntInRange(1, 12)
+        for i in range(fdp.ConsumeIntInRange(0, 9)):  # anchors, each list repeating the one before
+            items = [f"*a{i - 1}" if i else str(fdp.ConsumeIntInRange(0, 9))] * fan
+            out.append(f"  - &a{i} [{', '.join(items)}]\n")
+        depth = fdp.ConsumeIntInRange(0, 100)
+        out.append("  - " + "[" * depth + "1" + "]" * depth + "\n")
+        out.append("mappings:\n")
+        for _ in range(fdp.ConsumeIntInRange(1, 4)):
+            regex = "".join(REGEX_PARTS[fdp.ConsumeIntInRange(0, len(REGEX_PARTS) - 1)]
+                            for _ in range(fdp.ConsumeIntInRange(1, 8)))
+            glob = fdp.ConsumeBool()
+            match = "".join(fdp.PickValueInList(["*", "a", ".", "b", "--", "é"]) for _ in range(4)) if glob else regex
+            rule = {"match": match, "name": fdp.PickValueInList(TEMPLATES) + fdp.PickValueInList(TEMPLATES)}
+            if not glob:
+                rule["match_type"] = "regex"
+            text = "- " + yaml.safe_dump(rule, default_flow_style=True, width=1 << 20).strip()[:-1]
+            if fdp.ConsumeBool():
+                text += f", labels: {{k: '{fdp.PickValueInList(TEMPLATES)}'}}"
+            if fdp.ConsumeBool() and fan:
+                text += f", histogram_options: {{buckets: *a{fdp.ConsumeIntInRange(0, 9)}}}"
+            out.append(text + "}\n")
+        return "".join(out).encode() + fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 40))
 
     def check(self) -> None:
         self.view.apply(self.store.take_journal())
@@ -124,7 +195,7 @@ class Fuzz:
 
 
 def seeds(directory: Path) -> None:
-    data = [*SEED_LINES, *(b"\x00" + m for m in SEED_MAPPINGS)]
+    data = [*SEED_LINES, *(b"\x00" + m for m in SEED_MAPPINGS), *(b"\x02" + bytes([i]) * 64 for i in range(0, 256, 17))]
     chart = ROOT.parent / "shared" / "fixtures" / "airflow-chart-statsd-mappings.yml"
     if chart.exists():
         data.append(b"\x00" + chart.read_bytes())
@@ -140,12 +211,13 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=300)
     ap.add_argument("--check-every", type=int, default=25)
     ap.add_argument("--go-every", type=int, default=2000)
+    ap.add_argument("--slow", type=float, default=2.0, help="seconds a mapping load or a name's mapping may take")
     args, rest = ap.parse_known_args()
     logging.basicConfig(level=logging.ERROR)  # the mapper's warnings about fuzzed keys are expected
     if expfmt._build() is None:
         sys.exit("fuzz_bridge: Prometheus' Go parser cannot be built (scripts/system-deps.sh installs Go)")
     corpus = Path(tempfile.mkdtemp(prefix="fuzz-bridge-"))
-    fz = Fuzz(args.check_every, args.go_every, corpus)
+    fz = Fuzz(args.check_every, args.go_every, corpus, args.slow)
     seeds(corpus)
     start = time.monotonic()
     deadline = start + args.seconds
@@ -155,7 +227,9 @@ def main() -> None:
         print(f"\nfuzz_bridge: {fz.inputs:,} inputs in {took:.0f} s ({fz.inputs / max(took, 1e-9):,.0f}/s); "
               f"findings {fz.findings}; expositions checked {fz.checked:,} "
               f"(Prometheus' Go parser {fz.go_checked:,}), invalid {fz.invalid}; mapping files loaded "
-              f"{fz.mappings_loaded:,}, refused with a one-line error {fz.mappings_refused:,}", flush=True)
+              f"{fz.mappings_loaded:,}, refused with a one-line error {fz.mappings_refused:,} "
+              f"({fz.structured_files:,} built from hostile parts; {fz.names_mapped:,} adversarial names mapped); "
+              f"slowest load {fz.slowest_load * 1000:.0f} ms, slowest name {fz.slowest_map * 1000:.1f} ms", flush=True)
 
     def target(data: bytes) -> None:
         if time.monotonic() > deadline:

@@ -19,6 +19,9 @@ def _add_bridge_flags(p: argparse.ArgumentParser) -> None:
         "statsd_udp": "UDP statsd listen address ([host]:port, '' to disable; default :9125)",
         "statsd_tcp": "TCP statsd listen address (default :9125)",
         "statsd_unix": "Unix datagram socket path for statsd (default: off)",
+        "statsd_unix_mode": "permissions of the --statsd-unix socket, octal (default 755, as statsd_exporter's "
+                            "--statsd.unixsocket-mode; 775 or 777 let a group or everyone send)",
+        "statsd_tcp_idle_timeout": "close a statsd TCP connection silent for this long (default 5m; 0 = never)",
         "web_listen": "HTTP address for /metrics and health (default :9102)",
         "web_config_file": "TLS and basic auth for every HTTP endpoint, in the exporter-toolkit's web config "
                            "format (as statsd_exporter's --web.config.file)",
@@ -31,6 +34,8 @@ def _add_bridge_flags(p: argparse.ArgumentParser) -> None:
         "ttl": "expire series not updated for this long (default 24h; 0 = never)",
         "max_series_per_family": "cardinality cap per metric family (default 10000)",
         "max_series": "cap on all series together (default 500000)",
+        "max_label_bytes": "cap on the label text of all series together, bytes (default 134217728)",
+        "max_series_label_bytes": "cap on the label text of one series, bytes (default 4096)",
         "cache_bytes": "memory budget of the mapper cache in bytes (default 100663296)",
         "buckets": "histogram buckets in seconds, comma separated",
         "unmapped": "what to do with non-Airflow metrics: export (default) or drop",

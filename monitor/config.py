@@ -21,6 +21,8 @@ class BridgeConfig:
     statsd_udp: str = ":9125"
     statsd_tcp: str = ":9125"
     statsd_unix: str = ""
+    statsd_unix_mode: str = "755"  # octal permissions of the Unix socket (statsd_exporter's --statsd.unixsocket-mode)
+    statsd_tcp_idle_timeout: str = "5m"  # a statsd TCP connection silent this long is closed ("0": never)
     web_listen: str = ":9102"
     web_config_file: str = ""  # TLS and basic auth, exporter-toolkit format (monitor/webconfig.py)
     web_enable_lifecycle: bool = False  # POST /-/reload (SIGHUP always reloads), as statsd_exporter's flag
@@ -31,6 +33,8 @@ class BridgeConfig:
     ttl: str = "24h"
     max_series_per_family: int = 10000
     max_series: int = 500_000  # all families together
+    max_label_bytes: int = 128 << 20  # label text of all series together (`name="value",` each)
+    max_series_label_bytes: int = 4096  # label text of one series
     cache_bytes: int = 96 << 20  # the mapper cache's memory budget (~230 bytes a distinct line key)
     buckets: list[float] = field(default_factory=list)  # empty: the built-in Airflow buckets
     unmapped: str = "export"  # export | drop

@@ -82,8 +82,10 @@ class StoreView:
                 fams[r[1]].series[r[2]] = lab
             elif op == "drop":
                 fam = fams.get(r[1])
-                if fam is not None:  # an empty family stays (the store keeps it) and renders nothing
+                if fam is not None:
                     fam.series.pop(r[2], None)
+            elif op == "forget":  # the store freed the family (its last series expired)
+                fams.pop(r[1], None)
             elif op == "family":
                 if r[1] not in fams:
                     fams[r[1]] = FamilyView(r[1], r[2], r[3], r[4])
@@ -192,7 +194,14 @@ class SelfCollector(Collector):
                   1.0 if b.ingest.timers_in_seconds else 0.0)])
         yield f("web_restarts", "counter", "Times the web process (HTTP, /metrics) died and was started again.",
                 [({}, b.web.restarts if b.web is not None else 0)])
+        yield f("web_start_failures", "counter", "Failed starts of the web process, by reason (emfile: no file "
+                "descriptor left); each is tried again a second later.",
+                [({"reason": r}, v) for r, v in list(b.web.start_failures.items())] if b.web is not None else [])
         yield f("series", "gauge", "Series in the store.", [({}, b.store.count())])
+        yield f("families", "gauge", "Metric families in the store (a family goes when its last series expires).",
+                [({}, len(b.store.families))])
+        yield f("label_bytes", "gauge", "Label text of all series in the store, bytes (bounded by max_label_bytes).",
+                [({}, b.store.label_bytes)])
         yield f("series_expired", "counter", "Series removed after their TTL.", [({}, st.series_expired)])
         yield f("mapping_rules", "gauge", "User mapping rules loaded.", [({}, len(b.ingest.mapper.rules))])
         yield f("mapping_reloads", "counter", "Mapping reloads, by outcome.",

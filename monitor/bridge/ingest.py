@@ -13,10 +13,14 @@ Until a metric's mode is known its first samples are held back, legacy or tagles
 Airflow sends first (it sends the pair back to back), so neither the first event is lost nor
 counted twice. `airflow_tags` pins it.
 
-The mode follows what arrives: a tagged sample switches a metric to "tagged" at once; a tagless
-sample in "tagged" mode (Airflow's tags were turned off) switches it to "plain" once the metric's
-tagged series have not moved for RELEARN_AFTER seconds. Each switch is counted
-(twin_mode_switches) and logged once per metric and direction.
+The mode follows what arrives, on sustained evidence only (one spoofed line must not strip a
+metric of its ids): in "plain" mode tagged samples are held and weighed after EVIDENCE_WINDOW
+seconds; the metric switches to "tagged" if at least EVIDENCE_MIN came and fewer than EVIDENCE_MIN
+tagless ones (Airflow's tags were turned on). In "tagged" mode, tagless samples arriving with their
+legacy twins switch it to "plain" once fewer than EVIDENCE_MIN tagged samples came over
+EVIDENCE_WINDOW seconds (Airflow's tags were turned off). Meanwhile each event is counted once, in
+the form counted so far. Each switch is counted (twin_mode_switches) and logged once per metric and
+direction.
 """
 
 from __future__ import annotations
@@ -42,14 +46,25 @@ log = logging.getLogger(__name__)
 #   (WATCH, entry, metric name, family, labels): a tagless sample in "tagged" mode, applied as
 #   `entry`, and a sign that Airflow's tags may have been turned off
 #   (LEGACY, metric name): a legacy sample in "tagged" mode, dropped (legacy_twin), its time noted
-COUNTER, GAUGE, HIST, SET, DROP, ERROR, PENDING, WATCH, LEGACY = range(9)
+#   (TAGLESS, metric name): a tagless sample in "plain" mode, dropped (tagless_twin), counted as evidence
+#   (CANDIDATE, target, key, metric name): a tagged sample in "plain" mode, held as evidence (see _candidate)
+COUNTER, GAUGE, HIST, SET, DROP, ERROR, PENDING, WATCH, LEGACY, TAGLESS, CANDIDATE = range(11)
 _KIND = {"counter": COUNTER, "gauge": GAUGE, "histogram": HIST}
 PENDING_MAX_AGE = 1.0  # seconds a first legacy or tagless sample waits for its twin
 PENDING_MAX = 20_000  # samples of one metric held at most; then its mode is decided at once
-RELEARN_AFTER = 60.0  # seconds without a tagged sample before a tagless one switches a metric to plain
+EVIDENCE_HELD = 2_000  # tagged samples of one "plain" metric held as evidence at most; then weighed
+# A known mode changes only on sustained evidence: over EVIDENCE_WINDOW seconds, at least
+# EVIDENCE_MIN samples of the other form and fewer than EVIDENCE_MIN of the counted one. One spoofed
+# line a minute cannot hold a metric in the wrong form.
+EVIDENCE_WINDOW = 60.0
+EVIDENCE_MIN = 5
 MAX_SET_MEMBERS = 10_000  # distinct values a statsd set counts; more are dropped (set_cap)
 WHOLE_MAX = 50_000  # whole lines remembered (~12 MiB); when full it starts afresh
 ENTRY_BYTES = 160  # what a cache entry costs beside its key's bytes (dict slot, tuple, float), measured
+INF = float("inf")
+# Increments the whole-line cache repeats without a check: a series would need 2^971 of them to
+# overflow, so only a first, checked add can make it non-finite (refused, reason "overflow")
+WHOLE_MAX_STEP = float(2**53)
 
 
 class Stats:
@@ -107,7 +122,12 @@ class Ingest:
         # percentiles; None unless one asked for them (monitor/bridge/datadog.py)
         self.timer_samples: deque | None = None
         self.legacy_seen: dict[str, float] = {}  # catalog metric -> last legacy sample dropped in "tagged" mode
-        self.relearn_checked: dict[str, float] = {}  # catalog metric -> when its tagged series were last looked at
+        # evidence for a change of form (see EVIDENCE_WINDOW): tagless samples dropped in "plain" mode
+        # and tagless samples counted in "tagged" mode (by sample tag), per catalog metric
+        self.tagless_seen: Counter[str] = Counter()
+        self.watched: Counter = Counter()
+        self.relearn: dict[str, tuple[float, int]] = {}  # metric -> (since, tagged samples then): to plain
+        self.gain: dict[str, tuple] = {}  # metric -> (since, tagless then, held samples, family): to tagged
         # raw line minus its value -> entry; a line's key is `name[tags]` + `|type...`
         self.cache: dict[bytes, tuple] = {}
         # whole counter and gauge lines -> (base, increment or value, is increment, type): Airflow
@@ -139,6 +159,7 @@ class Ingest:
         whole = self.whole
         samples = st.samples
         legacy_seen = self.legacy_seen
+        tagless_seen = self.tagless_seen
         timers = self.timer_samples
         for line in lines:
             w = whole.get(line)
@@ -163,28 +184,36 @@ class Ingest:
             key = line[:i] + line[j:]
             e = cache.get(key)
             vals = line[i + 1 : j]
-            try:
-                if e is None:
+            if e is None:
+                try:
                     self._miss(line[:i], line[j + 1 :], key, vals, now)
-                    continue
+                except Exception as err:  # a bug must cost one line, never the process
+                    self._internal(err)
+                continue
+            try:
                 kind = e[0]
                 if kind is COUNTER:
                     v = float(vals)
                     if not 0.0 <= v < 1e300:  # negative, nan or inf: the slow path says which
                         raise ValueError
                     b = e[1]
-                    V[b + 1] += v * e[2]
+                    x = V[b + 1] + v * e[2]
+                    if not x < INF:  # +Inf or NaN: refused (overflow), never stored
+                        raise ValueError
+                    V[b + 1] = x
                     V[b] = now
-                    if len(whole) >= WHOLE_MAX:
-                        whole.clear()
-                    whole[line] = (b, v * e[2], True, e[5])
+                    if v * e[2] <= WHOLE_MAX_STEP:
+                        if len(whole) >= WHOLE_MAX:
+                            whole.clear()
+                        whole[line] = (b, v * e[2], True, e[5])
                 elif kind is HIST:
                     v = float(vals) * e[2]
-                    if not -1e300 < v < 1e300:
-                        raise ValueError
                     b = e[1]
                     w = e[3]
-                    V[b + 1] += v * w
+                    x = V[b + 1] + v * w
+                    if not (-INF < x < INF and V[b + 2] + w < INF):  # nan, inf, or an overflow
+                        raise ValueError
+                    V[b + 1] = x
                     V[b + 2] += w
                     V[b + 3 + bisect_left(e[4], v)] += w
                     V[b] = now
@@ -197,15 +226,23 @@ class Ingest:
                     b = e[1]
                     delta = vals[:1] in (b"+", b"-")
                     if delta:
-                        V[b + 1] += v
+                        x = V[b + 1] + v
+                        if not -INF < x < INF:
+                            raise ValueError
+                        V[b + 1] = x
                     else:
                         V[b + 1] = v
                     V[b] = now
-                    if len(whole) >= WHOLE_MAX:
-                        whole.clear()
-                    whole[line] = (b, v, delta, e[5])
+                    if not delta or -WHOLE_MAX_STEP <= v <= WHOLE_MAX_STEP:
+                        if len(whole) >= WHOLE_MAX:
+                            whole.clear()
+                        whole[line] = (b, v, delta, e[5])
                 elif kind is DROP:
                     st.dropped[e[1]] += 1
+                    continue
+                elif kind is TAGLESS:
+                    st.dropped["tagless_twin"] += 1
+                    tagless_seen[e[1]] += 1
                     continue
                 elif kind is LEGACY:
                     st.dropped["legacy_twin"] += 1
@@ -217,8 +254,11 @@ class Ingest:
                 else:
                     self._slow(e, vals, now)
                     continue
-            except ValueError:  # multi-value, nan/inf or garbage: take the careful path
-                self._slow(e, vals, now)
+            except ValueError:  # multi-value, nan/inf, overflow or garbage: the careful path says which
+                try:
+                    self._slow(e, vals, now)
+                except Exception as err:
+                    self._internal(err)
                 continue
             except Exception as err:  # a bug must cost one line, never the process
                 self._internal(err)
@@ -258,7 +298,7 @@ class Ingest:
             st.dropped["conflict"] += 1
         elif e[0] is PENDING:
             self._pend(e[3], e[1], e[2], values, now)
-        elif e[0] is SET or e[0] is WATCH:
+        elif e[0] is SET or e[0] is WATCH or e[0] is CANDIDATE or e[0] is TAGLESS:
             self._slow(e, vals, now)
         else:
             self._apply(e, values, now)
@@ -278,12 +318,28 @@ class Ingest:
             return
         if kind is WATCH:
             _, inner, mname, family, labels = e
+            tag = inner[5] if len(inner) > 5 else None
             if inner[0] is DROP:
                 st.dropped[inner[1]] += 1
             else:  # counted (its legacy twin, just before it, was dropped), then maybe the switch
+                before = st.samples.get(tag, 0)
                 self._slow(inner, vals, now)
-            if self._tags_stopped(mname, family, labels, now):
+                self.watched[tag] += st.samples.get(tag, 0) - before
+            if self._tags_stopped(mname, tag, now):
                 self._set_mode(mname, "plain")  # clears the cache: the legacy form counts from now on
+            return
+        if kind is TAGLESS:
+            st.dropped["tagless_twin"] += 1
+            self.tagless_seen[e[1]] += 1
+            return
+        if kind is CANDIDATE:
+            _, target, key, mname = e
+            try:
+                values = parse_values(vals, key.type)
+            except ParseError as err:
+                st.parse_errors[err.reason] += 1
+                return
+            self._candidate(mname, target, key, values, now)
             return
         if kind is PENDING:
             _, target, key, mname = e
@@ -319,13 +375,25 @@ class Ingest:
                 if v < 0:
                     st.parse_errors["negative_counter"] += 1
                     continue
-                V[b + 1] += v * e[2]
+                x = V[b + 1] + v * e[2]
+                if not x < INF:
+                    st.dropped["overflow"] += 1
+                    continue
+                V[b + 1] = x
             elif kind is GAUGE:
                 v *= e[2]
-                V[b + 1] = V[b + 1] + v if delta else v
+                x = V[b + 1] + v if delta else v
+                if not -INF < x < INF:
+                    st.dropped["overflow"] += 1
+                    continue
+                V[b + 1] = x
             elif kind is HIST:
                 v *= e[2]
-                V[b + 1] += v * e[3]
+                x = V[b + 1] + v * e[3]
+                if not (-INF < x < INF and V[b + 2] + e[3] < INF):
+                    st.dropped["overflow"] += 1
+                    continue
+                V[b + 1] = x
                 V[b + 2] += e[3]
                 V[b + 3 + bisect_left(e[4], v)] += e[3]
                 if self.timer_samples is not None:
@@ -344,8 +412,12 @@ class Ingest:
         m = target.metric
         if m is not None and target.form in ("modern", "legacy", "twin"):
             mode = self.pinned or self.mode.get(m.name)
-            if target.form == "modern" and mode != "tagged":
+            if target.form == "modern" and mode is None:  # a first sample: learnt at once
                 self._set_mode(m.name, "tagged")
+            elif target.form == "modern" and mode == "plain":
+                if self.pinned:
+                    return self._cache(ckey, _const(DROP, "tagged_twin"))
+                return self._cache(ckey, (CANDIDATE, target, key, m.name))  # evidence, see _candidate
             elif target.form == "legacy":
                 if mode is None and self._held(m.name, "twin"):  # its tagless twin came first
                     self._set_mode(m.name, "plain")
@@ -360,7 +432,7 @@ class Ingest:
                     self._set_mode(m.name, "plain")
                     mode = "plain"
                 if mode == "plain":
-                    return self._cache(ckey, _const(DROP, "tagless_twin"))
+                    return self._cache(ckey, _const(DROP, "tagless_twin") if self.pinned else (TAGLESS, m.name))
                 if mode is None:  # held too, in case its legacy twin follows (dependency-check does)
                     return (PENDING, target, key, m.name)
                 if not self.pinned:  # "tagged", learned: watch for Airflow's tags being turned off
@@ -368,21 +440,53 @@ class Ingest:
                                               target.labels))
         return self._cache(ckey, self._entry(target, key, now))
 
-    def _tags_stopped(self, mname: str, family: str, labels: tuple, now: float) -> bool:
-        """A tagless sample in "tagged" mode: is its legacy twin arriving too (the pair Airflow
-        sends without tags), while the metric's tagged series have stopped moving? Looked at once
-        in 5 s at most per metric (a family may hold thousands of series)."""
-        if now - self.legacy_seen.get(mname, float("-inf")) > 10.0:
+    def _tags_stopped(self, mname: str, tag, now: float) -> bool:
+        """A tagless sample in "tagged" mode: is its legacy twin arriving too (the pair Airflow sends
+        without tags), while the tagged samples have stopped? True once fewer than EVIDENCE_MIN tagged
+        samples (the family's accepted samples less the tagless ones) arrived over EVIDENCE_WINDOW
+        seconds since the first such tagless sample; a tagged line now and then does not hold it."""
+        if tag is None or now - self.legacy_seen.get(mname, float("-inf")) > 10.0:
             return False  # the tagless form alone is how Airflow sends this metric
-        if now - self.relearn_checked.get(mname, float("-inf")) < 5.0:
+        tagged = self.stats.samples.get(tag, 0) - self.watched[tag]
+        ev = self.relearn.get(mname)
+        if ev is None or now - ev[0] >= EVIDENCE_WINDOW and tagged - ev[1] >= EVIDENCE_MIN:
+            self.relearn[mname] = (now, tagged)  # the evidence starts (again) here
             return False
-        self.relearn_checked[mname] = now
+        return now - ev[0] >= EVIDENCE_WINDOW
+
+    def _candidate(self, mname: str, target: Target, key: Key, values: list, now: float) -> None:
+        """A tagged sample of a metric counted in its legacy form ("plain"): evidence that Airflow's
+        tags were turned on, held until the evidence is weighed (_weigh)."""
+        ev = self.gain.get(mname)
+        if ev is None:
+            ev = self.gain[mname] = (now, self.tagless_seen[mname], deque(), target.family)
+        ev[2].append((target, key, values, now))
+        self._weigh(mname, now)
+
+    def _weigh(self, mname: str, now: float) -> None:
+        """After EVIDENCE_WINDOW seconds (or EVIDENCE_HELD samples), switch a "plain" metric to its
+        tagged form if at least EVIDENCE_MIN tagged samples came and fewer than EVIDENCE_MIN tagless
+        ones (Airflow sends one or the other). The held samples are then dropped if the legacy form
+        moved meanwhile (their twins counted the events), else counted (legacy names are off)."""
+        ev = self.gain.get(mname)
+        if ev is None or (now - ev[0] < EVIDENCE_WINDOW and len(ev[2]) < EVIDENCE_HELD):
+            return
+        del self.gain[mname]
+        start, tagless, held, family = ev
+        twins = self._moved(family, start)
+        if len(held) >= EVIDENCE_MIN and self.tagless_seen[mname] - tagless < EVIDENCE_MIN:
+            self._set_mode(mname, "tagged")
+        for target, key, values, t in held:
+            if twins:
+                self.stats.dropped["tagged_twin"] += len(values)
+            else:
+                self._apply(self._entry(target, key, t), values, t)
+
+    def _moved(self, family: str, since: float) -> bool:
+        """Has any series of the family been updated since `since`?"""
         fam = self.store.families.get(family)
-        if fam is None:
-            return True
         V = self.vals
-        latest = max((V[b] for lab, b in fam.series.items() if lab != labels), default=float("-inf"))
-        return now - latest >= RELEARN_AFTER
+        return fam is not None and any(V[b] >= since for b in list(fam.series.values()))
 
     @property
     def timers_in_seconds(self) -> bool:
@@ -451,10 +555,13 @@ class Ingest:
             self.stats.mode_switches[(mname, mode)] += 1
             if self.stats.mode_switches[(mname, mode)] == 1:
                 log.warning("metric %s: now counting its %s (logged once per metric and direction)", mname,
-                            "tagged form: Airflow sends tags again" if mode == "tagged" else
-                            f"legacy form: no tagged sample for {RELEARN_AFTER:.0f}s while tagless ones "
-                            "arrive (Airflow's statsd tags were turned off)")
+                            f"tagged form: Airflow sends tags again (tagged samples over {EVIDENCE_WINDOW:.0f}s, "
+                            "its tagless form stopped)" if mode == "tagged" else
+                            f"legacy form: fewer than {EVIDENCE_MIN} tagged samples in {EVIDENCE_WINDOW:.0f}s "
+                            "while tagless ones arrive with their legacy twins (Airflow's statsd tags were "
+                            "turned off)")
         self.mode[mname] = mode
+        self.relearn.pop(mname, None)
         # while a metric's mode is unknown none of its forms is cached (see _resolve), so only a
         # change of a known mode invalidates cached decisions
         if before is not None:
@@ -495,6 +602,12 @@ class Ingest:
             waiting = self.pending[mname]
             if waiting and now - waiting[0][3] > PENDING_MAX_AGE:
                 self._settle(mname, waiting)
+        for mname in list(self.gain):
+            try:
+                self._weigh(mname, now)
+            except Exception as err:
+                self.gain.pop(mname, None)
+                self._internal(err)
         freed = self.store.expire(now)
         if freed:
             self.stats.series_expired += len(freed)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import resource
 import selectors
 import socket
 import stat
@@ -23,6 +24,18 @@ SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 MAX_TCP_LINE = 65535
 BURST = 16  # batches read per wakeup before the other sockets get a turn
 COALESCE_BELOW, COALESCE_SECONDS = 32, 0.0005
+MAX_CONNECTIONS = 1024
+FD_RESERVE = 64  # file descriptors statsd TCP connections leave to the rest (web process restart, sinks)
+EVICT_IDLE_AFTER = 1.0  # seconds: when full, a connection silent this long makes way for a new one
+
+
+def connection_cap(wanted: int = MAX_CONNECTIONS) -> int:
+    """Statsd TCP connections at most: what RLIMIT_NOFILE leaves after FD_RESERVE, so that idle
+    connections can never take the descriptors the bridge needs to go on (EMFILE)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    return max(1, min(wanted, soft - min(FD_RESERVE, soft // 2)))
 
 
 def parse_address(addr: str, default_host: str = "0.0.0.0") -> tuple[str, int]:
@@ -62,16 +75,20 @@ def set_rcvbuf(s: socket.socket, size: int) -> int:
 
 class Listeners:
     def __init__(self, ingest, *, udp: str | None = ":9125", tcp: str | None = ":9125",
-                 unix: str | None = None, rcvbuf: int = 8 << 20, max_connections: int = 1024):
+                 unix: str | None = None, rcvbuf: int = 8 << 20, max_connections: int = MAX_CONNECTIONS,
+                 unix_mode: int = 0o755, idle_timeout: float = 300.0):
         self.ingest = ingest
         self.sel = selectors.DefaultSelector()
         self.sockets: list[socket.socket] = []
         self.tcp_buffers: dict[socket.socket, bytearray] = {}
+        self.tcp_seen: dict[socket.socket, float] = {}  # connection -> last read; oldest first
+        self.idle_timeout = idle_timeout
+        self.swept = 0.0
         self.unix_path = unix
         self.addresses: dict[str, tuple] = {}
         self.receivers: dict[socket.socket, Receiver] = {}
         self.discarding: set[socket.socket] = set()  # TCP connections inside an over-long line
-        self.max_connections = max_connections
+        self.max_connections = connection_cap(max_connections)
         self.paused: tuple[socket.socket, float] | None = None  # accept paused after an error
         if udp:
             s = bind(socket.SOCK_DGRAM, udp)
@@ -88,11 +105,15 @@ class Listeners:
             except FileNotFoundError:
                 pass
             s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            umask = os.umask(0o777)  # no one may send before its mode is set (at start: no other thread yet)
             try:
                 s.bind(unix)
+                os.chmod(unix, unix_mode)
             except OSError as e:
                 s.close()
                 raise OSError(e.errno, f"cannot listen on unix socket {unix}: {e.strerror}") from None
+            finally:
+                os.umask(umask)
             set_rcvbuf(s, rcvbuf)
             self._add(s, "unix")
 
@@ -127,9 +148,24 @@ class Listeners:
                 self._accept(s, now)
             else:
                 self._tcp_read(s, now)
-        if self.paused and time.monotonic() >= self.paused[1]:
+        now = time.monotonic()
+        if self.paused and now >= self.paused[1]:
             self.sel.register(self.paused[0], selectors.EVENT_READ, "tcp-listen")
             self.paused = None
+        if self.idle_timeout and now - self.swept >= 1.0:
+            self.swept = now
+            self._sweep(now - self.idle_timeout, "idle_timeout")
+
+    def _sweep(self, before: float, reason: str, at_most: int | None = None) -> int:
+        """Close connections not read from since `before`, oldest first; returns how many."""
+        closed = 0
+        for conn, seen in list(self.tcp_seen.items()):
+            if seen >= before or (at_most is not None and closed >= at_most):
+                break
+            self._close(conn)
+            self.ingest.stats.socket_errors[reason] += 1
+            closed += 1
+        return closed
 
     def _accept(self, s: socket.socket, now: float) -> None:
         errors = self.ingest.stats.socket_errors
@@ -145,12 +181,13 @@ class Listeners:
             self.sel.unregister(s)
             self.paused = (s, now + 1.0)
             return
-        if len(self.tcp_buffers) >= self.max_connections:
-            errors["too_many_connections"] += 1
+        if len(self.tcp_buffers) >= self.max_connections and not self._sweep(now - EVICT_IDLE_AFTER, "evicted_idle", 1):
+            errors["too_many_connections"] += 1  # every connection is busy: the newcomer waits its turn
             conn.close()
             return
         conn.setblocking(False)
         self.tcp_buffers[conn] = bytearray()
+        self.tcp_seen[conn] = now
         self.sel.register(conn, selectors.EVENT_READ, "tcp")
         self.ingest.stats.packets["tcp_connection"] += 1
 
@@ -165,11 +202,10 @@ class Listeners:
         if not data:  # closed: a last line without newline still counts
             if buf:
                 self.ingest.handle(bytes(buf), "tcp", now)
-            self.sel.unregister(conn)
-            del self.tcp_buffers[conn]
-            self.discarding.discard(conn)
-            conn.close()
+            self._close(conn)
             return
+        del self.tcp_seen[conn]  # to the end: the dict stays ordered by last read
+        self.tcp_seen[conn] = now
         buf += data
         if conn in self.discarding:  # the rest of an over-long line: not a line of its own
             nl = buf.find(b"\n")
@@ -192,6 +228,14 @@ class Listeners:
             self.ingest.stats.parse_errors["oversized_line"] += 1
             buf.clear()
             self.discarding.add(conn)
+
+    def _close(self, conn: socket.socket) -> None:
+        """Close a statsd TCP connection (its unfinished last line, if any, is not a line)."""
+        self.sel.unregister(conn)
+        del self.tcp_buffers[conn]
+        self.tcp_seen.pop(conn, None)
+        self.discarding.discard(conn)
+        conn.close()
 
     def close(self) -> None:
         for conn in list(self.tcp_buffers):

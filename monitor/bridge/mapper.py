@@ -7,13 +7,19 @@ its result per raw (name, type, rate, tags). User rules use statsd_exporter's ma
 from __future__ import annotations
 
 import logging
+import math
 import re
+import reprlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import re2
+import yaml
+
 from monitor import catalog, durations
+from monitor.bridge import boundedyaml
 from monitor.bridge.parse import Key, label_name
-from monitor.config import read_yaml
+from monitor.bridge.store import exposed_names
 
 log = logging.getLogger(__name__)
 # Airflow durations span milliseconds (scheduler loop) to hours (DAG runs).
@@ -24,6 +30,14 @@ _NAME_BAD = re.compile(r"[^a-zA-Z0-9_:]")
 _DASHES = re.compile(r"-{2,}")
 _VAR = re.compile(r"\{([a-z_]+)\}")
 _EXPAND = re.compile(r"\$\{(\d+)\}|\$(\d+)")
+_REPEAT = re.compile(r"(?<!\\)\{(\d+)(?:,(\d*))?\}")
+MAX_REPEAT = 1000  # RE2's and Go's limit on a counted repetition {n,m}
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # the error comes back as an exception, said in one line
+_show = reprlib.Repr()
+_show.maxstring = _show.maxother = 80
+_show.maxlist = _show.maxdict = 6
+_show.maxlevel = 2
 
 
 class MappingError(ValueError):
@@ -122,11 +136,14 @@ class AirflowMapping:
 
 
 # ---------------------------------------------------------------- user (statsd_exporter) rules
+Template = tuple  # pieces: a str is literal text, an int a capture group (statsd_exporter's $1 / ${1})
+
+
 @dataclass(frozen=True)
 class Rule:
-    regex: re.Pattern
-    name: str
-    labels: dict[str, str]
+    regex: re2._Regexp  # RE2, as statsd_exporter's Go regexp: linear in the name, whatever the pattern
+    name: Template
+    labels: dict[str, Template]
     action: str
     metric_type: str | None  # counter | gauge | observer
     ttl: float | None
@@ -139,16 +156,60 @@ class Rule:
     specificity: tuple = ()  # for glob_disable_ordering: literal segments before wildcards
 
 
-def _glob_regex(pattern: str) -> re.Pattern:
-    return re.compile("".join("([^.]*)" if c == "*" else re.escape(c) for c in pattern) + r"\Z")
+def _literal(c: str) -> str:
+    return c if c.isascii() and (c.isalnum() or c == "_") else f"\\x{{{ord(c):x}}}"
 
 
-def _expand(template: str, m: re.Match) -> str:
-    def sub(x: re.Match) -> str:
-        i = int(x.group(1) or x.group(2))
-        return (m.group(i) or "") if i <= (m.re.groups or 0) else ""
+def _glob_regex(pattern: str) -> re2._Regexp:
+    """A glob as RE2 (whole name; `*` is any run without a dot), tried with fullmatch."""
+    return re2.compile("".join("([^.]*)" if c == "*" else _literal(c) for c in pattern), _RE2_OPTIONS)
 
-    return _EXPAND.sub(sub, template)
+
+def _regex(where: str, pattern: str) -> re2._Regexp:
+    """A `match_type: regex` pattern in RE2's syntax (Go's, as statsd_exporter's); a pattern RE2 cannot
+    run in linear time, or that breaks its limits, is refused at load naming the rule it breaks."""
+    for m in _REPEAT.finditer(pattern):
+        if any(g and (len(g) > 4 or int(g) > MAX_REPEAT) for g in m.groups()):
+            raise MappingError(f"{where}: invalid regex {_show.repr(pattern)}: repetition "
+                               f"{_show.repr(m.group(0))[1:-1]} is over {MAX_REPEAT} (RE2's and Go's limit)")
+    try:
+        return re2.compile(pattern, _RE2_OPTIONS)
+    except re2.error as e:
+        why = e.args[0].decode("utf-8", "replace") if e.args and isinstance(e.args[0], bytes) else str(e)
+    if re.search(r"\\[1-9]|\(\?P=", pattern):
+        rule = "backreferences need backtracking; RE2, like statsd_exporter's Go regexp, has none"
+    elif re.search(r"\(\?(<?[=!]|>)", pattern):
+        rule = "lookaround and atomic groups need backtracking; RE2, like statsd_exporter's Go regexp, has none"
+    elif "too large" in why or "too big" in why:
+        rule = "it compiles to more than RE2's memory limit"
+    else:
+        rule = f"{why[:120]} (RE2 syntax, as statsd_exporter's Go regexp)"
+    raise MappingError(f"{where}: invalid regex {_show.repr(pattern)}: {rule}")
+
+
+def _template(where: str, what: str, text: str, groups: int, warn) -> Template:
+    """Compile `text` with `$1` / `${1}` references into pieces; a reference to a group the match
+    does not have expands to nothing, as in statsd_exporter (and is said at load)."""
+    out: list = []
+    pos = 0
+    for x in _EXPAND.finditer(text):
+        if x.start() > pos:
+            out.append(text[pos : x.start()])
+        digits = x.group(1) or x.group(2)
+        i = int(digits) if len(digits) <= 6 else groups + 1
+        if i <= groups:
+            out.append(i)
+        else:
+            warn(f"{where}: {what} refers to {_show.repr(x.group(0))[1:-1]}, which its match does not capture "
+                 f"({groups} groups); it expands to nothing")
+        pos = x.end()
+    if pos < len(text):
+        out.append(text[pos:])
+    return tuple(out)
+
+
+def _expand(template: Template, m) -> str:
+    return "".join(p if p.__class__ is str else (m.group(p) or "") for p in template)
 
 
 RULE_KEYS = {"match", "name", "labels", "action", "match_type", "match_metric_type", "ttl", "observer_type",
@@ -162,12 +223,29 @@ IGNORED = {"quantiles": "quantiles apply to summaries; timers are histograms her
            "native_histogram_max_buckets": "native histograms are not exposed yet"}
 
 
-def _warn_keys(where: str, given: dict, known: set[str]) -> None:
+MAX_WARNINGS = 20  # warning lines one load may log; the rest are counted in one more line
+
+
+class _Warnings:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def __call__(self, msg: str) -> None:
+        self.n += 1
+        if self.n <= MAX_WARNINGS:
+            log.warning("%s", msg)
+
+    def close(self, path) -> None:
+        if self.n > MAX_WARNINGS:
+            log.warning("mapping file %s: %d more warnings not shown", path, self.n - MAX_WARNINGS)
+
+
+def _warn_keys(where: str, given: dict, known: set[str], warn) -> None:
     for key in given:
         if key in IGNORED:
-            log.warning("%s: %r is accepted and ignored: %s", where, key, IGNORED[key])
+            warn(f"{where}: {key!r} is accepted and ignored: {IGNORED[key]}")
         elif key not in known:
-            log.warning("%s: unknown key %r is ignored", where, key)
+            warn(f"{where}: unknown key {_show.repr(key)} is ignored")
 
 
 def _buckets(where: str, r: dict) -> tuple[float, ...]:
@@ -180,58 +258,94 @@ def _buckets(where: str, r: dict) -> tuple[float, ...]:
         return ()
     if not isinstance(given, list) or not all(isinstance(b, int | float) and not isinstance(b, bool)
                                               for b in given):
-        raise MappingError(f"{where}: histogram buckets must be a list of numbers, not {given!r}")
-    if given != sorted(given) or len(set(given)) != len(given) or any(b != b for b in given):
+        raise MappingError(f"{where}: histogram buckets must be a list of numbers, not {_show.repr(given)}")
+    if any(not math.isfinite(b) for b in given):
+        raise MappingError(f"{where}: histogram buckets must be finite numbers (+Inf is always the last)")
+    if given != sorted(given) or len(set(given)) != len(given):
         raise MappingError(f"{where}: histogram buckets must be increasing")
     return tuple(float(b) for b in given)
 
 
+def _read(path) -> object:
+    """The file's YAML within boundedyaml's limits; anything wrong is a one-line MappingError."""
+    try:
+        return boundedyaml.load(path)
+    except OSError as e:
+        raise MappingError(f"cannot read mapping file {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise MappingError(f"mapping file {path} is not UTF-8 text (byte {e.start})") from None
+    except boundedyaml.LimitError as e:
+        raise MappingError(f"mapping file {path} is refused: it is {e}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" (line {mark.line + 1})" if mark else ""
+        raise MappingError(f"mapping file {path} is not valid YAML{at}") from None
+
+
 def load_rules(path: str | Path, default_buckets: tuple[float, ...] = DEFAULT_BUCKETS) -> list[Rule]:
-    """Read a statsd_exporter mapping file; raises MappingError with a one-line reason.
+    """Read a statsd_exporter mapping file; raises MappingError with a one-line reason, whatever
+    is wrong with the file (RecursionError, MemoryError and the like included).
 
     The rules come back in the order they are tried: glob rules first (in file order, or most
     specific first with `defaults.glob_disable_ordering: true`), then regex rules in file order.
     """
-    doc = read_yaml(path, "mapping file", MappingError) or {}
+    warn = _Warnings()
+    try:
+        return _load_rules(path, default_buckets, warn)
+    except MappingError:
+        raise
+    except Exception as e:  # RecursionError, MemoryError, a defect: it must not stop the bridge
+        raise MappingError(f"mapping file {path} cannot be loaded: {type(e).__name__}: "
+                           f"{_show.repr(str(e))[1:-1]}") from None
+    finally:
+        warn.close(path)
+
+
+def _load_rules(path, default_buckets, warn) -> list[Rule]:
+    doc = _read(path) or {}
     if not isinstance(doc, dict):
         raise MappingError(f"mapping file {path}: top level must be a mapping with 'mappings:'")
     unknown = set(doc) - {"defaults", "mappings"}
     if unknown:
-        raise MappingError(f"mapping file {path}: unknown key {sorted(map(str, unknown))[0]!r}")
+        raise MappingError(f"mapping file {path}: unknown key {_show.repr(sorted(map(str, unknown))[0])}")
     d = doc.get("defaults") or {}
     if not isinstance(d, dict):
         raise MappingError(f"mapping file {path}: defaults must be a mapping")
-    _warn_keys(f"mapping file {path}, defaults", d, DEFAULT_KEYS)
+    _warn_keys(f"mapping file {path}, defaults", d, DEFAULT_KEYS, warn)
     d_match = d.get("match_type", "glob")
     d_ttl = parse_duration(d.get("ttl", 0))
     d_obs = d.get("observer_type", "histogram")
     d_buckets = _buckets(f"mapping file {path}, defaults", d) or tuple(default_buckets)
     unordered = bool(d.get("glob_disable_ordering", False))
+    mappings = doc.get("mappings") or []
+    if not isinstance(mappings, list):
+        raise MappingError(f"mapping file {path}: mappings must be a list")
     rules = []
-    for i, r in enumerate(doc.get("mappings") or [], 1):
+    for i, r in enumerate(mappings, 1):
         where = f"mapping file {path}, mapping #{i}"
         if not isinstance(r, dict) or "match" not in r:
             raise MappingError(f"{where}: needs a 'match'")
-        _warn_keys(where, r, RULE_KEYS)
+        _warn_keys(where, r, RULE_KEYS, warn)
         for key, sub in (("histogram_options", {"buckets"}), ("summary_options", None)):
             if isinstance(r.get(key), dict) and sub is not None:
-                _warn_keys(f"{where}, {key}", r[key], sub)
+                _warn_keys(f"{where}, {key}", r[key], sub, warn)
         action = r.get("action", "map")
         if action not in ("map", "drop"):
-            raise MappingError(f"{where}: action must be map or drop, not {action!r}")
+            raise MappingError(f"{where}: action must be map or drop, not {_show.repr(action)}")
         match_type = r.get("match_type", d_match)
-        try:
-            if match_type == "regex":  # searched anywhere in the name, as statsd_exporter does
-                rx = re.compile(str(r["match"]))
-            elif match_type == "glob":
-                rx = _glob_regex(str(r["match"]))
-            else:
-                raise MappingError(f"{where}: match_type must be glob or regex, not {match_type!r}")
-        except re.error as e:
-            raise MappingError(f"{where}: invalid regex {r['match']!r}: {e}") from None
+        if not isinstance(r["match"], str | int | float):
+            raise MappingError(f"{where}: match must be a string, not {_show.repr(r['match'])}")
+        if match_type == "regex":  # searched anywhere in the name, as statsd_exporter does
+            rx = _regex(where, str(r["match"]))
+        elif match_type == "glob":
+            rx = _glob_regex(str(r["match"]))
+        else:
+            raise MappingError(f"{where}: match_type must be glob or regex, not {_show.repr(match_type)}")
         name = r.get("name")
         if action == "map" and not name:
             raise MappingError(f"{where}: a mapping needs a 'name' (or action: drop)")
+        if not isinstance(name, str | int | float | None):
+            raise MappingError(f"{where}: name must be a string, not {_show.repr(name)}")
         mtype = r.get("match_metric_type")
         if mtype not in (None, "counter", "gauge", "observer", "timer"):
             raise MappingError(f"{where}: match_metric_type must be counter, gauge or observer")
@@ -242,17 +356,20 @@ def load_rules(path: str | Path, default_buckets: tuple[float, ...] = DEFAULT_BU
         labels = r.get("labels") or {}
         if not isinstance(labels, dict):
             raise MappingError(f"{where}: labels must be a mapping")
-        for k in labels:
+        for k, v in labels.items():
             if label_name(str(k)) != str(k):
-                raise MappingError(f"{where}: invalid label name {k!r}")
+                raise MappingError(f"{where}: invalid label name {_show.repr(k)}")
+            if not isinstance(v, str | int | float | bool | None):
+                raise MappingError(f"{where}: label {k} must be a string, not {_show.repr(v)}")
         scale = r.get("scale", 1.0)
-        if isinstance(scale, bool) or not isinstance(scale, int | float):
-            raise MappingError(f"{where}: scale must be a number, not {scale!r}")
+        if isinstance(scale, bool) or not isinstance(scale, int | float) or not math.isfinite(scale):
+            raise MappingError(f"{where}: scale must be a finite number, not {_show.repr(scale)}")
+        groups = rx.groups
         rules.append(
             Rule(
                 regex=rx,
-                name=str(name or ""),
-                labels={str(k): str(v) for k, v in labels.items()},
+                name=_template(where, "name", str(name or ""), groups, warn),
+                labels={str(k): _template(where, f"label {k}", str(v), groups, warn) for k, v in labels.items()},
                 action=action,
                 metric_type="observer" if mtype == "timer" else mtype,
                 ttl=parse_duration(r["ttl"]) if "ttl" in r else (d_ttl or None),
@@ -274,7 +391,7 @@ def load_rules(path: str | Path, default_buckets: tuple[float, ...] = DEFAULT_BU
 _METRIC_TYPE = {"c": "counter", "g": "gauge", "s": "gauge", "ms": "observer", "h": "observer", "d": "observer"}
 
 
-def _user_target(rule: Rule, m: re.Match, key: Key) -> Target:
+def _user_target(rule: Rule, m, key: Key) -> Target:
     if rule.action == "drop":
         return Target(family="", kind="drop", reason="drop_rule", form="user")
     mapped = {k: _expand(v, m) for k, v in rule.labels.items()}
@@ -296,6 +413,20 @@ def _user_target(rule: Rule, m: re.Match, key: Key) -> Target:
 # healer's) are served beside the store's, and a second family of the same name would make the
 # whole scrape invalid or let anyone who can send a datagram hide or fake them.
 RESERVED_PREFIXES = ("airflow_monitor_", "airflow_sla_")
+# The names a catalog family may take on /metrics, in the text format and in OpenMetrics: a family
+# of statsd input that takes one (`airflow_ti_finish_total` as a gauge, `airflow_dagrun_duration_count`)
+# would own it before Airflow's first sample and have Airflow's samples dropped as conflicts.
+CATALOG_SUFFIXES = {"counter": ("", "_total", "_created"), "gauge": ("",),
+                    "histogram": ("", "_bucket", "_sum", "_count", "_created")}
+
+
+def catalog_names() -> dict[str, str]:
+    """Every name a catalog family takes on /metrics -> that family."""
+    out = {}
+    for m in catalog.load():
+        for suffix in CATALOG_SUFFIXES[m.prometheus_type]:
+            out[m.prometheus + suffix] = m.prometheus
+    return out
 
 
 class Mapper:
@@ -308,12 +439,29 @@ class Mapper:
         self.airflow = airflow or AirflowMapping()
         self.unmapped = unmapped
         self.catalog_kinds = {m.prometheus: m.prometheus_type for m in catalog.load()}
+        self.catalog_names = catalog_names()
+
+    def reserved(self, family: str, kind: str) -> bool:
+        """May statsd input (a user rule, an unmapped name) not create this family?"""
+        if family.startswith(RESERVED_PREFIXES):
+            return True
+        own = self.catalog_kinds.get(family)
+        if own is not None:  # a catalog family itself: under its own type only
+            return own != kind
+        names = self.catalog_names  # what it exposes, its family name (OpenMetrics) and its _created
+        return (family in names or any(n in names for n in exposed_names(family, kind))
+                or (kind != "gauge" and family + "_created" in names))
 
     def map(self, key: Key) -> Target:
         t = self._map(key)
-        if t.form in ("user", "unmapped") and t.kind != "drop" and (
-                t.family.startswith(RESERVED_PREFIXES) or self.catalog_kinds.get(t.family, t.kind) != t.kind):
-            return Target(family="", kind="drop", reason="reserved", form=t.form)
+        if t.form in ("user", "unmapped") and t.kind != "drop":
+            if t.kind == "counter" and t.family.endswith("_total") and \
+                    self.catalog_kinds.get(t.family[:-6]) == "counter":
+                # `airflow_ti_finish_total` as a counter (how statsd_exporter files often spell
+                # it) is the catalog family airflow_ti_finish: the same name on /metrics
+                t = replace(t, family=t.family[:-6])
+            if self.reserved(t.family, t.kind):
+                return Target(family="", kind="drop", reason="reserved", form=t.form)
         if t.form == "user" and t.kind != "drop":
             # a rule that maps one of Airflow's twin forms (the official chart's maps the legacy
             # names) keeps the form, so that each event is still counted once
@@ -327,7 +475,7 @@ class Mapper:
         for rule in self.rules:
             if rule.metric_type and rule.metric_type != mtype:
                 continue
-            hit = rule.regex.match(key.name) if rule.glob else rule.regex.search(key.name)
+            hit = rule.regex.fullmatch(key.name) if rule.glob else rule.regex.search(key.name)
             if hit:
                 return _user_target(rule, hit, key)
         t = self.airflow.map(key)

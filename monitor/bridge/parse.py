@@ -16,6 +16,7 @@ MAX_NAME = 1024
 MAX_TAGS = 64
 MAX_LABEL_VALUE = 1024
 TYPES = {"c": "counter", "g": "gauge", "ms": "timer", "h": "histogram", "d": "distribution", "s": "set"}
+INF = float("inf")
 _LABEL_BAD = re.compile(r"[^a-zA-Z0-9_]")
 _SPACE = re.compile(r"\s")
 
@@ -104,7 +105,7 @@ def parse_key(head: bytes, tail: bytes) -> Key:
                 rate = float(p[1:])
             except ValueError:
                 raise ParseError("invalid_sample_rate", p) from None
-            if not 0 < rate <= 1:
+            if not 0 < rate <= 1 or not 1.0 / rate < INF:  # nan, out of range, or too small to invert
                 raise ParseError("invalid_sample_rate", p)
         elif p.startswith("#"):  # DogStatsD: |#k:v,k2:v2 (a tag without value is kept with "")
             for t in p[1:].split(","):

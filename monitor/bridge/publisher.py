@@ -9,6 +9,7 @@ web process dies it is started again and sent the whole store afresh.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
@@ -17,6 +18,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections import Counter
 
 from monitor.bridge.web import CONTROL, HEADER, REPLY, SYNCED, recv_exact
 
@@ -41,25 +43,36 @@ class WebProcess:
         self.journal_w = -1
         self.backlog = bytearray()
         self.restarts = 0
+        self.start_failures: Counter[str] = Counter()  # by errno name (emfile, enfile, enomem...)
+        self._failing = 0  # failed starts in a row
         self._closing = False
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
-        r, w = os.pipe()
+        """Spawn the web process. Raises OSError (EMFILE...) with nothing left open."""
+        opened: list = []
         try:
-            fcntl.fcntl(w, F_SETPIPE_SZ, 1 << 20)
-        except OSError:
-            pass
-        os.set_blocking(w, False)
-        mine, theirs = socket.socketpair()
-        slots = self.store.slots
-        cmd = [sys.executable, "-m", "monitor.bridge.web", "--slots-fd", str(slots.fd),
-               "--slots-bytes", str(len(slots.map)), "--journal-fd", str(r), "--control-fd", str(theirs.fileno()),
-               "--http-fd", str(self.http_sock.fileno()), "--log-level", self.log_level,
-               *(["--enable-lifecycle"] if self.lifecycle else []),
-               *(["--web-config-file", self.web_config] if self.web_config else [])]
-        self.proc = subprocess.Popen(cmd, pass_fds=(slots.fd, r, theirs.fileno(), self.http_sock.fileno()),
-                                     stdin=subprocess.DEVNULL)
+            r, w = os.pipe()
+            opened += [r, w]
+            try:
+                fcntl.fcntl(w, F_SETPIPE_SZ, 1 << 20)
+            except OSError:
+                pass
+            os.set_blocking(w, False)
+            mine, theirs = socket.socketpair()
+            opened += [mine, theirs]
+            slots = self.store.slots
+            cmd = [sys.executable, "-m", "monitor.bridge.web", "--slots-fd", str(slots.fd),
+                   "--slots-bytes", str(len(slots.map)), "--journal-fd", str(r), "--control-fd",
+                   str(theirs.fileno()), "--http-fd", str(self.http_sock.fileno()), "--log-level", self.log_level,
+                   *(["--enable-lifecycle"] if self.lifecycle else []),
+                   *(["--web-config-file", self.web_config] if self.web_config else [])]
+            self.proc = subprocess.Popen(cmd, pass_fds=(slots.fd, r, theirs.fileno(), self.http_sock.fileno()),
+                                         stdin=subprocess.DEVNULL)
+        except BaseException:
+            for x in opened:
+                x.close() if isinstance(x, socket.socket) else os.close(x)
+            raise
         os.close(r)
         theirs.close()
         if self.journal_w >= 0:
@@ -72,11 +85,26 @@ class WebProcess:
         self.pump()
 
     def check(self) -> None:
-        """Start the web process again if it died (called from the ingest loop's housekeeping)."""
-        if self.proc is not None and self.proc.poll() is not None and not self._closing:
-            self.restarts += 1
+        """Start the web process again if it died (called from the ingest loop's housekeeping, once a
+        second). A start that fails (no file descriptor left: EMFILE) is counted and tried again at
+        the next call; it never stops the bridge."""
+        if self.proc is None or self.proc.poll() is None or self._closing:
+            return
+        if not self._failing:
             log.error("the web process exited with %s; starting it again", self.proc.returncode)
+        try:
             self.start()
+        except OSError as e:
+            reason = errno.errorcode.get(e.errno, "oserror").lower() if e.errno else "oserror"
+            if not self._failing:
+                log.error("cannot start the web process (%s); trying again every second", e.strerror or e)
+            self._failing += 1
+            self.start_failures[reason] += 1
+            return
+        if self._failing:
+            log.warning("the web process started again after %d failed attempts", self._failing)
+        self._failing = 0
+        self.restarts += 1
 
     def close(self) -> None:
         self._closing = True
@@ -113,7 +141,11 @@ class WebProcess:
 
     # ------------------------------------------------------------------ control
     def _reload(self) -> bytes:
-        ok, msg = self.reload()
+        try:
+            ok, msg = self.reload()
+        except Exception as e:  # reload() says its failures itself; this is a defect
+            log.exception("mapping reload")
+            ok, msg = False, f"mapping reload failed: {type(e).__name__}"
         return (b"1" if ok else b"0") + msg.encode()
 
     def _answer(self, sock: socket.socket) -> None:

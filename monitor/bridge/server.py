@@ -52,8 +52,20 @@ class Bridge:
             ttl = parse_duration(cfg.ttl)
         except MappingError as e:
             raise ConfigError(f"ttl: {e}") from None
+        try:
+            self.tcp_idle_timeout = parse_duration(cfg.statsd_tcp_idle_timeout)
+        except MappingError as e:
+            raise ConfigError(f"statsd_tcp_idle_timeout: {e}") from None
+        try:
+            self.unix_mode = int(str(cfg.statsd_unix_mode), 8)
+            if not 0 <= self.unix_mode <= 0o777:
+                raise ValueError
+        except ValueError:
+            raise ConfigError(f"statsd_unix_mode must be octal permissions like 755, not {cfg.statsd_unix_mode!r}")\
+                from None
         self.store = Store(default_ttl=ttl, max_series_per_family=cfg.max_series_per_family,
-                           max_series=cfg.max_series)
+                           max_series=cfg.max_series, max_label_bytes=cfg.max_label_bytes,
+                           max_series_label_bytes=cfg.max_series_label_bytes)
         self.reloads: Counter[str] = Counter()
         self.sinks: list = []
         relay = None
@@ -81,6 +93,11 @@ class Bridge:
         self.http_sock: socket.socket | None = None
         self._stop = threading.Event()
         self._reload_requested = threading.Event()
+        self._reload_lock = threading.Lock()
+        self._next_mapper: tuple | None = None  # (mapper, done): built by reload(), swapped in by run()
+        self._running = False
+        self._loop: threading.Thread | None = None
+        self._loop_errors: Counter[str] = Counter()
         self.ready = False
         self.sla_ready = lambda: None  # the SLA watcher beside the bridge sets it: "" ready, else why not
 
@@ -104,17 +121,41 @@ class Bridge:
             raise ConfigError(f"datadog: {e}") from None
 
     def reload(self) -> tuple[bool, str]:
-        """Reload the mapping file; on error keep the current mapping."""
-        try:
-            mapper = self._mapper()
-        except MappingError as e:
-            self.reloads["failure"] += 1
-            log.error("mapping reload failed, keeping the current mapping: %s", e)
-            return False, str(e)
-        self.ingest.reload(mapper)
-        self.reloads["success"] += 1
-        log.info("mapping reloaded: %d user rules", len(mapper.rules))
-        return True, f"reloaded {len(mapper.rules)} rules"
+        """Reload the mapping file (SIGHUP, POST /-/reload). The new mapper is built in the calling
+        thread, never the ingest loop's (SIGHUP starts a thread for it), within the loader's bounds;
+        the ingest loop swaps it in between two batches. Any failure, of any kind, keeps the running
+        mapping, is counted and logged in one line, and is the answer's text."""
+        with self._reload_lock:
+            try:
+                mapper = self._mapper()
+            except MappingError as e:
+                return self._reload_failed(str(e))
+            except Exception as e:  # RecursionError, MemoryError...: said, never raised
+                return self._reload_failed(f"mapping file {self.cfg.mapping_file} cannot be loaded: "
+                                           f"{type(e).__name__}")
+            if not self._swap(mapper):
+                return self._reload_failed("the ingest loop did not take the new mapping within 10s")
+            self.reloads["success"] += 1
+            log.info("mapping reloaded: %d user rules", len(mapper.rules))
+            return True, f"reloaded {len(mapper.rules)} rules"
+
+    def _reload_failed(self, why: str) -> tuple[bool, str]:
+        why = why.replace("\n", " ")[:2000]
+        self.reloads["failure"] += 1
+        log.error("mapping reload failed, keeping the current mapping: %s", why)
+        return False, why
+
+    def _swap(self, mapper: Mapper) -> bool:
+        """Hand the mapper to the ingest loop and wait until it is in force (directly when no loop runs)."""
+        if not self._running or threading.current_thread() is self._loop:
+            self.ingest.reload(mapper)
+            return True
+        done = threading.Event()
+        self._next_mapper = (mapper, done)
+        if done.wait(10.0):
+            return True
+        self._next_mapper = None
+        return done.is_set()
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, log_level: str = "INFO") -> None:
@@ -126,7 +167,8 @@ class Bridge:
                               web_config=cfg.web_config_file)
         try:
             self.listeners = Listeners(self.ingest, udp=cfg.statsd_udp or None, tcp=cfg.statsd_tcp or None,
-                                       unix=cfg.statsd_unix or None, rcvbuf=cfg.udp_rcvbuf)
+                                       unix=cfg.statsd_unix or None, rcvbuf=cfg.udp_rcvbuf, unix_mode=self.unix_mode,
+                                       idle_timeout=self.tcp_idle_timeout)
         except OSError:
             self.http_sock.close()
             raise
@@ -155,18 +197,37 @@ class Bridge:
             signal.signal(signal.SIGHUP, lambda *_: self._reload_requested.set())
         last = time.monotonic()
         poll, pump = self.listeners.poll, self.web.pump
-        while not self._stop.is_set():
-            poll(0.2)
-            pump()
-            now = time.monotonic()
-            if now - last >= 1.0:
-                self.ingest.housekeeping(now)
-                self.web.check()
-                last = now
-            if self._reload_requested.is_set():
-                self._reload_requested.clear()
-                self.reload()
-        self.close()
+        self._loop, self._running = threading.current_thread(), True
+        try:
+            while not self._stop.is_set():
+                try:
+                    poll(0.2)
+                    pump()
+                    now = time.monotonic()
+                    if now - last >= 1.0:
+                        last = now
+                        self.ingest.housekeeping(now)
+                        self.web.check()
+                    if self._next_mapper is not None:  # built by reload() in another thread
+                        (mapper, done), self._next_mapper = self._next_mapper, None
+                        self.ingest.reload(mapper)
+                        done.set()
+                    if self._reload_requested.is_set():
+                        self._reload_requested.clear()
+                        threading.Thread(target=self.reload, name="mapping-reload", daemon=True).start()
+                except Exception as e:  # a defect costs a log line and a count, never the process
+                    self._loop_error(e)
+        finally:
+            self._running = False
+            self.close()
+
+    def _loop_error(self, e: Exception) -> None:
+        kind = type(e).__name__
+        if not self._loop_errors[kind]:
+            log.exception("unexpected error in the ingest loop (logged once per kind): %s", e)
+        self._loop_errors[kind] += 1
+        self.ingest.stats.internal_errors[kind] += 1
+        time.sleep(0.05)  # not a busy loop if it repeats
 
     def stop(self) -> None:
         self._stop.set()

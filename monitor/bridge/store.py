@@ -11,8 +11,13 @@ histogram mid-update (one bucket ahead of _count), so readers derive _count from
 What the series are (family, labels, where their slots start) is told to readers through a
 journal: a list of records that the store appends and the bridge ships to the exposition
 process, in order: ("family", name, kind, help, buckets) | ("series", family, base, labels) |
-("drop", family, base). A freed run of slots is reused only after QUARANTINE seconds, by when
-every reader has applied the "drop" that freed it.
+("drop", family, base) | ("forget", family): a family whose last series expired is freed, here
+and in every reader. A freed run of slots is reused only after QUARANTINE seconds, by when every
+reader has applied the "drop" that freed it.
+
+Memory is bounded in bytes, not only in series: a series' label text (`name="value",` for each
+label) may take at most max_series_label_bytes, and all series' label text together at most
+max_label_bytes; a series beyond either is not created (dropped: labels_too_long, label_bytes_cap).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from itertools import islice
 
 LAST_SEEN, VALUE, COUNT, BUCKETS = 0, 1, 2, 3  # offsets inside a series' run of slots
 QUARANTINE = 30.0  # seconds a freed run waits before reuse
+CLASH_LOG_EVERY = 60.0  # seconds between two warnings about clashing family names
 log = logging.getLogger(__name__)
 
 
@@ -107,12 +113,21 @@ def label_problem(labels: tuple, kind: str) -> str | None:
     return None
 
 
+def label_bytes(labels: tuple) -> int:
+    """What a series' labels take as text on /metrics (`name="value",` each, UTF-8)."""
+    return sum(len(k) + len(v.encode()) + 4 for k, v in labels)
+
+
 class Store:
     def __init__(self, default_ttl: float = 86400.0, max_series_per_family: int = 10000,
-                 max_series: int = 500_000, slots: Slots | None = None):
+                 max_series: int = 500_000, slots: Slots | None = None, max_label_bytes: int = 128 << 20,
+                 max_series_label_bytes: int = 4096):
         self.default_ttl = default_ttl
         self.max_series = max_series_per_family
         self.max_total = max_series
+        self.max_label_bytes = max_label_bytes
+        self.max_series_label_bytes = max_series_label_bytes
+        self.label_bytes = 0  # label text of every series, against max_label_bytes (given back on expiry)
         # room for max_series histograms of up to 28 buckets; reserved, not committed
         self.slots = slots or Slots(max_series * 32)
         self.vals = self.slots.vals
@@ -122,43 +137,61 @@ class Store:
         self.total = 0
         self.journal: list[tuple] = []
         self.exposed: dict[str, str] = {}  # name on /metrics -> the family that owns it
-        self.told: set[str] = set()  # families already named in a conflict warning
+        self.clashes = 0  # family clashes since the last warning (rate-limited: CLASH_LOG_EVERY)
+        self.clash_logged = float("-inf")
+        self.families_freed = 0
         self._scan = iter(())  # expiry walks the store a slice at a time
 
     def series(self, family: str, kind: str, labels: tuple, help: str, buckets: tuple, ttl, now: float) -> int:
-        """The base slot of (family, labels), created if new; raises Drop when it may not exist."""
+        """The base slot of (family, labels), created if new; raises Drop when it may not exist.
+        Nothing is kept of a series that is refused, not even its family."""
         fam = self.families.get(family)
-        if fam is None:
-            self._admit(family, kind)
-            fam = self.families[family] = Family(family, kind, help or family,
-                                                 tuple(buckets) if kind == "histogram" else ())
-            self.journal.append(("family", family, kind, fam.help, fam.buckets))
-        elif fam.kind != kind or (kind == "histogram" and fam.buckets != tuple(buckets)):
+        if fam is not None and (fam.kind != kind or (kind == "histogram" and fam.buckets != tuple(buckets))):
             raise Drop("conflict")
         if any(not v for _, v in labels):  # an empty label value is no label in Prometheus
             labels = tuple(p for p in labels if p[1])
         problem = label_problem(labels, kind)
         if problem:
             raise Drop(problem)
-        base = fam.series.get(labels)
-        if base is None:
+        if fam is not None:
+            base = fam.series.get(labels)
+            if base is not None:
+                return base
             if len(fam.series) >= self.max_series:
                 raise Drop("cardinality_cap")
-            if self.total >= self.max_total:
-                raise Drop("series_cap")
+        if self.total >= self.max_total:
+            raise Drop("series_cap")
+        size = label_bytes(labels)
+        if size > self.max_series_label_bytes:
+            raise Drop("labels_too_long")
+        if self.label_bytes + size > self.max_label_bytes:
+            raise Drop("label_bytes_cap")
+        new = fam is None
+        if new:
+            self._admit(family, kind, now)
+            fam = Family(family, kind, help or family, tuple(buckets) if kind == "histogram" else ())
+        try:
             base = self.slots.alloc(fam.width, now)
-            self.vals[base] = now
-            if len(self.pairs) > 2 * self.total + 10_000:  # values of expired series: start afresh
-                self.pairs.clear()
-            labels = tuple([self.pairs.setdefault(p, p) for p in labels])  # one copy of each (name, value)
-            fam.series[labels] = base
-            self.total += 1
-            if ttl is not None and ttl != self.default_ttl:
-                fam.ttl[base] = ttl
-            self.journal.append(("series", family, base, labels))
+        except Drop:
+            if new:
+                self._unadmit(fam)
+            raise
+        if new:
+            self.families[family] = fam
+            self.journal.append(("family", family, kind, fam.help, fam.buckets))
+        self.label_bytes += size
+        self.vals[base] = now
+        if len(self.pairs) > 2 * self.total + 10_000:  # values of expired series: start afresh
+            self.pairs.clear()
+        labels = tuple([self.pairs.setdefault(p, p) for p in labels])  # one copy of each (name, value)
+        fam.series[labels] = base
+        self.total += 1
+        if ttl is not None and ttl != self.default_ttl:
+            fam.ttl[base] = ttl
+        self.journal.append(("series", family, base, labels))
         return base
 
-    def _admit(self, family: str, kind: str) -> None:
+    def _admit(self, family: str, kind: str, now: float) -> None:
         """Refuse a family that would make /metrics invalid: a name outside Prometheus' grammar, or
         one whose exposed names another family already takes (timer `t` and gauge `t_sum`)."""
         if not _NAME.match(family):
@@ -166,10 +199,12 @@ class Store:
         names = exposed_names(family, kind)
         owner = next((self.exposed[n] for n in names if n in self.exposed), None)
         if owner is not None:
-            if owner not in self.told:
-                self.told.add(owner)
-                log.warning("statsd metric family %r (%s) clashes with %r on /metrics; its samples are "
-                            "dropped as conflicts (logged once)", family, kind, owner)
+            self.clashes += 1
+            if now - self.clash_logged >= CLASH_LOG_EVERY:  # one line a minute, whatever arrives
+                log.warning("statsd metric family %r (%s) clashes with %r on /metrics; its samples are dropped "
+                            "as conflicts (%d clashes since the last such line; at most one line a minute)",
+                            family[:200], kind, owner[:200], self.clashes)
+                self.clash_logged, self.clashes = now, 0
             raise Drop("conflict")
         for n in names:
             self.exposed[n] = family
@@ -212,11 +247,26 @@ class Store:
                 del fam.series[labels]
                 fam.ttl.pop(base, None)
                 self.sets.pop(base, None)
+                self.label_bytes -= label_bytes(labels)
                 self.slots.release(base, fam.width, now)
                 self.total -= 1
                 self.journal.append(("drop", fam.name, base))
                 freed.add(base)
+                if not fam.series:
+                    self._forget(fam)
         return freed
+
+    def _unadmit(self, fam: Family) -> None:
+        for n in exposed_names(fam.name, fam.kind):
+            if self.exposed.get(n) == fam.name:
+                del self.exposed[n]
+
+    def _forget(self, fam: Family) -> None:
+        """Free a family whose last series expired: its names on /metrics, and the readers' view."""
+        del self.families[fam.name]
+        self._unadmit(fam)
+        self.journal.append(("forget", fam.name))
+        self.families_freed += 1
 
     def items(self):
         """(family, labels, base) for every series; for readers in this process (Datadog)."""

@@ -17,7 +17,8 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "suite"))
 
 class Harness:
     def __init__(self, **kw):
-        store_kw = {k: kw.pop(k) for k in ("default_ttl", "max_series_per_family", "max_series") if k in kw}
+        store_kw = {k: kw.pop(k) for k in ("default_ttl", "max_series_per_family", "max_series",
+                                                    "max_label_bytes", "max_series_label_bytes") if k in kw}
         self.store = Store(**store_kw)
         self.ingest = Ingest(kw.pop("mapper", None) or Mapper(), self.store, **kw)
         self.view = StoreView(self.store.vals)  # the web process's side, fed the same journal

@@ -125,6 +125,58 @@ def test_clashing_names_and_reserved_labels_are_counted_never_exposed(harness, t
     assert seen[("app_rows_total", ())] == 1 and seen[("_total_total", ())] == 1
 
 
+def test_memory_is_bounded_in_bytes_not_only_in_series(harness):
+    """Hostile input N14: 64 tags of 1,024 characters made 60 KB of exposition a series. A series'
+    label text is capped, and so is all label text together; expired series give their bytes back."""
+    big = "|#" + ",".join(f"k{i}:" + "v" * 1000 for i in range(64))
+    h = harness(max_label_bytes=20_000, default_ttl=60)
+    h.send("app.huge:1|c" + big, "app.ok:1|c|#dag_id:" + "d" * 250 + ",task_id:" + "t" * 250)
+    for i in range(30):  # 30 x 1 KiB of labels against a 20,000-byte budget
+        h.send(f"app.kb:1|c|#k:{i:04d}" + "v" * 1000)
+    assert h.ingest.stats.dropped["labels_too_long"] == 1
+    assert h.ingest.stats.dropped["label_bytes_cap"] == 30 - 19
+    assert h.value("app_ok_total", dag_id="d" * 250, task_id="t" * 250) == 1
+    assert h.store.label_bytes <= 20_000 and len(h.text()) < 30_000
+    h.now += 100
+    for _ in range(3):
+        h.ingest.housekeeping(h.now)
+    assert h.store.label_bytes == 0
+    h.send("app.kb:1|c|#k:late" + "v" * 1000)
+    assert len(h.samples("app_kb_total")) == 1
+
+
+def test_families_are_freed_when_their_last_series_expires(harness):
+    """Hostile input N14: 20 rounds of 10,000 names that expire left 200,000 empty families, in the
+    store and in the web process's view. They are freed, there and (through the journal) in the view."""
+    h = harness(default_ttl=60)
+    h.send("airflow.dagbag_size:3|g")
+    for r in range(20):
+        h.ingest.handle_many([f"junk{r}.n{i}:1|c".encode() for i in range(10_000)], "udp", h.now)
+        h.text()
+        h.now += 100
+        h.send("airflow.dagbag_size:3|g")
+        for _ in range(12):  # 1,000 series looked at per call
+            h.ingest.housekeeping(h.now)
+    h.text()
+    assert set(h.store.families) == {"airflow_dagbag_size"}
+    assert set(h.view.families) == {"airflow_dagbag_size"}
+    assert len(h.store.exposed) == 1 and h.store.families_freed == 200_000
+    h.send("junk0.n1:1|g")  # a freed name is free for another type
+    assert h.value("junk0_n1") == 1
+
+
+def test_the_clash_warning_is_rate_limited(h, caplog):
+    """Hostile input N14: one warning per clashing family was a log line per datagram (3,000 lines)."""
+    with caplog.at_level("WARNING"):
+        h.send(*(f"app.t{i}:1|ms" for i in range(3000)))
+        h.send(*(f"app.t{i}_sum:1|g" for i in range(3000)))
+        h.now += 61
+        h.send("app.t0_count:1|g")
+    lines = [r.getMessage() for r in caplog.records if "clashes" in r.getMessage()]
+    assert len(lines) == 2 and "(3000 clashes since the last" in lines[1], lines
+    assert h.ingest.stats.dropped["conflict"] == 3001
+
+
 def test_counts_and_values_match_what_was_sent(h):
     for v in (0.003, 0.2, 1.5, 2.5, 400):
         h.send(f"airflow.task.duration:{v * 1000}|ms|#dag_id:d,task_id:t")

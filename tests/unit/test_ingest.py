@@ -146,7 +146,7 @@ def test_a_flood_of_lone_legacy_samples_is_decided_bounded_and_never_crashes(har
 
 def test_the_twin_mode_follows_airflow_when_its_tags_are_turned_off_and_on(h):
     """DogStatsD first; then Airflow's tags are turned off (legacy + tagless pairs); then on again."""
-    from monitor.bridge.ingest import RELEARN_AFTER
+    from monitor.bridge.ingest import EVIDENCE_WINDOW
 
     def tagged():
         h.send("airflow.ti.finish.etl.load.success:1|c", "airflow.ti.finish:1|c|#dag_id:etl,task_id:load,state:success")
@@ -161,7 +161,7 @@ def test_the_twin_mode_follows_airflow_when_its_tags_are_turned_off_and_on(h):
     assert h.samples("airflow_ti_finish_total") == {ids: 3}
     h.now += 10
     plain()  # tags just turned off: the tagged series moved 10 s ago, so not yet
-    h.now += RELEARN_AFTER
+    h.now += EVIDENCE_WINDOW
     for _ in range(4):
         plain()
         h.now += 6
@@ -171,9 +171,73 @@ def test_the_twin_mode_follows_airflow_when_its_tags_are_turned_off_and_on(h):
     # the switch are counted label-less: no event lost, none counted twice
     after = h.samples("airflow_ti_finish_total")
     assert after == {ids: 3 + 3, (): 2}, after
-    h.send("airflow.ti.finish:1|c|#dag_id:etl,task_id:load,state:success")  # tags back on: at once
+    # tags back on (legacy + tagged pairs): the switch waits for a window of tagged samples with no
+    # tagless ones; meanwhile the legacy form goes on counting each event once
+    for _ in range(5):
+        tagged()
+        assert h.ingest.mode["ti.finish"] == "plain"
+        h.now += 12
+    tagged()  # 60 s after the first
     assert h.ingest.mode["ti.finish"] == "tagged"
     assert h.ingest.stats.mode_switches[("ti.finish", "tagged")] == 1
+    assert h.ingest.stats.dropped["tagged_twin"] == 6
+    tagged()
+    assert h.samples("airflow_ti_finish_total") == {ids: 6 + 6 + 1, (): 2}
+
+
+MANGLED = (("dag_id", "team__sales"), ("state", "success"), ("task_id", "extract__load"))
+REAL = (("dag_id", "team.sales"), ("state", "success"), ("task_id", "extract.load"))
+SPOOF = "airflow.ti.finish:1|c|#dag_id:spoof,task_id:spoof,state:spoof"
+
+
+def test_one_spoofed_tagged_line_a_minute_does_not_strip_a_plain_airflow_of_its_ids(h):
+    """Hostile input N20: plain statsd Airflow (legacy + tagless pairs) and a tagged line every 50 s
+    from someone else: the metric stays in its legacy form, every event counted once with its ids."""
+    events = 0
+    for i in range(120):  # 10 minutes, a task end every 5 s
+        h.send(*PLAIN[:2])
+        events += 1
+        if i % 10 == 0:
+            h.send(SPOOF)
+        h.now += 5
+        h.ingest.housekeeping(h.now)
+    assert h.ingest.mode["ti.finish"] == "plain" and not h.ingest.stats.mode_switches
+    assert h.samples("airflow_ti_finish_total") == {MANGLED: events}
+    assert h.ingest.stats.dropped["tagged_twin"] == 12
+
+
+def test_a_spoofed_first_sample_does_not_hold_a_plain_airflow_in_the_tagged_form(h):
+    """The spoofer comes first (the metric learns "tagged" from it) and keeps sending a line every
+    50 s: Airflow's plain pairs take the metric back within a window; no event lost or doubled."""
+    h.send(SPOOF)
+    events = 0
+    for i in range(60):
+        h.send(*PLAIN[:2])
+        events += 1
+        if i % 10 == 9:
+            h.send(SPOOF)
+        h.now += 5
+        h.ingest.housekeeping(h.now)
+    assert h.ingest.mode["ti.finish"] == "plain"
+    got = h.samples("airflow_ti_finish_total")
+    spoofed = got.pop((("dag_id", "spoof"), ("state", "spoof"), ("task_id", "spoof")), 0)
+    assert set(got) == {MANGLED, ()} and got[MANGLED] + got[()] == events, got
+    assert got[()] <= 14, "counted label-less for one window at most"
+    assert spoofed >= 1
+
+
+def test_tags_on_with_legacy_names_off_loses_nothing_while_the_evidence_gathers(h):
+    """Plain statsd, then Airflow 3.2+ restarted with tags on and legacy names off: only tagged
+    samples come. They are held while the evidence gathers, then counted: none lost."""
+    for _ in range(3):
+        h.send(*PLAIN[:2])
+    h.now += 30
+    for _ in range(8):
+        h.send(TAGGED[1])
+        h.now += 10
+        h.ingest.housekeeping(h.now)
+    assert h.ingest.mode["ti.finish"] == "tagged"
+    assert h.samples("airflow_ti_finish_total") == {MANGLED: 3, REAL: 8}
 
 
 def test_a_tagless_twin_that_comes_first_is_not_counted_twice(h):
@@ -284,6 +348,46 @@ def test_statsd_input_cannot_create_or_shadow_our_own_series(h):
     assert "# TYPE airflow_ti_finish_total counter" in text
     assert h.value("airflow_ti_finish_total", dag_id="d", task_id="t", state="success") == 2
     assert h.ingest.stats.dropped["reserved"] == 3
+
+
+def test_statsd_input_cannot_squat_a_name_an_airflow_family_exposes(h):
+    """Hostile input N2: a name that an Airflow family takes on /metrics (`_total`, `_bucket`, `_sum`,
+    `_count`, `_created`), sent before Airflow's first sample, is refused; Airflow's samples count."""
+    h.send("airflow_ti_finish_total:0|g", "airflow_dagrun_duration_count:0|g", "airflow_ti_finish_created:1|g",
+           "airflow_task_duration_bucket:1|c", "airflow_ti_finish_total:0|ms", "airflow_dagrun_duration_sum:1|ms",
+           "airflow_dagbag_size_created:3|g")  # a gauge has no _created: that one is no Airflow name
+    h.send("airflow.ti.finish:1|c|#dag_id:d,task_id:t,state:success",
+           "airflow.dagrun.duration.success:1000|ms|#dag_id:d", "airflow.dagbag_size:4|g")
+    assert h.value("airflow_ti_finish_total", dag_id="d", task_id="t", state="success") == 1
+    assert h.value("airflow_dagrun_duration_count", dag_id="d", state="success") == 1
+    assert h.value("airflow_dagbag_size") == 4 and h.value("airflow_dagbag_size_created") == 3
+    assert h.ingest.stats.dropped["reserved"] == 6 and not h.ingest.stats.dropped["conflict"]
+    # the counter `airflow_ti_finish_total` is the catalog family under the name it has on /metrics
+    # (as statsd_exporter files often spell it): the same series, as `airflow_ti_finish` is
+    h.send("airflow_ti_finish_total:2|c|#dag_id:d,task_id:t,state:success")
+    assert h.value("airflow_ti_finish_total", dag_id="d", task_id="t", state="success") == 3
+    assert "airflow_ti_finish_total_total" not in h.text()
+
+
+def test_a_sample_rate_or_value_that_would_make_a_series_non_finite_is_refused(h):
+    """Hostile input N1: 1/rate and the scaled value are checked, and an increment that would make a
+    series +Inf or NaN is refused and counted; the series stays right and keeps counting."""
+    ids = "#dag_id:d,task_id:t,state:success"
+    h.send(f"airflow.ti.finish:1|c|{ids}", "airflow.task.duration:1000|ms|#dag_id:d,task_id:t")
+    h.send(f"airflow.ti.finish:0|c|@1e-320|{ids}", "airflow.task.duration:1|ms|@1e-320|#dag_id:d,task_id:t",
+           f"airflow.ti.finish:1|c|@nan|{ids}", f"airflow.ti.finish:1|c|@inf|{ids}")
+    for _ in range(3):  # 9e307 a sample: the second would be +Inf
+        h.send("app.big:9e299|c|@1e-8", "app.hist:9e299|h|@1e-8", "app.gauge:+1e308|g")
+    h.send(f"airflow.ti.finish:2|c|{ids}", "airflow.task.duration:1000|ms|#dag_id:d,task_id:t")
+    text = h.text()
+    assert "inf" not in text.lower().replace('le="+inf"', "") and "nan" not in text.lower(), text
+    assert h.value("airflow_ti_finish_total", dag_id="d", task_id="t", state="success") == 3
+    assert h.value("airflow_task_duration_count", dag_id="d", task_id="t") == 2
+    assert h.value("airflow_task_duration_sum", dag_id="d", task_id="t") == 2
+    assert h.value("app_big_total") == 9e307 and h.value("app_hist_count") == 1e8
+    assert h.ingest.stats.parse_errors["invalid_sample_rate"] == 4
+    assert h.value("app_gauge") == 1e308
+    assert h.ingest.stats.dropped["overflow"] == 2 + 2 + 2, h.ingest.stats.dropped
 
 
 def test_bounds_on_names_tags_values_and_sets(h):

@@ -72,6 +72,20 @@ def test_user_rules_win_and_support_statsd_exporter_features(tmp_path, harness):
     ("mappings: [{match: a, name: x, histogram_options: {buckets: [0.5$, 1]}}]", "list of numbers"),
     ("mappings: [{match: a, name: x, histogram_options: [1, 2]}]", "histogram_options must be a mapping"),
     ("1: x\nz: y", "unknown key '1'"),
+    # hostile input N5, N6, N8: refused by rule, in one line, before anything is built
+    ("mappings: [{match: '(a)\\1', match_type: regex, name: x}]", "backreferences need backtracking"),
+    ("mappings: [{match: 'a(?=b)', match_type: regex, name: x}]", "lookaround"),
+    ("mappings: [{match: 'a{4294967296}', match_type: regex, name: x}]", "over 1000"),
+    ("mappings: [{match: '((a{1000}){1000}){1000}', match_type: regex, name: x}]", "invalid regex"),
+    ("mappings: " + "[" * 20_000 + "]" * 20_000, "nested more than 64 levels"),
+    ("h: &h [1, 2]\n" + "".join(f"h{i}: &h{i} [{', '.join([f'*h{i - 1}' if i else '*h'] * 10)}]\n"
+                                for i in range(8))
+     + "mappings: [{match: a, name: x, histogram_options: {buckets: *h7}}]", "expands to more than 1,000,000"),
+    ("a: &a [*a]", "refers to a node that contains it"),
+    ("mappings: [{match: a, name: x, scale: .inf}]", "finite number"),
+    ("mappings: [{match: a, name: x, histogram_options: {buckets: [1, .nan]}}]", "finite numbers"),
+    ("mappings: [{match: [a, b], name: x}]", "match must be a string"),
+    ("mappings: {match: a}", "mappings must be a list"),
 ])
 def test_invalid_mapping_files_say_why_in_one_line(tmp_path, text, msg):
     p = tmp_path / "m.yml"
@@ -79,6 +93,64 @@ def test_invalid_mapping_files_say_why_in_one_line(tmp_path, text, msg):
     with pytest.raises(MappingError) as e:
         load_rules(p)
     assert msg in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_huge_file_is_refused_before_it_is_parsed(tmp_path):
+    from monitor.bridge import boundedyaml
+
+    p = tmp_path / "m.yml"
+    p.write_bytes(b"mappings:\n" + b"- {match: a.b, name: x}\n" * (boundedyaml.MAX_BYTES // 24 + 1))
+    with pytest.raises(MappingError, match="larger than 1,048,576 bytes"):
+        load_rules(p)
+
+
+def test_an_error_message_shows_a_bounded_part_of_what_is_wrong(tmp_path):
+    """A bucket list of 100,000 lists made of aliases: the message shows a few, not all of them."""
+    p = tmp_path / "m.yml"
+    p.write_text("defaults:\n  shared:\n  - &a [[1], [2], [3], [4], [5], [6], [7], [8], [9], [10]]\n"
+                 "  - &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\n  - &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\n"
+                 "  - &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\n"
+                 "  - &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]\n"
+                 "mappings: [{match: a, name: x, histogram_options: {buckets: *e}}]\n")
+    with pytest.raises(MappingError, match="list of numbers") as e:
+        load_rules(p)
+    assert len(str(e.value)) < 500
+
+
+def test_a_template_naming_a_group_the_match_lacks_expands_to_nothing(tmp_path, harness, caplog):
+    """Hostile input N6: `$99999999999999999999` made the first matching line raise out of ingest.
+    As in statsd_exporter, a group the match does not capture expands to nothing; it is said at load."""
+    with caplog.at_level("WARNING"):
+        r = rules(tmp_path, """
+            mappings:
+              - match: 'app\\.(.*)'
+                match_type: regex
+                name: "app_$99999999999999999999999999_${1}"
+                labels: {x: "${2}", y: "$1"}
+        """)
+    assert any("$99999999999999999999999999" in m.getMessage() and "expands to nothing" in m.getMessage()
+               for m in caplog.records)
+    h = harness(mapper=Mapper(r))
+    h.send("app.rows:1|c", "app.rows:2|c")
+    assert h.value("app__rows_total", y="rows") == 3
+    assert not h.ingest.stats.internal_errors
+
+
+def test_regexes_run_in_linear_time_with_statsd_exporter_semantics(tmp_path, harness):
+    """Hostile input N5: statsd_exporter's README regex backtracks for seconds in Python's re on a
+    1,000-byte name (the process test holds ingest to a deadline); here it is RE2, as Go's regexp:
+    searched anywhere, with $n expansion, as statsd_exporter."""
+    r = rules(tmp_path, """
+        mappings:
+          - match: '(.*)\\.(.*)--(.*)\\.status\\.(.*)\\.count'
+            match_type: regex
+            name: "request_total"
+            labels: {service: "$1", code: "${4}"}
+    """)
+    h = harness(mapper=Mapper(r))
+    h.send("a.b" * 333 + "x:1|c", *(f"{'a.' * 490}{i}:1|c" for i in range(20)))  # no match, no stall
+    h.send("web.api--get.status.500.count:2|c", "web.api--get.status.500.countx:1|c")
+    assert h.value("request_total", service="web", code="500") == 3
 
 
 def test_durations():
