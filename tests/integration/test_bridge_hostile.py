@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from tests.integration.bridge_process import BridgeProcess
+from testkit.bridge import BridgeProcess
 
 pytestmark = pytest.mark.integration
 
