@@ -189,11 +189,11 @@ class Release:
         return [path for method, path in self.kube.requests
                 if (method == "POST" and path.endswith("/eviction")) or (method == "DELETE" and "/pods/" in path)]
 
-    def kubectl(self, *args: str) -> str:
+    def kubectl(self, *args: str, check: bool = True) -> str:
         r = subprocess.run(["kubectl", "--kubeconfig", str(self.kubeconfig), "--cache-dir", str(self.tmp / "kc"),
                             *args], capture_output=True, text=True, timeout=60)
-        assert r.returncode == 0, r.stderr
-        return r.stdout
+        assert r.returncode == 0 or not check, r.stderr
+        return r.stdout if r.returncode == 0 else ""
 
     def stop(self) -> None:
         self._freezing.clear()
@@ -295,12 +295,6 @@ def release(tmp_path_factory, venv, postgres):
     try:
         r.start()
         yield r
-        # every request of every healer was within the chart's Role, and the evict Role was used in full
-        assert r.kube.forbidden == [], r.kube.forbidden
-        used_somewhere = set.union(*(r.kube.used[t] for (restart, _), t in r.tokens.items() if restart == "evict"))
-        n_rules = len(chart_role("evict", "x"))
-        assert used_somewhere == set(range(n_rules)), \
-            f"rules of the chart's Role no healer used: {sorted(set(range(n_rules)) - used_somewhere)}"
     finally:
         r.stop()
 
@@ -547,6 +541,12 @@ def test_failover_keeps_the_budget_and_the_alerts_and_only_the_holder_speaks(rel
     """Two replicas, one voice (for the healer and the SLA watcher beside it). Replica A spends a restart and
     holds an open alert (the crash-looping triggerer of the previous test); after kill -9, B leads with the
     same state: one restart left, no second page, and it resolves what A opened."""
+    hog = [sys.executable, "-c", "import time; x = bytearray(300 * 2**20); x[::4096] = b'x' * len(x[::4096]); "
+           "time.sleep(60)"]
+    release.kube.cluster.deployment(NS, f"{RELEASE}-triggerer", {"tier": "airflow", "release": RELEASE,
+                                                                 "component": "triggerer"},
+                                    {"name": "triggerer", "image": "apache/airflow:3.3.2", "command": hog,
+                                     "resources": {"limits": {"memory": "64Mi"}}})
     a = healers(release, og, "replica-a", mode="act", sla=True, lease="airflow-monitor-heal-replicas",
                 healer={"components": ["scheduler", "triggerer"]})
     b = healers(release, og, "replica-b", mode="act", sla=True, lease="airflow-monitor-heal-replicas",
@@ -555,7 +555,7 @@ def test_failover_keeps_the_budget_and_the_alerts_and_only_the_holder_speaks(rel
 
     def holder() -> str:
         return release.kubectl("get", "lease", "airflow-monitor-heal-replicas", "-n", NS, "-o",
-                               "jsonpath={.spec.holderIdentity}")
+                               "jsonpath={.spec.holderIdentity}", check=False)  # not there yet: ""
 
     wait(lambda: holder().startswith("healer-replica-"), 30, "a lease holder")
     first = holder()
@@ -574,7 +574,8 @@ def test_failover_keeps_the_budget_and_the_alerts_and_only_the_holder_speaks(rel
     before = len(release.restarts())
     release.keep_frozen()
     try:
-        wait(lambda: len(release.restarts()) > before, 120, "the leader evicts the stuck scheduler")
+        release.af.trigger("probe_demo")
+        wait(lambda: len(release.restarts()) > before, 180, "the leader evicts the stuck scheduler")
         leader.proc.kill()  # kill -9: no release of the Lease
         leader.proc.wait()
         wait(lambda: holder().startswith(f"healer-{standby.name}"), 30, "the standby takes the Lease over")
@@ -600,7 +601,8 @@ def test_clocks_24s_apart_never_give_two_leaders(release, og, healers):
     b = healers(release, og, "skew-b", mode="observe", lease=lease, faketime="-12s")
 
     def spec() -> dict:
-        return json.loads(release.kubectl("get", "lease", lease, "-n", NS, "-o", "json"))["spec"]
+        return json.loads(release.kubectl("get", "lease", lease, "-n", NS, "-o", "json", check=False) or "{}"
+                          ).get("spec", {})
 
     wait(lambda: spec().get("holderIdentity", "").startswith("healer-skew-"), 30, "a lease holder")
     first = spec()["holderIdentity"]
@@ -661,3 +663,15 @@ def test_tasks_failed_by_task_queued_timeout_are_told_by_heal_check(release, og,
         with psycopg2.connect(release.db_url) as conn, conn.cursor() as cur:
             cur.execute("DELETE FROM log WHERE id = %s", (row,))
     assert h.command("check").returncode == 0
+
+
+def test_every_request_was_within_the_charts_role_and_every_rule_of_it_was_used(release):
+    """Run last: every healer of this module used a token bound to the Role the chart renders for it; the
+    server refused nothing (a missing rule would have been a 403), and every rule of the evict Role was
+    used by some scenario (an extra rule would show here)."""
+    assert release.kube.forbidden == [], release.kube.forbidden
+    evict = [t for (restart, _), t in release.tokens.items() if restart == "evict"]
+    used = set().union(*(release.kube.used[t] for t in evict))
+    n_rules = len(chart_role("evict", "x"))
+    assert used == set(range(n_rules)), [json.loads(chart_role("evict", "x")[i])
+                                         for i in sorted(set(range(n_rules)) - used)]

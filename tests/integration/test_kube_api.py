@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -254,3 +255,46 @@ def test_a_configmap_is_written_with_compare_and_swap(kube, tmp_path):
     with pytest.raises(WriteConflict):
         b.write({"n": 3}, v1)  # stale: b read version v1, a wrote since
     assert a.read()[0] == {"n": 2}
+
+
+@pytest.fixture(scope="module")
+def floor_python():
+    """The oldest `kubernetes` client airflow-monitor supports (30.1.0), in a venv of its own."""
+    from testkit.airflow import REPO
+
+    out = subprocess.run([str(REPO / "scripts" / "kube-floor-venv.sh")], capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return str(Path(out.stdout.strip().splitlines()[-1]) / "bin" / "python")
+
+
+@pytest.mark.parametrize("client", ["newest", "floor"])
+def test_a_hung_api_server_cannot_hang_heal_check(kube, tmp_path, client, request):
+    """An API server that accepts and never answers: every call ends within its timeout (a (connect,
+    read) tuple, which every client version honours; urllib3's retries off), on the newest client and
+    on the oldest one we support, so `heal check` ends, says it is blind (exit 3), and names the call."""
+    import json
+    import sqlite3
+
+    import yaml
+
+    python = sys.executable if client == "newest" else request.getfixturevalue("floor_python")
+    version = subprocess.run([python, "-c", "import kubernetes; print(kubernetes.__version__)"], capture_output=True,
+                             text=True, timeout=60).stdout.strip()
+    assert (version == "30.1.0") == (client == "floor"), version
+    kube.kubeconfig(tmp_path / "kubeconfig")
+    sqlite3.connect(tmp_path / "airflow.db").close()
+    (tmp_path / "db-url").write_text(f"sqlite:///{tmp_path / 'airflow.db'}")
+    cfg = tmp_path / "heal.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "kubernetes": {"namespace": "airflow", "kubeconfig": str(tmp_path / "kubeconfig"), "timeout": "3s"},
+        "airflow": {"release": "af", "sql_alchemy_conn_file": str(tmp_path / "db-url")}}))
+    kube.hang.set()
+    try:
+        out = subprocess.run([python, "-m", "monitor.cli", "heal", "check", "--json", "--config", str(cfg)],
+                             capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[2])
+    finally:
+        kube.hang.clear()
+    assert out.returncode == 3, out.stdout + out.stderr
+    blind = json.loads(out.stdout)["blind"]
+    assert "cannot list pods in airflow" in blind and "timed out" in blind.lower(), blind
+    assert "Retrying" not in out.stderr
