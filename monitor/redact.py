@@ -10,6 +10,7 @@ a key (a 401 that quotes the GenieKey) is logged without it, and the delivery lo
 from __future__ import annotations
 
 import logging
+import re
 import urllib.parse
 
 MASK = "<redacted>"
@@ -29,11 +30,18 @@ def secret(value: str | None) -> str | None:
     return value
 
 
+# user:password@ in any URL we print (a webhook URL, an Airflow URL with credentials): stripped, whether
+# or not it was registered
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@?#]+@")
+
+
 def redact(text: str) -> str:
+    """Every registered secret (and its encoded forms) replaced by <redacted>, and URL userinfo stripped.
+    Redact first, then cut: a secret across a cut would leave its prefix."""
     for s in _ordered:
         if s in text:
             text = text.replace(s, MASK)
-    return text
+    return _USERINFO.sub(r"\1", text) if "@" in text else text
 
 
 class RedactingFilter(logging.Filter):

@@ -15,10 +15,15 @@ from monitor.alerting.store import AlertRow, AlertStore
 log = logging.getLogger(__name__)
 
 
+CORRUPT_OPEN = 3600.0  # seconds the "corrupted record" page stays open
+
+
 class Alerts:
-    def __init__(self, store: AlertStore, notifiers: list):
-        self.store, self.notifiers = store, notifiers
+    def __init__(self, store: AlertStore, notifiers: list, source: str = "airflow-monitor"):
+        self.store, self.notifiers, self.source = store, notifiers, source
         self.delivery = Delivery(store, notifiers)
+        self._corrupt_seen = 0
+        self._corrupt_at = 0.0
 
     @property
     def names(self) -> list[str]:
@@ -26,22 +31,47 @@ class Alerts:
 
     def open(self, notice: Notice, now: float | None = None) -> bool:
         """Open the alert of notice.key and queue its notice, unless it is open already (True if opened)."""
-        return self.store.open(notice, self.names, time.time() if now is None else now)
+        return self.store.open(notice.redacted(), self.names, time.time() if now is None else now)
 
     def update(self, notice: Notice) -> None:
         """An alert still open whose reason or message changed: recorded, nobody paged."""
         self.store.update(*notice.key, notice.reason, notice.line)
 
     def remind(self, notice: Notice, now: float | None = None) -> None:
-        self.store.remind(notice, self.names, time.time() if now is None else now)
+        self.store.remind(notice.redacted(), self.names, time.time() if now is None else now)
 
     def resolve(self, notice: Notice, now: float | None = None) -> bool:
         """Close the alert of notice.key if it is open, and queue the close (True if it was open)."""
-        return self.store.resolve(notice, self.names, time.time() if now is None else now)
+        return self.store.resolve(notice.redacted(), self.names, time.time() if now is None else now)
 
     def open_alerts(self) -> dict[tuple[str, str], AlertRow]:
         return self.store.alerts("open")
 
     def deliver(self) -> int:
-        """One pass over the outbox (a pass already under way in another thread makes this a no-op)."""
-        return self.delivery.drain()
+        """One pass over the outbox (a pass already under way in another thread makes this a no-op). A
+        queued notice found unreadable (garbage inside one record) is set aside by the store as a dead
+        letter and the rest is delivered; it is paged once, P3, and closed an hour later."""
+        done = self.delivery.drain()
+        corrupted = getattr(self.store, "corrupted", 0)
+        now = time.time()
+        if corrupted > self._corrupt_seen:
+            self._corrupt_seen, self._corrupt_at = corrupted, now
+            self.open(self._corrupt_notice(corrupted), now)
+        elif self._corrupt_at and now - self._corrupt_at > CORRUPT_OPEN:
+            self._corrupt_at = 0.0
+            self.resolve(self._corrupt_notice(corrupted).but(note="resolved: the rest of the outbox is delivered"),
+                         now)
+        return done
+
+    def _corrupt_notice(self, n: int) -> Notice:
+        from datetime import UTC, datetime
+
+        what = self.store.WHAT
+        return Notice(alias=f"{self.source}:{what.replace(' ', '-')}:corrupt-record", subject="_state",
+                      rule="corrupt_record", reason="corrupt_record", priority="P3",
+                      message=f"{n} queued notice(s) in the {what} were unreadable and set aside",
+                      description=f"airflow-monitor found {n} record(s) of its outbox corrupted (garbage inside the "
+                                  f"record) in the {what}. They are kept as dead letters (`status` lists them) and "
+                                  "were not sent; everything else is delivered. A notice may be missing: check the "
+                                  "open alerts in `status`.", tags=("airflow-monitor", "state"),
+                      at=datetime.now(UTC).isoformat())

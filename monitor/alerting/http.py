@@ -8,6 +8,7 @@ import urllib.parse
 import urllib.request
 
 from monitor.alerting import Refused, Retry
+from monitor.redact import redact
 
 RETRY_STATUS = {401, 403, 408, 409, 425, 429}  # a key can be fixed; 409/425: try again later
 
@@ -27,9 +28,10 @@ def request(method: str, url: str, body: dict | None = None, headers: dict | Non
             raw = r.read().decode(errors="replace")
             status = r.status
     except urllib.error.HTTPError as e:
-        text = e.read().decode(errors="replace")[:300].replace("\n", " ")
+        # redact first, then cut: a key quoted back across the cut would leave its prefix
+        text = redact(e.read(65536).decode(errors="replace")).replace("\n", " ")[:300]
         after = e.headers.get("Retry-After") if e.headers else None
-        msg = f"HTTP {e.code} from {urllib.parse.urlparse(url).netloc}: {text}"
+        msg = f"HTTP {e.code} from {_host(url)}: {text}"
         if e.code >= 500 or e.code in RETRY_STATUS:
             try:
                 wait = float(after) if after else None
@@ -39,11 +41,16 @@ def request(method: str, url: str, body: dict | None = None, headers: dict | Non
         raise Refused(msg) from None
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
-        raise Retry(f"cannot reach {urllib.parse.urlparse(url).netloc}: {reason}") from None
+        raise Retry(f"cannot reach {_host(url)}: {redact(str(reason))}") from None
     try:
         return status, json.loads(raw) if raw else {}
     except ValueError:
         return status, raw
+
+
+def _host(url: str) -> str:
+    """host[:port] of a URL, never its userinfo."""
+    return urllib.parse.urlparse(url).netloc.rpartition("@")[2]
 
 
 def post_accepted(url: str, body: dict, headers: dict, timeout: float, service: str) -> str:

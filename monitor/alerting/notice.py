@@ -67,6 +67,15 @@ class Notice:
         v["titles"] = dict(v.get("titles") or {})
         return cls(**v)
 
+    def redacted(self) -> Notice:
+        """The notice with every registered secret and URL userinfo taken out of its text (an error that
+        quotes a URL with credentials must not reach a page)."""
+        from monitor.redact import redact
+
+        return self.but(message=redact(self.message), description=redact(self.description), note=redact(self.note),
+                        summary=redact(self.summary),
+                        details={k: redact(str(v)) for k, v in self.details.items()})
+
     def but(self, **changes) -> Notice:
         from dataclasses import replace
 

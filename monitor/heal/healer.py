@@ -490,11 +490,16 @@ class Healer:
     def _page_blind(self, now: datetime) -> None:
         """Open the blind page on every notifier once per episode, straight (not through the state, which
         may be out of reach too); close it when the healer sees again."""
-        action = "open" if self.blind else "close"
-        if action == "close" and not self._blind_paged:
-            self._led = False
-            return
-        notice = self._blind_notice(now, "" if action == "open" else "resolved: the healer sees again")
+        if self.blind:
+            action = "open"
+        elif self.stats.consecutive_blind == 0:
+            action = "close"
+            if not self._blind_paged:
+                self._led = False  # the episode is over
+                return
+        else:
+            return  # blind, not for blind_after cycles yet
+        notice = self._blind_notice(now, "" if action == "open" else "resolved: the healer sees again").redacted()
         for n in self.notifiers:
             if (n.name in self._blind_paged) == (action == "open"):
                 continue

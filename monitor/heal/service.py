@@ -40,7 +40,7 @@ def build(cfg: HealConfig, lease: bool = True, read_only: bool = False) -> Heale
     elector = None
     if cfg.lease and lease and not read_only:
         elector = Lease(api, cfg.namespace, cfg.lease_name, cfg.lease_duration, me, timeout=cfg.kube_timeout)
-    healer = Healer(cfg, kube, Alerts(state, notifiers), elector)
+    healer = Healer(cfg, kube, Alerts(state, notifiers, source=f"airflow-heal:{cfg.namespace}/{cfg.release}"), elector)
     if elector is not None:
         elector.start()
     return healer

@@ -14,4 +14,5 @@ def build(cfg: SLAConfig, fresh_state: bool = False) -> Watcher:
     """Raises StateEmpty for a state file that lost its content (unless fresh_state)."""
     a = cfg.airflow
     rest = AirflowRest(a.url, a.username, a.password, a.token, a.timeout, a.verify_tls)
-    return Watcher(cfg, rest, Alerts(SLAState(cfg.state_file, fresh=fresh_state), build_notifiers(cfg.notify)))
+    return Watcher(cfg, rest, Alerts(SLAState(cfg.state_file, fresh=fresh_state), build_notifiers(cfg.notify),
+                                      source="airflow-sla"))

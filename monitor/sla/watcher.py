@@ -332,7 +332,7 @@ class Watcher:
         """Open (or close) the state page on every notifier, straight, without the outbox."""
         with self._state_lock:
             note = "resolved: the state file works again" if action == "close" else ""
-            notice = self._state_notice(now, note)
+            notice = self._state_notice(now, note).redacted()
             for n in self.notifiers:
                 if (n.name in self._state_paged) == (action == "open"):
                     continue

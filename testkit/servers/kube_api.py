@@ -32,7 +32,6 @@ import json
 import re
 import secrets
 import ssl
-import subprocess
 import threading
 import time
 from datetime import UTC, datetime
@@ -247,12 +246,32 @@ def resource_list(gv: str) -> dict:
 
 # ---------------------------------------------------------------------------- the HTTP server
 def self_signed(workdir: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 made with openssl (client-go sends a bearer token only over TLS)."""
+    """A certificate for 127.0.0.1 (client-go sends a bearer token only over TLS), valid from a day ago, as
+    a real API server's is: a client whose clock is behind (a skewed node) must not find it "not yet valid"."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
     cert, key = workdir / "apiserver.crt", workdir / "apiserver.key"
     if not cert.exists():
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-                        "/CN=kube-apiserver", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-                        "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True, timeout=60)
+        k = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")])
+        now = dt.datetime.now(dt.UTC)
+        import ipaddress
+
+        c = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(k.public_key())
+             .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
+             .not_valid_after(now + dt.timedelta(days=2))
+             .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                                                         x509.DNSName("localhost")]), critical=False)
+             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+             .sign(k, hashes.SHA256()))
+        key.write_bytes(k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                        serialization.NoEncryption()))
+        cert.write_bytes(c.public_bytes(serialization.Encoding.PEM))
     return cert, key
 
 

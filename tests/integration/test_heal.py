@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -242,8 +241,11 @@ class Healer:
                 "notify": {"opsgenie": {"url": og.url}},
                 "watch": [{"dag_id": "sla_never", "rules": [{"max_age": "1h", "name": "replicas"}]}]}))
             extra = ["--sla-config", str(sla_cfg)]
-        prefix = [shutil.which("faketime") or tool("faketime"), "-f", faketime] if faketime else []
-        self.proc = subprocess.Popen([*prefix, sys.executable, "-m", "monitor.cli", "heal", "run", "--config",
+        if faketime:  # the library itself (the `faketime` command forks: kill -9 would hit it, not the healer)
+            # (wall clock only, as two nodes differ; libfaketime 0.9.10 breaks Python's timed waits on a faked
+            # monotonic clock, and the healer calls no time.sleep, which it breaks with DONT_FAKE_MONOTONIC)
+            self.env.update(LD_PRELOAD=libfaketime(), FAKETIME=faketime, DONT_FAKE_MONOTONIC="1")
+        self.proc = subprocess.Popen([sys.executable, "-m", "monitor.cli", "heal", "run", "--config",
                                       str(self.config), "--metrics-listen", f"127.0.0.1:{self.port}", *extra],
                                      cwd=REPO, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
 
@@ -277,6 +279,14 @@ class Healer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         self.log.close()
+
+
+def libfaketime() -> str:
+    """Debian's libfaketime (package faketime, installed by scripts/system-deps.sh)."""
+    tool("faketime")
+    hits = sorted(Path("/usr/lib").glob("*/faketime/libfaketimeMT.so.1"))
+    assert hits, "libfaketime is not where Debian puts it"
+    return str(hits[0])
 
 
 def wait(pred, timeout: float, what: str, every: float = 0.5):
@@ -595,7 +605,6 @@ def test_clocks_24s_apart_never_give_two_leaders(release, og, healers):
     """client-go's rule: a standby judges expiry on its own monotonic clock, from when it saw the record
     change; with one replica 12 s ahead and one 12 s behind, the holder never changes while it renews, and
     after kill -9 the other takes over within the lease duration and a renew period."""
-    tool("faketime")
     lease = "airflow-monitor-heal-skew"
     a = healers(release, og, "skew-a", mode="observe", lease=lease, faketime="+12s")
     b = healers(release, og, "skew-b", mode="observe", lease=lease, faketime="-12s")

@@ -226,5 +226,5 @@ def test_the_example_config_is_one_the_healer_takes(monkeypatch, tmp_path):
     doc["notify"]["opsgenie"]["api_key_file"] = str(key)
     cfg = parse(doc)
     assert (cfg.mode, cfg.restart, cfg.budget.per_component, cfg.lease_name) == (
-        "observe", "delete", 2, "airflow-monitor")
+        "observe", "evict", 2, "airflow-monitor-heal-airflow")
     assert cfg.settings.components == ("scheduler", "api-server", "triggerer", "dag-processor")
