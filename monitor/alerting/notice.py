@@ -72,8 +72,8 @@ class Notice:
         quotes a URL with credentials must not reach a page)."""
         from monitor.redact import redact
 
-        return self.but(message=redact(self.message), description=redact(self.description), note=redact(self.note),
-                        summary=redact(self.summary),
+        return self.but(alias=redact(self.alias), message=redact(self.message), description=redact(self.description),
+                        note=redact(self.note), summary=redact(self.summary), entity=redact(self.entity),
                         details={k: redact(str(v)) for k, v in self.details.items()})
 
     def but(self, **changes) -> Notice:

@@ -64,6 +64,7 @@ class JsmOpsServer(JsonServer):
         self.pages: list[dict] = []  # creates that made a new alert (someone got paged)
         self.closes: list[tuple[str, dict]] = []  # (alias, body) of closes of an open alert
         self.statuses: dict[str, dict] = {}
+        self.echo_auth = False  # a 401 that quotes the Authorization header back, as some proxies do
         super().__init__()
 
     def open_aliases(self) -> set[str]:
@@ -102,7 +103,8 @@ class JsmOpsServer(JsonServer):
             if (status := self.injected_failure()) is not None:
                 return self._error(h, status, "Rate limit exceeded" if status == 429 else "Internal error")
             if h.headers.get("Authorization") != self.auth:
-                return self._error(h, 401, "Client must be authenticated to access this resource.")
+                given = f" (got {h.headers.get('Authorization', '')})" if self.echo_auth else ""
+                return self._error(h, 401, "Client must be authenticated to access this resource." + given)
             if not url.path.startswith(prefix + "/"):
                 return self._error(h, 404, "Site not found")
             path = url.path[len(prefix):]
