@@ -202,3 +202,16 @@ def test_a_cycle_that_stops_completing_stops_the_lease_and_fails_health():
     release.set()
     t.join(5)
     assert s.stalled() == ""
+
+
+def test_a_pod_held_by_scheduling_gates_is_named_as_such():
+    gated = to_pod({"metadata": {"name": "w", "uid": "u", "labels": {"component": "worker"},
+                                 "creationTimestamp": "2026-12-05T11:00:00Z"},
+                    "spec": {"schedulingGates": [{"name": "example.com/quota"}], "containers": [{"name": "base"}]},
+                    "status": {"phase": "Pending", "conditions": [
+                        {"type": "PodScheduled", "status": "False", "reason": "SchedulingGated",
+                         "message": "Scheduling is blocked due to non-empty scheduling gates"}]}})
+    assert gated.gated
+    obs = Observation(now=NOW, pods=(gated,), queued=2)
+    (d,) = diagnose(obs, Settings(components=()))
+    assert d.rule == "queue_blocked" and "SchedulingGated: its scheduling gates were never removed" in d.reason
