@@ -225,3 +225,35 @@ def test_sla_run_survives_199_idle_connections_and_running_out_of_descriptors(tm
     assert status == 200
     assert b'airflow_monitor_sla_http_refused_total{reason="out_of_descriptors"}' in body
     w.stop()
+
+
+def test_a_restarted_web_process_answers_503_until_it_has_every_series_never_a_partial_200(bridge):
+    """Right after the web process restarts, the bridge sends it every series again; until the whole
+    snapshot is applied /metrics is a 503 (Prometheus records up=0), never a 200 with part of them."""
+    from tests.integration.test_bridge_process import _web_pid
+
+    b = bridge("--airflow-tags", "on")
+    lines = [f"team{f}.rows:1|c|#k:{i:05d}" for f in range(20) for i in range(1000)]
+    for i in range(0, len(lines), 50):
+        b.send_udp("\n".join(lines[i:i + 50]))
+    b.wait_for(lambda m: sum(len(v) for k, v in m.items() if k.startswith("team")) >= 20000, timeout=60)
+    seen = {"partial": 0, "503": 0, "full": 0}
+    for _ in range(3):
+        old = _web_pid(b)
+        os.kill(old, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                status, body = get(f"http://127.0.0.1:{b.http}/metrics", timeout=30)
+            except OSError:
+                continue  # between the old process and the new one
+            if status == 503:
+                seen["503"] += 1
+                continue
+            n = body.count(b"_rows_total{")
+            if n == 20000:
+                seen["full"] += 1
+                break
+            seen["partial"] += 1
+        assert _web_pid(b) != old
+    assert seen["partial"] == 0 and seen["full"] == 3, seen
