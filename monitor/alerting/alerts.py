@@ -6,8 +6,10 @@ The producer decides when; everything after that is here."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
+from monitor.alerting import Refused, Retry
 from monitor.alerting.delivery import Delivery
 from monitor.alerting.notice import Notice
 from monitor.alerting.store import AlertRow, AlertStore
@@ -75,3 +77,33 @@ class Alerts:
                                   "were not sent; everything else is delivered. A notice may be missing: check the "
                                   "open alerts in `status`.", tags=("airflow-monitor", "state"),
                       at=datetime.now(UTC).isoformat())
+
+
+class DirectPage:
+    """A page about the producer itself that cannot go through its state (the state file is broken, the API
+    server that holds the state is out of reach): sent straight to each notifier, opened once and closed
+    once per notifier, retried on the next call for a notifier that did not take it."""
+
+    def __init__(self, notifiers: list, what: str):
+        self.notifiers, self.what = notifiers, what
+        self.paged: set[str] = set()  # notifiers that took the open
+        self._lock = threading.Lock()
+
+    def send(self, action: str, notice: Notice) -> None:
+        """action: open or close."""
+        notice = notice.redacted()
+        with self._lock:
+            for n in self.notifiers:
+                if (n.name in self.paged) == (action == "open"):
+                    continue
+                try:
+                    n.send(action, notice)
+                except (Retry, Refused, OSError) as e:
+                    log.warning("%s: %s of the %s page not delivered, tried again next cycle: %s", n.name, action,
+                                self.what, e)
+                    continue
+                if action == "open":
+                    self.paged.add(n.name)
+                    log.error("%s: paged %s", self.what, n.name)
+                else:
+                    self.paged.discard(n.name)

@@ -108,11 +108,15 @@ def tags(v, where: str, error: type[Exception] = NotifyConfigError) -> tuple[str
     return tuple(str(t) for t in v)
 
 
-def _secret(sec: dict, key: str, env: tuple[str, ...], where: str) -> str | None:
+def secret_setting(sec: dict, key: str, env: tuple[str, ...], where: str,
+                   error: type[Exception] = NotifyConfigError) -> str | None:
+    """A secret of a config section: from `<key>_file` or the environment, never from the file itself."""
     if key in sec:
-        raise NotifyConfigError(f"{where}.{key}: secrets are not read from the config file; "
-                                f"use {key}_file or ${env[0]}")
+        raise error(f"{where}.{key}: secrets are not read from the config file; use {key}_file or ${env[0]}")
     return read_secret(env, str(sec.get(f"{key}_file") or ""))
+
+
+_secret = secret_setting
 
 
 def _opsgenie(raw) -> OpsGenie:

@@ -25,8 +25,7 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from monitor.alerting import Refused, Retry
-from monitor.alerting.alerts import Alerts
+from monitor.alerting.alerts import Alerts, DirectPage
 from monitor.alerting.notice import Notice
 from monitor.alerting.store import STORE_ERRORS
 from monitor.heal import budget as budgets
@@ -80,7 +79,7 @@ class Healer:
         self.actions: Counter[tuple[str, str]] = Counter()  # (rule, outcome)
         self.leader = False
         self._led = False  # leader when the current blind episode began
-        self._blind_paged: set[str] = set()  # notifiers that took the blind page
+        self._blind_page = DirectPage(self.notifiers, "healer blind")  # past the state, which may be out of reach
         self._history: dict[tuple[str, str], deque] = {}
         self._unready_since: dict[str, datetime] = {}
         self._wait_until: dict[str, float] = {}  # component -> a PodDisruptionBudget's Retry-After
@@ -494,26 +493,14 @@ class Healer:
             action = "open"
         elif self.stats.consecutive_blind == 0:
             action = "close"
-            if not self._blind_paged:
+            if not self._blind_page.paged:
                 self._led = False  # the episode is over
                 return
         else:
             return  # blind, not for blind_after cycles yet
-        notice = self._blind_notice(now, "" if action == "open" else "resolved: the healer sees again").redacted()
-        for n in self.notifiers:
-            if (n.name in self._blind_paged) == (action == "open"):
-                continue
-            try:
-                n.send(action, notice)
-            except (Retry, Refused, OSError) as e:
-                log.warning("%s: %s of the blind page not delivered, tried again next cycle: %s", n.name, action, e)
-                continue
-            if action == "open":
-                self._blind_paged.add(n.name)
-                log.error("healer blind: paged %s", n.name)
-            else:
-                self._blind_paged.discard(n.name)
-        if action == "close" and not self._blind_paged:
+        self._blind_page.send(action, self._blind_notice(now, "" if action == "open" else
+                                                         "resolved: the healer sees again"))
+        if action == "close" and not self._blind_page.paged:
             self._led = False
 
     def deliver(self) -> None:

@@ -15,7 +15,7 @@ from datetime import UTC, date, datetime
 from monitor.airflow.models import Dag
 from monitor.alerting import config as notify_config
 from monitor.alerting.config import NotifyConfig, NotifyConfigError, parse_notify
-from monitor.config import ConfigError, mapping, only, read_secret, read_yaml
+from monitor.config import ConfigError, mapping, only, read_yaml
 from monitor.durations import parse_duration
 from monitor.sla import windows
 from monitor.sla.rules import KINDS, Rule
@@ -230,10 +230,7 @@ def _mute(raw, where: str) -> Mute:
 
 
 def _secret(sec: dict, key: str, env: tuple[str, ...], where: str) -> str | None:
-    if key in sec:
-        raise SLAConfigError(f"{where}.{key}: secrets are not read from the config file; "
-                             f"use {key}_file or ${env[0]}")
-    return read_secret(env, str(sec.get(f"{key}_file") or ""))
+    return notify_config.secret_setting(sec, key, env, where, SLAConfigError)
 
 
 def _notify(raw) -> NotifyConfig:

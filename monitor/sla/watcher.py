@@ -22,8 +22,7 @@ from datetime import UTC, datetime, timedelta
 
 from monitor.airflow.models import Dag
 from monitor.airflow.rest import AirflowError
-from monitor.alerting import Refused, Retry
-from monitor.alerting.alerts import Alerts
+from monitor.alerting.alerts import Alerts, DirectPage
 from monitor.alerting.notice import Notice
 from monitor.sla import windows
 from monitor.sla.config import Mute, SLAConfig
@@ -72,8 +71,7 @@ class Watcher:
         self.stats = CycleStats()
         self._watermark: datetime | None = None
         self._lock = threading.Lock()  # one cycle at a time
-        self._state_paged: set[str] = set()  # notifiers that accepted the "state broken" page
-        self._state_lock = threading.Lock()
+        self._state_page = DirectPage(self.notifiers, "SLA state")  # the "state broken" page, past the outbox
         self._state_told = False  # the broken state file is logged once per episode
         # with replicas (beside the healer): only the holder of the healer's Lease pages; a standby judges,
         # so that its /metrics and status are right, and takes over when the holder's lease runs out
@@ -155,7 +153,7 @@ class Watcher:
             if apply and self._state_told and not self.state.broken:
                 self._state_told = False
                 log.info("SLA state file works again")
-            if apply and self._state_paged and not self.state.broken:
+            if apply and self._state_page.paged and not self.state.broken:
                 self._page_state("close", now)
             return judged
         except sqlite3.Error as e:
@@ -330,22 +328,8 @@ class Watcher:
 
     def _page_state(self, action: str, now: datetime) -> None:
         """Open (or close) the state page on every notifier, straight, without the outbox."""
-        with self._state_lock:
-            note = "resolved: the state file works again" if action == "close" else ""
-            notice = self._state_notice(now, note).redacted()
-            for n in self.notifiers:
-                if (n.name in self._state_paged) == (action == "open"):
-                    continue
-                try:
-                    n.send(action, notice)
-                except (Retry, Refused, OSError) as e:
-                    log.warning("%s: %s of the state page not delivered, tried again next cycle: %s",
-                                n.name, action, e)
-                    continue
-                if action == "open":
-                    self._state_paged.add(n.name)
-                else:
-                    self._state_paged.discard(n.name)
+        note = "resolved: the state file works again" if action == "close" else ""
+        self._state_page.send(action, self._state_notice(now, note))
 
     def problem(self) -> str:
         """Why the watcher cannot do its work ("" if it can): its readiness."""
