@@ -83,6 +83,7 @@ class Healer:
         self._history: dict[tuple[str, str], deque] = {}
         self._unready_since: dict[str, datetime] = {}
         self._wait_until: dict[str, float] = {}  # component -> a PodDisruptionBudget's Retry-After
+        self.event_watch = None  # monitor.kube.events.EventWatch: Events from a list-and-watch cache
         self._lock = threading.Lock()
 
     @property
@@ -155,7 +156,9 @@ class Healer:
         if want:
             self.stats.event_lists += 1
             try:
-                events = self.kube.events(want)
+                w = self.event_watch
+                cached = w is not None and w.ready(wait=4 * self.cfg.kube_timeout)
+                events = w.events(want) if cached else self.kube.events(want)
             except KubeError as e:
                 self.stats.kube_errors += 1
                 return Observation(now=now), str(e), ""
@@ -518,5 +521,7 @@ class Healer:
 
     def close(self) -> None:
         """On a clean stop: hand the Lease over at once."""
+        if self.event_watch is not None:
+            self.event_watch.stop()
         if self.lease is not None:
             self.lease.release()

@@ -41,6 +41,10 @@ def build(cfg: HealConfig, lease: bool = True, read_only: bool = False) -> Heale
     if cfg.lease and lease and not read_only:
         elector = Lease(api, cfg.namespace, cfg.lease_name, cfg.lease_duration, me, timeout=cfg.kube_timeout)
     healer = Healer(cfg, kube, Alerts(state, notifiers, source=f"airflow-heal:{cfg.namespace}/{cfg.release}"), elector)
+    if not read_only:  # a running healer keeps the Warning Events in a list-and-watch cache; a look lists them
+        from monitor.kube.events import EventWatch
+
+        healer.event_watch = EventWatch(kube).start()
     if elector is not None:
         elector.start()
     return healer

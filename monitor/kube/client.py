@@ -21,6 +21,7 @@ import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from sys import intern
 
 from monitor.kube.models import Container, Event, Pod, cluster_text
 
@@ -30,6 +31,7 @@ COMPONENT_LABEL, RELEASE_LABEL = "component", "release"  # the official Airflow 
 COMPONENTS = ("scheduler", "api-server", "triggerer", "dag-processor")
 SOURCE = "airflow-monitor"
 PAGE = 500  # items per list request
+EVENT_SELECTOR = "involvedObject.kind=Pod,type=Warning"  # every reason the rules read is a Warning
 
 
 class KubeError(Exception):
@@ -154,9 +156,11 @@ def to_event(e: dict) -> Event:
             or parse_time(e.get("eventTime")) or parse_time(e.get("firstTimestamp"))
             or parse_time((e.get("metadata") or {}).get("creationTimestamp")))
     obj = e.get("involvedObject") or {}
-    return Event(object_name=str(obj.get("name") or ""), object_uid=str(obj.get("uid") or ""),
-                 reason=str(e.get("reason") or ""), message=cluster_text(e.get("message")), last=when,
-                 count=int(series.get("count") or e.get("count") or 1), type=str(e.get("type") or "Normal"))
+    # interned: a pod's Events share its name and uid, and many pods share a message ("0/6 nodes are
+    # available: ..." for every Pending worker), so a cache of 50,000 Events stays small
+    return Event(object_name=intern(str(obj.get("name") or "")), object_uid=intern(str(obj.get("uid") or "")),
+                 reason=intern(str(e.get("reason") or "")), message=intern(cluster_text(e.get("message"))), last=when,
+                 count=int(series.get("count") or e.get("count") or 1), type=intern(str(e.get("type") or "Normal")))
 
 
 @dataclass(frozen=True)
@@ -201,8 +205,15 @@ class Kube:
 
     def _list(self, what: str, fn, **kw) -> Iterator[dict]:
         """Every item of a paginated list, as plain JSON; relisted from the start on 410 Expired."""
+        for item, _ in self.list_with_version(what, fn, **kw):
+            if item is not None:
+                yield item
+
+    def list_with_version(self, what: str, fn, **kw) -> Iterator[tuple[dict | None, str]]:
+        """(item, the list's resourceVersion) for every item of a paginated list, and (None, version) for
+        an empty one: a watch starts from that version. Relisted from the start on 410 Expired."""
         for _ in range(3):
-            token, seen = None, 0
+            token, seen, rv = None, 0, ""
             try:
                 while True:
                     resp = self._call(what, fn, self.namespace, limit=PAGE, _continue=token, _preload_content=False,
@@ -211,11 +222,15 @@ class Kube:
                         page = json.loads(resp.data)
                     except ValueError:
                         raise KubeError(f"{what}: the API server's answer is not JSON") from None
+                    meta = page.get("metadata") or {}
+                    rv = rv or str(meta.get("resourceVersion") or "")
                     for item in page.get("items") or []:
                         seen += 1
-                        yield item
-                    token = (page.get("metadata") or {}).get("continue")
+                        yield item, rv
+                    token = meta.get("continue")
                     if not token:
+                        if not seen:
+                            yield None, rv
                         return
             except KubeError as e:
                 if e.status == 410 and token:  # the continue token expired: start again
@@ -247,7 +262,7 @@ class Kube:
         uids, names = {p.uid for p in pods if p.uid}, {p.name for p in pods}
         out = []
         for e in self._list(f"cannot list events in {self.namespace}", self.core.list_namespaced_event,
-                            field_selector="involvedObject.kind=Pod,type=Warning"):
+                            field_selector=EVENT_SELECTOR):
             obj = e.get("involvedObject") or {}
             uid = obj.get("uid")
             if (uid in uids) if uid else (obj.get("name") in names):

@@ -81,7 +81,7 @@ class Pod:
         return self.phase in ("Succeeded", "Failed")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Event:
     object_name: str
     reason: str

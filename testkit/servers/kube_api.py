@@ -290,6 +290,7 @@ class KubeApiServer:
         self.forbidden: list[tuple[str, str, str, str, str]] = []  # (token user, verb, group, resource, name)
         self.continue_ttl = CONTINUE_TTL
         self._cache: dict[tuple[str, str, str], tuple[str, bytes]] = {}  # list items as JSON, by resourceVersion
+        self._snapshots: dict[str, tuple[str, list]] = {}  # a paginated list's objects, by its continue tokens
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -530,14 +531,15 @@ class KubeApiServer:
         if q.get("watch") in ("1", "true"):
             return self._watch(h, kind, ns, wanted, q)
         limit = int(q.get("limit") or 0)
-        start = ""
+        start, snap = "", None
         if q.get("continue"):
             try:
                 tok = json.loads(base64.urlsafe_b64decode(q["continue"] + "=="))
-                start, issued = tok["start"], float(tok["t"])
+                start, issued, snap = tok["start"], float(tok["t"]), tok.get("s")
             except (ValueError, KeyError, TypeError):
                 return self._send(h, 400, status(400, "BadRequest", "continue key is not valid: illegal base64 data"))
             if time.time() - issued > self.continue_ttl:
+                self._snapshots.pop(snap, None)
                 fresh = base64.urlsafe_b64encode(json.dumps({"v": "meta.k8s.io/v1", "rv": -1, "start": start,
                                                              "t": time.time()}).encode()).decode().rstrip("=")
                 body = status(410, "Expired", "The provided continue parameter is too old to display a consistent "
@@ -549,9 +551,18 @@ class KubeApiServer:
                 body["metadata"] = {"continue": fresh}
                 return self._send(h, 410, body)
         with self.cluster.cond:
-            objs = [o for o in self.cluster.items(kind, ns)
-                    if f"{o['metadata']['namespace']}/{o['metadata']['name']}" > start and wanted(o)]
-            rv = str(self.cluster.rv)
+            # a list continued is read from the snapshot its first page was (a consistent list at one
+            # resourceVersion, as etcd serves it); the first page takes one
+            if snap in self._snapshots:
+                rv, objs = self._snapshots[snap]
+                objs = [o for o in objs if f"{o['metadata']['namespace']}/{o['metadata']['name']}" > start]
+            else:
+                objs = [o for o in self.cluster.items(kind, ns)
+                        if f"{o['metadata']['namespace']}/{o['metadata']['name']}" > start and wanted(o)]
+                rv = str(self.cluster.rv)
+                if limit and len(objs) > limit:
+                    snap = secrets.token_hex(6)
+                    self._snapshots[snap] = (rv, objs)
             if "as=Table" not in h.headers.get("Accept", ""):
                 page = objs[:limit] if limit else objs
                 items = [self._item_json(kind, o) for o in page]
@@ -564,9 +575,13 @@ class KubeApiServer:
             last = page[-1]["metadata"]
             meta["continue"] = base64.urlsafe_b64encode(json.dumps(
                 {"v": "meta.k8s.io/v1", "rv": int(rv), "start": f"{last['namespace']}/{last['name']}",
-                 "t": time.time()}).encode()).decode().rstrip("=")
+                 "t": time.time(), "s": snap}).encode()).decode().rstrip("=")
             if not lsel and not fsel:
                 meta["remainingItemCount"] = len(objs) - limit
+        elif snap:
+            self._snapshots.pop(snap, None)  # the last page: the snapshot is done with
+        while len(self._snapshots) > 64:  # lists abandoned midway
+            self._snapshots.pop(next(iter(self._snapshots)))
         gv = GROUP_OF[kind]
         data = (b'{"kind":"%sList","apiVersion":"%s","metadata":%s,"items":[' % (kind.encode(), gv.encode(),
                                                                                    json.dumps(meta).encode())
@@ -585,15 +600,30 @@ class KubeApiServer:
             h.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
             h.wfile.flush()
 
+        bookmarks = q.get("allowWatchBookmarks") in ("1", "true")
+        next_bookmark = time.monotonic() + 10
         try:
             with self.cluster.cond:
                 since = int(q.get("resourceVersion") or 0)
+                oldest = self.cluster.log[0][0] if self.cluster.log else self.cluster.rv
+                if since and since < oldest - 1:  # the change log no longer reaches back that far
+                    chunk({"type": "ERROR", "object": status(410, "Expired", f"too old resource version: {since} "
+                                                                              f"({oldest - 1})")})
+                    h.wfile.write(b"0\r\n\r\n")
+                    h.close_connection = True
+                    return
                 if not since:
                     for o in self.cluster.items(kind, ns):
                         if wanted(o):
                             chunk({"type": "ADDED", "object": o})
                     since = self.cluster.rv
             while time.monotonic() < deadline and not self.down:
+                if bookmarks and time.monotonic() >= next_bookmark:  # as the API server sends them (about 1/min)
+                    next_bookmark = time.monotonic() + 10
+                    with self.cluster.cond:  # the store's current version: the watcher may resume from it
+                        since = max(since, self.cluster.rv)
+                    chunk({"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": GROUP_OF[kind],
+                                                          "metadata": {"resourceVersion": str(since)}}})
                 with self.cluster.cond:
                     self.cluster.cond.wait(timeout=1.0)
                     news = [(rv, t, o) for rv, k, t, o in self.cluster.log

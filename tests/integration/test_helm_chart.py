@@ -370,7 +370,7 @@ def test_the_healer_gets_the_least_rbac_and_the_only_token(tmp_path):
     lease = "airflow-monitor-heal-airflow"  # one Lease per Airflow release; the state ConfigMap beside it
     assert rules == {(("",), ("pods",), ()): {"list"},
                      (("",), ("pods/eviction",), ()): {"create"},
-                     (("",), ("events",), ()): {"list", "create"},
+                     (("",), ("events",), ()): {"list", "watch", "create"},
                      (("coordination.k8s.io",), ("leases",), ()): {"create"},
                      (("coordination.k8s.io",), ("leases",), (lease,)): {"get", "update"},
                      (("",), ("configmaps",), ()): {"create"},

@@ -298,3 +298,44 @@ def test_a_hung_api_server_cannot_hang_heal_check(kube, tmp_path, client, reques
     blind = json.loads(out.stdout)["blind"]
     assert "cannot list pods in airflow" in blind and "timed out" in blind.lower(), blind
     assert "Retrying" not in out.stderr
+
+
+def test_the_event_cache_lists_then_watches_and_relists_on_410(kube, tmp_path):
+    """Warning Events kept as an informer keeps them: one list, then a watch that applies each change (a
+    new Event, a repeat, a deletion); when the server's change log no longer reaches the cache's version
+    (410 in the watch), a fresh list."""
+    from monitor.kube.client import Kube
+    from monitor.kube.events import EventWatch
+    from monitor.kube.models import Pod
+
+    c = kube.cluster
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "w-1", "namespace": "airflow", "uid": "u-1",
+                                                            "labels": {"release": "af", "component": "worker"}},
+           "spec": {"containers": [{"name": "base", "image": "x"}]}, "status": {"phase": "Pending"}}
+    c.put("Pod", pod)
+    c.event("airflow", pod, "FailedMount", 'MountVolume.SetUp failed for volume "a" : secret "s" not found', "Warning")
+    w = EventWatch(Kube(api(kube, tmp_path), "airflow", "af"), watch_seconds=1).start()  # reconnects every second
+    me = [Pod(name="w-1", component="worker", uid="u-1")]
+
+    def until(pred, what):
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if pred():
+                return
+            time.sleep(0.1)
+        raise TimeoutError(what)
+
+    until(lambda: w.fresh and len(w.events(me)) == 1, "the first list")
+    c.event("airflow", pod, "FailedMount", 'MountVolume.SetUp failed for volume "a" : secret "s" not found', "Warning")
+    until(lambda: w.events(me) and w.events(me)[0].count == 2, "the repeat, through the watch")
+    c.scheduler_event("airflow", pod, "FailedScheduling", "0/6 nodes are available: 6 Insufficient cpu.")
+    until(lambda: len(w.events(me)) == 2, "kube-scheduler's Event, through the watch")
+    assert w.relists == 1
+    with c.cond:  # the server's change log moves past the cache's version while its watch is away
+        for i in range(6000):
+            c._bump("ConfigMap", "MODIFIED", {"metadata": {"name": f"x{i}", "namespace": "airflow"}})
+    until(lambda: w.relists >= 2, "a fresh list after the 410 of a watch from a version the log no longer has")
+    name = next(e["metadata"]["name"] for e in c.items("Event", "airflow") if e["reason"] == "FailedMount")
+    c.remove("Event", "airflow", name)
+    until(lambda: len(w.events(me)) == 1, "the deletion, through the watch")
+    w.stop()
