@@ -84,6 +84,7 @@ class Healer:
         self._unready_since: dict[str, datetime] = {}
         self._wait_until: dict[str, float] = {}  # component -> a PodDisruptionBudget's Retry-After
         self.event_watch = None  # monitor.kube.events.EventWatch: Events from a list-and-watch cache
+        self.import_from = ""  # a 0.1.0 state file to bring into the cluster state, by the first leader
         self._lock = threading.Lock()
 
     @property
@@ -215,6 +216,12 @@ class Healer:
     def _apply(self, obs: Observation, now: datetime, kube_err: str, db_err: str) -> None:
         if kube_err:
             return  # nothing is known: no action, nothing resolved
+        if self.import_from:
+            from monitor.heal.state import import_file
+
+            self._may_act()
+            import_file(self.import_from, self.state, [n.name for n in self.notifiers])
+            self.import_from = ""
         acting = self.cfg.mode == "act" and not db_err
         if not db_err:
             self._verify(obs, now)

@@ -10,7 +10,7 @@ from monitor.alerting.alerts import Alerts
 from monitor.alerting.config import build_notifiers
 from monitor.heal.config import HealConfig
 from monitor.heal.healer import Healer
-from monitor.heal.state import HealState, import_file
+from monitor.heal.state import HealState
 from monitor.kube.client import COMPONENTS, Kube, load_api_client
 from monitor.kube.configmap import ConfigMapDoc
 from monitor.kube.lease import Lease, identity
@@ -33,14 +33,13 @@ def build(cfg: HealConfig, lease: bool = True, read_only: bool = False) -> Heale
     name = state_name(cfg)
     state = HealState(ConfigMapDoc(kube, name), f"ConfigMap {cfg.namespace}/{name}", read_only=read_only)
     notifiers = [] if read_only else build_notifiers(cfg.notify)
-    if not read_only:
-        old = cfg.state_file or (OLD_STATE if Path(OLD_STATE).is_file() else "")
-        if old and not state.broken:
-            import_file(old, state, [n.name for n in notifiers])
     elector = None
     if cfg.lease and lease and not read_only:
         elector = Lease(api, cfg.namespace, cfg.lease_name, cfg.lease_duration, me, timeout=cfg.kube_timeout)
     healer = Healer(cfg, kube, Alerts(state, notifiers, source=f"airflow-heal:{cfg.namespace}/{cfg.release}"), elector)
+    if not read_only:
+        # 0.1.0's SQLite state, imported once by the first leader (only a leader writes the state)
+        healer.import_from = cfg.state_file or (OLD_STATE if Path(OLD_STATE).is_file() else "")
     if not read_only:  # a running healer keeps the Warning Events in a list-and-watch cache; a look lists them
         from monitor.kube.events import EventWatch
 

@@ -109,6 +109,8 @@ def import_file(path: str, state: HealState, notifiers: list[str]) -> bool:
     import json
 
     def fn(doc: dict) -> None:
+        if doc.get("alerts") or doc.get("actions"):
+            return  # another replica imported it first (this write was a retry after a conflict)
         for r in alerts:
             doc["alerts"][f"{r[0]}\x00{r[1]}"] = dict(zip(("subject", "rule", "status", "reason", "message", "priority",
                                                            "opened_at", "closed_at", "notified_at"), r, strict=True))
