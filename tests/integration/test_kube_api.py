@@ -339,3 +339,20 @@ def test_the_event_cache_lists_then_watches_and_relists_on_410(kube, tmp_path):
     c.remove("Event", "airflow", name)
     until(lambda: len(w.events(me)) == 1, "the deletion, through the watch")
     w.stop()
+
+
+def test_a_paused_deployment_is_refused_for_a_rollout_restart(kube, tmp_path):
+    from monitor.kube.client import Kube
+
+    kube.cluster.deployment("airflow", "af-scheduler", {"release": "af", "component": "scheduler"},
+                            {"name": "scheduler", "image": "apache/airflow:3.3.2",
+                             "command": [sys.executable, "-c", "import time; time.sleep(600)"]})
+    k = Kube(api(kube, tmp_path), "airflow", "af")
+    deadline = time.monotonic() + 30
+    while not (pods := k.pods()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    dep = kube.cluster.get("Deployment", "airflow", "af-scheduler")
+    dep["spec"]["paused"] = True
+    kube.cluster.modified("Deployment", dep)
+    w = k.workload(pods[0])
+    assert w.kind == "Deployment" and "is paused (spec.paused)" in w.why_not

@@ -215,3 +215,45 @@ def test_a_pod_held_by_scheduling_gates_is_named_as_such():
     obs = Observation(now=NOW, pods=(gated,), queued=2)
     (d,) = diagnose(obs, Settings(components=()))
     assert d.rule == "queue_blocked" and "SchedulingGated: its scheduling gates were never removed" in d.reason
+
+
+def test_a_restart_whose_pod_stays_terminating_says_its_successor_cannot_start(monkeypatch):
+    """A StatefulSet keeps one pod per ordinal: while the evicted af-scheduler-0 is stuck Terminating (its
+    node gone), no successor starts, and the failed check says so instead of "the queue did not move"."""
+    from monitor.alerting.alerts import Alerts
+    from monitor.alerting.docstore import MemoryDoc
+    from monitor.heal.config import parse
+    from monitor.heal.healer import Healer
+    from monitor.heal.observe import DbView
+    from monitor.heal.state import ActionRow, HealState
+
+    monkeypatch.setenv("AIRFLOW_MONITOR_SQL_ALCHEMY_CONN", "postgresql://u:p@db/airflow")
+    cfg = parse({"kubernetes": {"namespace": "airflow"}, "airflow": {"release": "af"}})
+    h = Healer(cfg, kube=None, alerts=Alerts(HealState(MemoryDoc(), "m"), []))
+    h.db_view = DbView(queued=3)
+    old = Pod(name="af-scheduler-0", component="scheduler", uid="u-old", deleting=True,
+              deleted_at=NOW - timedelta(minutes=6))
+    act = ActionRow(1, "scheduler", "af-scheduler-0", "stuck_scheduler", "evict pod af-scheduler-0", "stuck",
+                    NOW.timestamp() - 400, NOW.timestamp() - 100, "pending", "", None, uid="u-old", before="u-old")
+    why, why_not = h._healed(Observation(now=NOW, pods=(old,)), act, final=True)
+    assert why == "" and "stuck Terminating since" in why_not and "one pod per ordinal" in why_not
+    # the successor, same name and a new uid, healthy, and the queue moving: healed
+    new = Pod(name="af-scheduler-0", component="scheduler", uid="u-new", created=NOW)
+    h.db_view = DbView(running=2)
+    why, _ = h._healed(Observation(now=NOW, pods=(new,), schedulers={"af-scheduler-0": HEALTHY}), act, final=False)
+    assert why.startswith("2 task(s) running; new scheduler pod af-scheduler-0 (uid u-new")
+
+
+def test_heal_check_says_its_mistakes_in_json_when_asked(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "heal.yaml").write_text("healer: {mode: fix}\nairflow: {release: af}\nkubernetes: {namespace: a}\n")
+    out = subprocess.run([sys.executable, "-m", "monitor.cli", "heal", "check", "--json", "--config",
+                          str(tmp_path / "heal.yaml")], capture_output=True, text=True, timeout=120,
+                         env={"PATH": "/usr/bin:/bin", "AIRFLOW_MONITOR_SQL_ALCHEMY_CONN": "postgresql://u:SeCrEt@db/a"},
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 2, out.stdout + out.stderr
+    err = json.loads(out.stdout)
+    assert err["exit"] == 2 and "healer.mode: one of observe, act, not 'fix'" in err["error"]
+    assert "SeCrEt" not in out.stdout + out.stderr
