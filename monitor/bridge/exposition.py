@@ -188,8 +188,9 @@ class SelfCollector(Collector):
                 "turned on or off), by catalog metric and the form counted since.",
                 [({"metric": m, "to": to}, v) for (m, to), v in list(st.mode_switches.items())])
         yield f("dogstatsd_timers_in_seconds", "gauge",
-                "1 while Airflow's timer() metrics are read as seconds (DogStatsD mode sends them in seconds "
-                "labelled ms), by how it was decided (auto, or pinned by dogstatsd_timer_unit).",
+                "1 while Airflow's timer() metrics are read as seconds: the last such line came from Airflow's "
+                "DogStatsD client (seconds labelled ms; each line is read in its own unit), by how it was decided "
+                "(auto, or pinned by dogstatsd_timer_unit).",
                 [({"decided": "auto" if b.ingest.timer_unit == "auto" else "pinned"},
                   1.0 if b.ingest.timers_in_seconds else 0.0)])
         yield f("web_restarts", "counter", "Times the web process (HTTP, /metrics) died and was started again.",

@@ -48,7 +48,9 @@ log = logging.getLogger(__name__)
 #   (LEGACY, metric name): a legacy sample in "tagged" mode, dropped (legacy_twin), its time noted
 #   (TAGLESS, metric name): a tagless sample in "plain" mode, dropped (tagless_twin), counted as evidence
 #   (CANDIDATE, target, key, metric name): a tagged sample in "plain" mode, held as evidence (see _candidate)
-COUNTER, GAUGE, HIST, SET, DROP, ERROR, PENDING, WATCH, LEGACY, TAGLESS, CANDIDATE = range(11)
+#   (TIMER, HIST entry in milliseconds, HIST entry in seconds, DogStatsD-tagged): a line of an Airflow
+#   metric timed with Stats.timer(), whose unit each line's value tells (see _timer_unit)
+COUNTER, GAUGE, HIST, SET, DROP, ERROR, PENDING, WATCH, LEGACY, TAGLESS, CANDIDATE, TIMER = range(12)
 _KIND = {"counter": COUNTER, "gauge": GAUGE, "histogram": HIST}
 PENDING_MAX_AGE = 1.0  # seconds a first legacy or tagless sample waits for its twin
 PENDING_MAX = 20_000  # samples of one metric held at most; then its mode is decided at once
@@ -86,6 +88,13 @@ class Stats:
         self.mode_switches: Counter[tuple[str, str]] = Counter()  # (catalog metric, new mode)
 
 
+def _base(e: tuple) -> int | None:
+    """Where the series an entry writes lives (None: it writes none)."""
+    while e[0] is WATCH or e[0] is TIMER:
+        e = e[1]
+    return e[1] if e[0] <= SET else None
+
+
 def _const(kind: int, reason: str, _memo: dict = {}) -> tuple:  # noqa: B006 - a deliberate memo
     """One shared tuple per (DROP|ERROR, reason): the cache holds many of them."""
     return _memo.setdefault((kind, reason), (kind, reason))
@@ -101,10 +110,11 @@ class Ingest:
             raise ValueError("dogstatsd_timer_unit must be auto, s or ms")
         # Airflow 3.x's DogStatsD client sends what it times with Stats.timer() in seconds while
         # labelling it |ms (datadog's `timed` without use_ms; Airflow issue 72110); the plain and
-        # InfluxDB clients send milliseconds. auto: seconds once an Airflow line with DogStatsD
-        # tags (`|#`) has been seen; s / ms pin it.
+        # InfluxDB clients (the `statsd` package) send milliseconds. auto: each line says which (see
+        # _timer_unit), so an Airflow switched between modes is read right at once; s / ms pin it.
         self.timer_unit = dogstatsd_timer_unit
-        self.dogstatsd_seen = False
+        self.timer_seconds: bool | None = None  # the unit of the last timer() line: None before the first
+        self.timer_told: set[bool] = set()  # changes of unit logged (once each way)
         self.mapper = mapper
         self.store = store
         self.vals = store.vals
@@ -291,14 +301,12 @@ class Ingest:
         if values is not None and key.type == "c" and any(v < 0 for v, _ in values):
             st.parse_errors["negative_counter"] += 1
             return
-        if not self.dogstatsd_seen and b"#" in tail:
-            self._dogstatsd(key)
         e = self._resolve(key, ckey, now)
         if e[0] is PENDING and values is None:  # a set under a legacy Airflow name: not Airflow's
             st.dropped["conflict"] += 1
         elif e[0] is PENDING:
-            self._pend(e[3], e[1], e[2], values, now)
-        elif e[0] is SET or e[0] is WATCH or e[0] is CANDIDATE or e[0] is TAGLESS:
+            self._pend(e[3], e[1], e[2], self._held_values(e[1], e[2], vals, values), now)
+        elif e[0] is SET or e[0] is WATCH or e[0] is CANDIDATE or e[0] is TAGLESS or e[0] is TIMER:
             self._slow(e, vals, now)
         else:
             self._apply(e, values, now)
@@ -315,6 +323,15 @@ class Ingest:
             self.vals[e[1] + 1] = float(len(members))
             self.vals[e[1]] = now
             st.samples["s", ""] += 1
+            return
+        if kind is TIMER:
+            seconds = self._timer_unit(vals, e[3])
+            try:
+                values = parse_values(vals, "ms")
+            except ParseError as err:
+                st.parse_errors[err.reason] += 1
+                return
+            self._apply(e[2] if seconds else e[1], values, now)
             return
         if kind is WATCH:
             _, inner, mname, family, labels = e
@@ -339,7 +356,7 @@ class Ingest:
             except ParseError as err:
                 st.parse_errors[err.reason] += 1
                 return
-            self._candidate(mname, target, key, values, now)
+            self._candidate(mname, target, key, self._held_values(target, key, vals, values), now)
             return
         if kind is PENDING:
             _, target, key, mname = e
@@ -348,7 +365,7 @@ class Ingest:
             except ParseError as err:
                 st.parse_errors[err.reason] += 1
                 return
-            self._pend(mname, target, key, values, now)
+            self._pend(mname, target, key, self._held_values(target, key, vals, values), now)
             return
         try:
             values = parse_values(vals, e[5][0])
@@ -363,6 +380,9 @@ class Ingest:
         if kind is DROP or kind is ERROR:
             (st.dropped if kind is DROP else st.parse_errors)[e[1]] += len(values or ()) or 1
             return
+        if kind is TIMER:  # held back (a twin's first sample): its values were made milliseconds (_held_values)
+            e = e[1]
+            kind = e[0]
         if kind is LEGACY:
             st.dropped["legacy_twin"] += len(values or ()) or 1
             return
@@ -473,7 +493,8 @@ class Ingest:
             return
         del self.gain[mname]
         start, tagless, held, family = ev
-        twins = self._moved(family, start)
+        # the legacy twin of the first held sample came just before it (Airflow sends the legacy form first)
+        twins = self._moved(family, start - PENDING_MAX_AGE)
         if len(held) >= EVIDENCE_MIN and self.tagless_seen[mname] - tagless < EVIDENCE_MIN:
             self._set_mode(mname, "tagged")
         for target, key, values, t in held:
@@ -490,19 +511,44 @@ class Ingest:
 
     @property
     def timers_in_seconds(self) -> bool:
-        """Whether Airflow's timer() metrics arrive in seconds (see __init__)."""
-        return self.timer_unit == "s" or (self.timer_unit == "auto" and self.dogstatsd_seen)
+        """Whether the last of Airflow's timer() lines was read as seconds (see __init__)."""
+        return self.timer_unit == "s" or (self.timer_unit == "auto" and bool(self.timer_seconds))
 
-    def _dogstatsd(self, key: Key) -> None:
-        """A line with DogStatsD tags: if it is Airflow's, Airflow uses its DogStatsD client."""
-        t = self.mapper.airflow.map(key)
-        if t is None or t.metric is None:
-            return
-        self.dogstatsd_seen = True
-        if self.timer_unit == "auto":
-            log.warning("Airflow sends DogStatsD: its timer() metrics (scheduler loop, critical section, "
-                        "dependency check...) arrive in seconds labelled ms, and are read as seconds")
-            self._clear_cache()  # entries made before now read them as milliseconds
+    def _held_values(self, target: Target, key: Key, vals: bytes, values: list) -> list:
+        """Values of a sample held back (a twin's first, or evidence), in the unit its entry will read:
+        a timer() line that came in seconds is held in milliseconds, since its raw text is not kept."""
+        m = target.metric
+        if (key.type == "ms" and m is not None and m.timer_call and not m.sent_in_seconds and self.timer_unit == "auto"
+                and key.style in ("", "dogstatsd") and self._timer_unit(vals, key.style == "dogstatsd")):
+            return [(v * 1000.0, d) for v, d in values]
+        return values
+
+    def _timer_unit(self, vals: bytes, dogstatsd: bool) -> bool:
+        """Is this line of a Stats.timer() metric in seconds? Airflow's two clients write it differently:
+        the `statsd` package (plain and InfluxDB modes) sends milliseconds as `%0.6f` (`31.234567|ms`), the
+        DogStatsD client sends seconds as Python writes a float (`0.031234567000000002|ms`), with `|#` when
+        the line has tags. A whole number is milliseconds (a DogStatsD client with use_ms, an Airflow
+        that fixed it). A change of what arrives is logged once each way."""
+        v = vals.split(b":", 1)[0].lstrip(b"+-")
+        whole, dot, frac = v.partition(b".")
+        if not dot and whole.isdigit():
+            seconds = False
+        elif dogstatsd:
+            seconds = True
+        else:
+            seconds = not (whole.isdigit() and len(frac) == 6 and frac.isdigit())
+        if seconds is not self.timer_seconds:
+            if self.timer_seconds is not None and seconds not in self.timer_told:
+                self.timer_told.add(seconds)
+                log.warning("Airflow's timer() metrics (scheduler loop, critical section, dependency check...) now "
+                            "arrive %s, and are read so (logged once each way)",
+                            "in seconds labelled ms, as Airflow's DogStatsD client sends them" if seconds else
+                            "in milliseconds, as Airflow's statsd client (plain or InfluxDB) sends them")
+            elif self.timer_seconds is None:
+                log.info("Airflow's timer() metrics arrive in %s", "seconds labelled ms (DogStatsD)" if seconds
+                         else "milliseconds (statsd)")
+            self.timer_seconds = seconds
+        return seconds
 
     def _entry(self, target: Target, key: Key, now: float) -> tuple:
         try:
@@ -521,10 +567,16 @@ class Ingest:
         if kind is COUNTER:
             return (COUNTER, base, target.mult / key.rate, None, None, tag)
         if kind is HIST:
-            scale = target.scale
-            if key.type == "ms" and target.metric is not None and target.metric.timer_call and self.timers_in_seconds:
-                scale = 1.0
-            return (HIST, base, scale * target.mult, 1.0 / key.rate, target.buckets, tag)
+            m = target.metric
+            if key.type != "ms" or m is None or not (m.timer_call or m.sent_in_seconds):
+                return (HIST, base, target.scale * target.mult, 1.0 / key.rate, target.buckets, tag)
+            ms = (HIST, base, 0.001 * target.mult, 1.0 / key.rate, target.buckets, tag)
+            s = (HIST, base, target.mult, 1.0 / key.rate, target.buckets, tag)
+            if m.sent_in_seconds or (self.timer_unit == "s"):  # Stats.timing() of seconds: every mode
+                return s
+            if self.timer_unit == "ms" or key.style not in ("", "dogstatsd"):  # InfluxDB: the statsd client
+                return ms
+            return (TIMER, ms, s, key.style == "dogstatsd")
         return (GAUGE, base, target.mult, None, None, tag)
 
     def _cache(self, ckey: bytes, entry: tuple) -> tuple:
@@ -612,8 +664,7 @@ class Ingest:
         if freed:
             self.stats.series_expired += len(freed)
             # entries that point at a freed series must go before its slots are reused
-            dead = [k for k, e in self.cache.items()
-                    if (e[0] <= SET and e[1] in freed) or (e[0] == WATCH and e[1][0] <= SET and e[1][1] in freed)]
+            dead = [k for k, e in self.cache.items() if _base(e) in freed]
             for k in dead:
                 del self.cache[k]
                 self.cache_used -= len(k) + ENTRY_BYTES
