@@ -55,17 +55,20 @@ def test_any_store_renders_valid_text(lines):
 SEGMENTS = st.sampled_from(["a", "b", "x1", "", "web--server", "\u00e9", "sum", "total", "9", "le", "count"])
 STATSD_NAME = st.lists(SEGMENTS, min_size=1, max_size=4).map(".".join)
 TEMPLATE = st.sampled_from(["${1}", "${1}_${2}", "t_${1}", "${2}", "x", "x_total", "${1}_sum", "${1}-y",
-                            "${0}", "airflow_monitor_${1}", "airflow_ti_finish", "${1}.${2}", "9${1}"])
+                            "${0}", "airflow_monitor_${1}", "airflow_ti_finish", "${1}.${2}", "9${1}",
+                            # Go's template grammar (issue 23): one long name, a `$` kept, `$$`, a bare `$`
+                            "$1_foo", "x_$1$2", "${1", "$$1", "a$", "$0_${1}", "${1}}"])
 RULE = st.fixed_dictionaries(
     {"match": st.one_of(st.lists(st.sampled_from(["*", "a", "b", "x1", "sum"]), min_size=1, max_size=3).map(".".join),
                         st.sampled_from(["(.*)\\.(.*)", "^a\\.(.*)$", "(.*)", ".", "([^.]*)\\.?(.*)", "b"])),
      "name": TEMPLATE},
     optional={"labels": st.dictionaries(st.sampled_from(["k", "le", "__x", "quantile", "dag_id", "_k"]),
-                                        st.sampled_from(["${1}", "${2}", "v", "", "${1}_${2}"]), max_size=3),
+                                        st.sampled_from(["${1}", "${2}", "v", "", "${1}_${2}", "$1_x", "$$",
+                                                         "${1"]), max_size=3),
               "match_metric_type": st.sampled_from(["counter", "gauge", "observer"]),
               "action": st.sampled_from(["map", "map", "drop"]),
               "honor_labels": st.booleans(),
-              "scale": st.sampled_from([0.001, 2, -1]),
+              "scale": st.sampled_from([0.001, 2, -1, "1e-6"]),
               "buckets": st.sampled_from([[0.5, 1], [1]])})
 
 
