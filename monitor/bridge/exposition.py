@@ -18,6 +18,7 @@ from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from . import reasons
 from .store import sample_name
 
 SELF = "airflow_monitor_bridge_"
@@ -162,12 +163,14 @@ class SelfCollector(Collector):
         yield f("metric_samples", "counter", "Samples of each Airflow metric accepted, by its Prometheus family "
                 "(the alert AirflowMetricStoppedArriving watches these).",
                 [({"metric": m}, v) for m, v in by_metric.items()])
-        yield f("parse_errors", "counter", "Lines or packets rejected, by reason.",
+        yield f("parse_errors", "counter", reasons.help_text("Lines or packets rejected", reasons.PARSE_ERRORS),
                 [({"reason": r}, v) for r, v in list(st.parse_errors.items())])
-        yield f("dropped", "counter",
-                "Samples parsed but not stored, by reason (legacy_twin, tagless_twin, cardinality_cap, "
-                "conflict, drop_rule, unmapped).",
+        yield f("dropped", "counter", reasons.help_text("Samples parsed but not stored", reasons.DROPPED),
                 [({"reason": r}, v) for r, v in list(st.dropped.items())])
+        yield f("labels_dropped", "counter",
+                reasons.help_text("Tags removed from a line whose sample is kept (once per distinct line)",
+                                  reasons.LABELS_DROPPED),
+                [({"reason": r}, v) for r, v in list(st.labels_dropped.items())])
         yield f("conflicts", "counter", "Samples dropped because their family exists with another type.",
                 [({}, st.dropped.get("conflict", 0))])
         yield f("unmapped_keys", "counter",

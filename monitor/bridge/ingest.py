@@ -33,7 +33,7 @@ from itertools import islice
 
 from monitor.bridge.mapper import Mapper, Target
 from monitor.bridge.parse import Key, ParseError, parse_key, parse_values
-from monitor.bridge.store import Drop, Store
+from monitor.bridge.store import Drop, Store, label_problem
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,7 @@ class Stats:
         self.internal_errors: Counter[str] = Counter()  # by exception type
         self.socket_errors: Counter[str] = Counter()  # by reason (emfile, too_many_connections...)
         self.mode_switches: Counter[tuple[str, str]] = Counter()  # (catalog metric, new mode)
+        self.labels_dropped: Counter[str] = Counter()  # tags removed from a line that is kept, by reason
 
 
 def _base(e: tuple) -> int | None:
@@ -551,8 +552,12 @@ class Ingest:
         return seconds
 
     def _entry(self, target: Target, key: Key, now: float) -> tuple:
+        labels = target.labels
+        if label_problem(labels, target.kind):  # a reserved tag goes, the sample stays
+            labels = tuple(p for p in labels if not label_problem((p,), target.kind))
+            self.stats.labels_dropped["reserved_label"] += 1
         try:
-            base = self.store.series(target.family, target.kind, target.labels, target.help,
+            base = self.store.series(target.family, target.kind, labels, target.help,
                                      target.buckets, target.ttl, now)
         except Drop as d:
             return _const(DROP, d.reason)

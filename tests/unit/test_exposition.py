@@ -104,7 +104,7 @@ def test_any_mapping_file_renders_valid_text(tmp_path_factory, rules, unordered,
     expfmt.parse(text)
 
 
-def test_clashing_names_and_reserved_labels_are_counted_never_exposed(harness, tmp_path):
+def test_clashing_names_are_counted_never_exposed_and_a_reserved_tag_drops_only_itself(harness, tmp_path):
     rules = tmp_path / "m.yml"
     rules.write_text('mappings:\n- match: "(.*)\\\\.empty"\n  match_type: regex\n  name: "${1}"\n')
     from monitor.bridge.mapper import load_rules
@@ -122,7 +122,9 @@ def test_clashing_names_and_reserved_labels_are_counted_never_exposed(harness, t
     expfmt.parse(text)
     assert h.ingest.stats.dropped["conflict"] == 4
     assert h.ingest.stats.dropped["invalid_name"] == 1
-    assert h.ingest.stats.dropped["reserved_label"] == 3
+    # issue 23 item 11: a reserved tag goes, its sample stays
+    assert h.ingest.stats.labels_dropped["reserved_label"] == 3 and not h.ingest.stats.dropped["reserved_label"]
+    assert seen[("app_y_total", ())] == 1 and seen[("app_z_count", ())] == 1 and seen[("app_q", ())] == 1
     assert seen[("app_flag_total", (("method", "GET"),))] == 3
     assert seen[("app_x_total", ())] == 1 and seen[("app_t_count", ())] == 1
     assert seen[("app_rows_total", ())] == 1 and seen[("_total_total", ())] == 1
