@@ -21,8 +21,8 @@ def counted_in_code() -> dict[str, set[str]]:
     dropped = set(re.findall(rf'dropped\["{word}"\]', text)) | set(re.findall(rf'Drop\("{word}"', text))
     dropped |= set(re.findall(rf'_const\(DROP, "{word}"\)', text)) | set(re.findall(rf'reason="{word}"', text))
     dropped |= set(re.findall(r'return "(reserved_label)"', text))
-    parse = set(re.findall(r'ParseError\("([a-z0-9_]+)"', text)) | set(re.findall(r'parse_errors\["([a-z0-9_]+)"\]', text))
-    labels = set(re.findall(r'labels_dropped\["([a-z0-9_]+)"\]', text))
+    parse = set(re.findall(rf'ParseError\("{word}"', text)) | set(re.findall(rf'parse_errors\["{word}"\]', text))
+    labels = set(re.findall(rf'labels_dropped\["{word}"\]', text))
     return {"dropped": dropped, "parse_errors": parse, "labels_dropped": labels}
 
 
