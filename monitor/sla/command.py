@@ -58,6 +58,8 @@ def _state(j) -> str:
     if j.verdict.breached:
         return (f"MUTED until {j.muted.until:%Y-%m-%d %H:%M}Z" + (f" ({j.muted.reason})" if j.muted.reason else "")
                 if j.muted else "BREACHED")
+    if j.verdict.reason == "grace" and j.verdict.details.get("would_be") == "not_found":
+        return "grace (not in Airflow yet)"
     return {"n/a": "n/a", "grace": "grace (new DAG)"}.get(j.verdict.reason, "ok")
 
 

@@ -83,7 +83,10 @@ class SLAConfig:
     metrics_listen: str = ":9103"
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     source: str = ""  # the file it came from, for messages
-    new_dag_grace: float = 3600.0  # a DAG first seen less than this ago is not judged yet
+    new_dag_grace: float = 3600.0  # a DAG Airflow first parsed less than this ago is not judged yet
+    # a watched dag_id Airflow does not know is not_found once the watcher has looked for it this long
+    # (one DAG-processor interval: [dag_processor] refresh_interval, 300 s by default, finds a new file)
+    not_found_grace: float = 300.0
     mutes: tuple[Mute, ...] = ()
 
     def mute_for(self, dag_id: str, rule: str, now: datetime) -> Mute | None:
@@ -137,7 +140,7 @@ _META = {"name", "priority", "responders", "tags", "runbook"}
 TOP_KEYS = {"airflow", "watcher", "notify", "defaults", "watch", "mutes", "bridge"}
 AIRFLOW_KEYS = {"url", "username", "password_file", "token_file", "timeout", "verify_tls", "password", "token"}
 WATCHER_KEYS = {"interval", "state_file", "blind_after", "blind_priority", "blind_responders", "renotify",
-                "lookback", "metrics_listen", "new_dag_grace"}
+                "lookback", "metrics_listen", "new_dag_grace", "not_found_grace"}
 WATCH_KEYS = {"dag_id", "match", "tag", "rules", *_META - {"name"}}
 RULE_KEYS = {*_META, "max_age", "deadline", "from_schedule", "max_duration", "timezone"}
 DEFAULTS_KEYS = _META - {"name"}
@@ -295,6 +298,7 @@ def parse(doc: dict, source: str = "config", airflow_url: str | None = None) -> 
         metrics_listen=str(w.get("metrics_listen", ":9103")),
         notify=_notify(doc.get("notify")), source=source,
         new_dag_grace=_duration(w.get("new_dag_grace", "1h"), "watcher.new_dag_grace"), mutes=mutes,
+        not_found_grace=_duration(w.get("not_found_grace", "5m"), "watcher.not_found_grace"),
     )
 
 

@@ -75,6 +75,8 @@ class Watcher:
         self._state_paged: set[str] = set()  # notifiers that accepted the "state broken" page
         self._state_lock = threading.Lock()
         self._state_told = False  # the broken state file is logged once per episode
+        # when Airflow first parsed each watched DAG (a UTC timestamp; 0.0: longer ago than new_dag_grace)
+        self.first_parsed: dict[str, float] = {}
         # with replicas (beside the healer): only the holder of the healer's Lease pages; a standby judges,
         # so that its /metrics and status are right, and takes over when the holder's lease runs out
         self.lease = None
@@ -176,6 +178,7 @@ class Watcher:
             self._blind(str(e), now)
             self.alerts.deliver()
             return list(self.judgements.values())
+        self._learn_first_parsed(watched, now)
         judgements: dict[tuple[str, str], Judgement] = {}
         for dag, rules in watched.values():
             hist = self.history.history(dag.dag_id)
@@ -202,9 +205,23 @@ class Watcher:
         self.alerts.deliver()
         return list(judgements.values())
 
+    def _learn_first_parsed(self, watched: dict, now: datetime) -> None:
+        """Ask Airflow, once per DAG, when it first parsed it: only DAGs Airflow has just seen get the new-DAG
+        grace, not DAGs new to this watcher's config or state file (an old failing DAG is judged at once)."""
+        self.first_parsed = {d: t for d, t in self.first_parsed.items() if d in watched}
+        unknown = [d for d in watched if d not in self.first_parsed]
+        if not unknown:
+            return
+        since = now - timedelta(seconds=self.cfg.new_dag_grace)
+        found = self.rest.first_parsed(since) if self.cfg.new_dag_grace > 0 else {}
+        for d in unknown:
+            self.first_parsed[d] = found[d].timestamp() if d in found else 0.0
+
     def _grace_and_mutes(self, judgements: dict[tuple[str, str], Judgement], now: datetime, apply: bool) -> None:
-        """A DAG first seen less than new_dag_grace ago is not judged yet (a new deployment pages
-        nobody while it settles); a breach under a mute is shown, not paged."""
+        """A DAG Airflow first parsed less than new_dag_grace ago is not judged yet (a new deployment pages
+        nobody while it settles); a dag_id Airflow does not know is not_found once the watcher has looked
+        for it for not_found_grace (one DAG-processor interval: a file just deployed is parsed by then);
+        a breach under a mute is shown, not paged."""
         ts = now.timestamp()
         try:
             seen = self.state.first_seen(sorted({d for d, _ in judgements}), ts, record=apply)
@@ -215,13 +232,24 @@ class Watcher:
         for (dag_id, rule), j in judgements.items():
             if not j.verdict.breached:
                 continue
-            first = seen.get(dag_id, 0.0)
-            if first and ts - first < self.cfg.new_dag_grace:
-                until = datetime.fromtimestamp(first + self.cfg.new_dag_grace, UTC)
-                j.verdict = Verdict(False, "grace", f"new DAG {dag_id}, judged from {until:%Y-%m-%d %H:%M} UTC "
-                                    f"(would be: {j.verdict.message})", {"grace_until": until.isoformat()})
+            if j.verdict.reason == "not_found":
+                looked = seen.get(dag_id, 0.0)
+                if looked and ts - looked < self.cfg.not_found_grace:
+                    until = datetime.fromtimestamp(looked + self.cfg.not_found_grace, UTC)
+                    j.verdict = Verdict(False, "grace", f"DAG {dag_id} is not in Airflow yet; not_found from "
+                                        f"{until:%Y-%m-%d %H:%M:%S} UTC unless Airflow parses it by then",
+                                        {"grace_until": until.isoformat(), "would_be": "not_found"})
+                    continue
             else:
-                j.muted = self.cfg.mute_for(dag_id, rule, now)
+                first = self.first_parsed.get(dag_id, 0.0)
+                if first and ts - first < self.cfg.new_dag_grace:
+                    until = datetime.fromtimestamp(first + self.cfg.new_dag_grace, UTC)
+                    parsed = datetime.fromtimestamp(first, UTC)
+                    j.verdict = Verdict(False, "grace", f"new DAG {dag_id} (Airflow first parsed it at "
+                                        f"{parsed:%Y-%m-%d %H:%M} UTC), judged from {until:%Y-%m-%d %H:%M} UTC "
+                                        f"(would be: {j.verdict.message})", {"grace_until": until.isoformat()})
+                    continue
+            j.muted = self.cfg.mute_for(dag_id, rule, now)
 
     # ------------------------------------------------------------------ alerts
     def _notice(self, j: Judgement, now: datetime, note: str = "") -> Notice:

@@ -328,6 +328,45 @@ def test_a_new_dag_has_a_grace_and_a_mute_pages_nobody_until_it_ends(airflow, og
 
 
 
+def first_parsed(airflow, dag_id: str) -> float:
+    """When Airflow first parsed a DAG (its first version's creation), as a UTC timestamp."""
+    from datetime import datetime
+
+    versions = airflow.api("GET", f"/dags/{dag_id}/dagVersions?version_number=1")["dag_versions"]
+    return datetime.fromisoformat(versions[0]["created_at"].replace("Z", "+00:00")).timestamp()
+
+
+def test_grace_is_for_dags_airflow_just_parsed_not_for_dags_new_to_the_watcher(airflow, og, tmp_path):
+    """Issue 23 item 8: an existing, failing DAG added to a running watcher's config is judged at once (it
+    had an hour of "new DAG" grace); a dag_id Airflow does not know is not_found and fails `sla check`
+    once the watcher has looked for it for one DAG-processor interval (it had the same hour, and exit 0)."""
+    run = airflow.trigger("sla_fail")
+    assert airflow.wait_run("sla_fail", run) == "failed"
+    deadline = time.monotonic() + 120  # Airflow has known sla_fail for longer than the grace below
+    while time.time() - first_parsed(airflow, "sla_fail") < 20 and time.monotonic() < deadline:
+        time.sleep(1)
+    watch = [{"dag_id": "sla_ok", "rules": [{"max_age": "1h", "name": "fresh"}]}]
+    first = config(tmp_path, airflow, og, watch, new_dag_grace="20s", not_found_grace="5s")
+    ok = airflow.trigger("sla_ok")
+    assert airflow.wait_run("sla_ok", ok) == "success"
+    assert sla("check", "--notify", "--config", str(first)).returncode == 0  # the watcher's first cycle
+    # the config grows: an old DAG that fails, and a typo
+    cfg = config(tmp_path, airflow, og, watch + [{"dag_id": d, "rules": [{"max_age": "1h", "name": "fresh"}]}
+                                                 for d in ("sla_fail", "sla_fial")],
+                 new_dag_grace="20s", not_found_grace="5s")
+    added = sla("check", "--notify", "--config", str(cfg), "--json")
+    assert added.returncode == 1, added.stdout + added.stderr
+    rows = {r["dag_id"]: r for r in json.loads(added.stdout)}
+    assert rows["sla_fail"]["state"] == "BREACHED" and rows["sla_fail"]["reason"] == "failed", rows
+    assert rows["sla_fial"]["state"] == "grace (not in Airflow yet)", rows  # the watcher just began to look
+    assert [p["alias"] for p in og.pages] == [alias("sla_fail", "fresh")]
+    time.sleep(6)  # one "DAG-processor interval" (5 s here) later: not_found
+    later = sla("check", "--config", str(cfg), "--json")
+    assert later.returncode == 1
+    rows = {r["dag_id"]: r for r in json.loads(later.stdout)}
+    assert rows["sla_fial"]["state"] == "BREACHED" and rows["sla_fial"]["reason"] == "not_found", rows
+
+
 def test_sla_run_serves_over_tls_with_basic_auth(airflow, og, tmp_path):
     import base64
     import ssl
