@@ -95,7 +95,7 @@ class AirflowRest:
                                    auth=True) from None
             raise AirflowError(f"Airflow /auth/token answered HTTP {e.code}") from None
         except (urllib.error.URLError, OSError) as e:
-            raise AirflowError(f"cannot reach Airflow at {self.url}: {getattr(e, 'reason', e)}") from None
+            raise AirflowError(f"cannot reach Airflow at {self.url}: {_why(e)}") from None
         except (KeyError, ValueError):
             raise AirflowError("Airflow /auth/token returned no access_token") from None
         self._token, self._expires = token, _jwt_expiry(token)
@@ -117,7 +117,7 @@ class AirflowRest:
                     raise AirflowError(f"Airflow API refused our credentials (HTTP {e.status})", auth=True) from None
                 raise AirflowError(f"Airflow API answered HTTP {e.status} {e.reason or ''}".strip()) from None
             except (Urllib3Error, OSError) as e:
-                raise AirflowError(f"cannot reach Airflow API at {self.url}: {type(e).__name__}") from None
+                raise AirflowError(f"cannot reach Airflow API at {self.url}: {_why(e)}") from None
         raise AssertionError("unreachable")
 
     # ------------------------------------------------------------------ reads
@@ -174,6 +174,21 @@ class AirflowRest:
         page = self._call(self.runs_api.get_dag_runs, dag_id, limit=1, order_by=[order_by],
                           state=[state] if state else None)
         return to_run(page.dag_runs[0]) if page.dag_runs else None
+
+
+def _why(e: BaseException) -> str:
+    """An unreachable API in words (connection refused, a name that does not resolve, a timeout), not the
+    name of urllib3's exception class."""
+    inner = getattr(e, "reason", None) or e  # MaxRetryError wraps the cause
+    text = str(getattr(inner, "args", [""])[-1] if isinstance(getattr(inner, "args", None), tuple) and
+               inner.args else inner)
+    for needle, said in (("Connection refused", "connection refused"), ("Name or service not known",
+                         "the host name does not resolve"), ("timed out", "timed out"),
+                         ("No route to host", "no route to host"), ("CERTIFICATE_VERIFY_FAILED",
+                         "its TLS certificate is not trusted (airflow.verify_tls)")):
+        if needle.lower() in str(e).lower() or needle.lower() in text.lower():
+            return f"{said} ({type(inner).__name__})"
+    return f"{type(inner).__name__}: {text[:200]}"
 
 
 def _utc(t: datetime | None) -> datetime | None:

@@ -7,10 +7,12 @@ file or the environment, never from the YAML itself.
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import os
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from urllib.parse import urlsplit
 
 from monitor.airflow.models import Dag
 from monitor.alerting import config as notify_config
@@ -157,6 +159,11 @@ def _check_meta(d: dict, where: str) -> None:
 
 def _rule(raw, where: str, inherited: dict) -> Rule:
     raw = _map(raw, where)
+    unknown = sorted(str(k) for k in raw if k not in RULE_KEYS)
+    if unknown:  # `max_agee:` is a typo to name, not a rule without a kind
+        close = difflib.get_close_matches(unknown[0], sorted(RULE_KEYS), n=1)
+        raise SLAConfigError(f"{where}: unknown setting {unknown[0]!r}" + (f" (did you mean {close[0]!r}?)" if close
+                             else f" (a rule takes one of {', '.join(KINDS)}, and {', '.join(sorted(_META))})"))
     kinds = [k for k in KINDS if k in raw]
     if len(kinds) != 1:
         raise SLAConfigError(f"{where}: a rule needs exactly one of {', '.join(KINDS)}")
@@ -260,6 +267,10 @@ def parse(doc: dict, source: str = "config", airflow_url: str | None = None) -> 
         timeout=_duration(a.get("timeout", 10), "airflow.timeout"),
         verify_tls=bool(a.get("verify_tls", True)),
     )
+    parts = urlsplit(airflow.url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SLAConfigError(f"airflow.url must be the API server's http(s) URL, such as https://airflow.example.com "
+                             f"or http://airflow-api-server:8080, not {airflow.url!r}")
     if not airflow.token and not (airflow.username and airflow.password):
         raise SLAConfigError("airflow: give username and a password (password_file or "
                              "$AIRFLOW_MONITOR_AIRFLOW_PASSWORD), or a token (token_file or "

@@ -74,7 +74,7 @@ def test_lifecycle_open_no_repeat_resolve(airflow, og, tmp_path):
         time.sleep(0.5)
     time.sleep(6)
 
-    first = sla("check", "--once", "--notify", "--config", str(cfg))
+    first = sla("check", "--notify", "--config", str(cfg))
     assert first.returncode == 1, first.stderr
     assert {p["alias"] for p in og.pages} == {alias("sla_fail", "fresh"), alias("sla_never", "fresh"),
                                              alias("sla_slow", "max_duration")}, first.stdout
@@ -90,7 +90,7 @@ def test_lifecycle_open_no_repeat_resolve(airflow, og, tmp_path):
     assert og.heartbeats == ["airflow-sla-test"]
 
     # a second process on the same state (a restart, or cron): nobody is paged twice
-    again = sla("check", "--once", "--notify", "--config", str(cfg))
+    again = sla("check", "--notify", "--config", str(cfg))
     assert again.returncode == 1
     assert len(og.pages) == 3
     assert len([r for r in og.requests if r[1] == "/v2/alerts"]) == 3
@@ -99,7 +99,7 @@ def test_lifecycle_open_no_repeat_resolve(airflow, og, tmp_path):
     (airflow.home / "sla_fixed").write_text("yes")
     assert airflow.wait_run("sla_fail", airflow.trigger("sla_fail")) == "success"
     assert airflow.wait_run("sla_slow", slow, timeout=120) == "success"
-    third = sla("check", "--once", "--notify", "--config", str(cfg))
+    third = sla("check", "--notify", "--config", str(cfg))
     assert third.returncode == 1, "sla_never is still breached"
     assert {a for a, _ in og.closes} == {alias("sla_fail", "fresh"), alias("sla_slow", "max_duration")}
     assert og.open_aliases() == {alias("sla_never", "fresh")}
@@ -446,3 +446,69 @@ def test_jsm_operations_api_pages_once_and_closes(airflow, tmp_path):
         assert token not in sent.stdout + sent.stderr + acted.stdout + acted.stderr
     finally:
         jsm.close()
+
+
+def test_every_message_says_what_and_a_dry_look_changes_nothing(airflow, tmp_path):
+    """Issue 23 item 9: a chat resolve names the DAG; the watcher-blind page is titled as such, gives the
+    cause in words and closes without contradicting itself; `sla status --json` stays JSON with Airflow
+    down, and says when there is nothing open; config typos name the key; a URL without a scheme is a
+    config error; `sla check` creates nothing on disk."""
+    from testkit.servers.webhook import WebhookServer
+
+    hook = WebhookServer()
+    (tmp_path / "hook").write_text(hook.hook_url)
+    ok = airflow.trigger("sla_ok")
+    assert airflow.wait_run("sla_ok", ok) == "success"
+
+    def cfg(max_age: str, url: str | None = None, **watcher) -> Path:
+        doc = {"airflow": {"url": url or airflow.api_url, "username": "admin", "timeout": "3s"},
+               "watcher": {"state_file": str(tmp_path / "state.sqlite"), "interval": "1s", "blind_after": 1,
+                           "new_dag_grace": "0s", **watcher},
+               "notify": {"webhook": {"url_file": str(tmp_path / "hook")}},
+               "watch": [{"dag_id": "sla_ok", "rules": [{"max_age": max_age, "name": "fresh"}]}]}
+        path = tmp_path / f"sla-{len(list(tmp_path.glob('sla-*.yaml')))}.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        return path
+
+    try:
+        time.sleep(2)
+        assert sla("check", "--notify", "--config", str(cfg("1s"))).returncode == 1  # stale: paged
+        assert sla("check", "--notify", "--config", str(cfg("1h"))).returncode == 0  # fresh again: resolved
+        texts = [m["text"] for m in hook.take()]
+        assert len(texts) == 2 and "SLA breached" in texts[0], texts
+        assert "SLA resolved" in texts[1] and "sla_ok" in texts[1] and "last success" in texts[1], texts
+
+        # blind: the title says so, the cause is words, the close does not say "blind"
+        down = cfg("1h", url="http://127.0.0.1:1")
+        assert sla("check", "--notify", "--config", str(down)).returncode == 2
+        opened = hook.take()
+        assert len(opened) == 1 and "SLA watcher blind" in opened[0]["text"], opened
+        assert "cannot reach Airflow at http://127.0.0.1:1: connection refused" in opened[0]["text"], opened
+        assert sla("check", "--notify", "--config", str(cfg("1h"))).returncode == 0
+        closed = [m["text"] for m in hook.take()]
+        assert len(closed) == 1 and "SLA watcher sees Airflow again" in closed[0], closed
+        assert "blind" not in closed[0].split(":", 1)[1], closed
+
+        # status --json with Airflow down: JSON on stdout, the notice on stderr; nothing open: said so
+        shown = sla("status", "--json", "--config", str(down))
+        assert shown.returncode == 1 and json.loads(shown.stdout) == [], shown.stdout
+        assert "Airflow could not be read" in shown.stderr
+        plain = sla("status", "--config", str(down))
+        assert "no open alerts in the state file" in plain.stdout and "no DAG matches" not in plain.stdout
+    finally:
+        hook.close()
+
+    # config mistakes: the key, the URL
+    bad = yaml.safe_load(cfg("1h").read_text())
+    bad["watch"][0]["rules"] = [{"max_agee": "1h"}]
+    (tmp_path / "typo.yaml").write_text(yaml.safe_dump(bad))
+    typo = sla("check", "--config", str(tmp_path / "typo.yaml"))
+    assert typo.returncode == 2 and "unknown setting 'max_agee'" in typo.stderr and "max_age" in typo.stderr, typo
+    noscheme = sla("check", "--config", str(cfg("1h", url="airflow-api-server:8080")))
+    assert noscheme.returncode == 2 and "airflow.url must be the API server's http(s) URL" in noscheme.stderr, noscheme
+
+    # a dry look creates nothing: not the state file, not its directories
+    nowhere = tmp_path / "not" / "there" / "state.sqlite"
+    dry = sla("check", "--config", str(cfg("1h", state_file=str(nowhere))))
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert not (tmp_path / "not").exists()
