@@ -61,6 +61,9 @@ EVIDENCE_HELD = 2_000  # tagged samples of one "plain" metric held as evidence a
 EVIDENCE_WINDOW = 60.0
 EVIDENCE_MIN = 5
 MAX_SET_MEMBERS = 10_000  # distinct values a statsd set counts; more are dropped (set_cap)
+# /-/dropped: the last lines refused or unmapped, kept per (self-metric, reason): at most NOTE_KEEP lines of
+# NOTE_BYTES each, one a NOTE_EVERY seconds, so that a flood costs a dict lookup a line and no memory
+NOTE_KEEP, NOTE_BYTES, NOTE_EVERY = 20, 300, 1.0
 WHOLE_MAX = 50_000  # whole lines remembered (~12 MiB); when full it starts afresh
 ENTRY_BYTES = 160  # what a cache entry costs beside its key's bytes (dict slot, tuple, float), measured
 INF = float("inf")
@@ -144,6 +147,9 @@ class Ingest:
         # whole counter and gauge lines -> (base, increment or value, is increment, type): Airflow
         # repeats them to the byte (`...open_slots:32|g`, `...:1|c`); cleared whenever `cache` is
         self.whole: dict[bytes, tuple] = {}
+        # the last lines refused or unmapped (see NOTE_KEEP): (metric, reason) -> deque of (unix time, line)
+        self.recent: dict[tuple[str, str], deque] = {}
+        self.noted_at: dict[tuple[str, str], float] = {}  # (metric, reason) -> when a line may be kept next
 
     # ------------------------------------------------------------------ hot path
     def handle(self, data: bytes, transport: str = "udp", now: float | None = None) -> None:
@@ -172,6 +178,7 @@ class Ingest:
         legacy_seen = self.legacy_seen
         tagless_seen = self.tagless_seen
         timers = self.timer_samples
+        noted_at = self.noted_at
         for line in lines:
             w = whole.get(line)
             if w is not None:  # a counter or gauge line seen before, to the byte: no parsing at all
@@ -191,6 +198,7 @@ class Ingest:
             if i <= 0 or j < 0:
                 if line.rstrip():
                     st.parse_errors["malformed_line"] += 1
+                    self.note("parse_errors", "malformed_line", line, now)
                 continue
             key = line[:i] + line[j:]
             e = cache.get(key)
@@ -250,17 +258,25 @@ class Ingest:
                         whole[line] = (b, v, delta, e[5])
                 elif kind is DROP:
                     st.dropped[e[1]] += 1
+                    if now >= noted_at.get(("dropped", e[1]), 0.0):
+                        self.note("dropped", e[1], line, now)
                     continue
                 elif kind is TAGLESS:
                     st.dropped["tagless_twin"] += 1
                     tagless_seen[e[1]] += 1
+                    if now >= noted_at.get(("dropped", "tagless_twin"), 0.0):
+                        self.note("dropped", "tagless_twin", line, now)
                     continue
                 elif kind is LEGACY:
                     st.dropped["legacy_twin"] += 1
                     legacy_seen[e[1]] = now
+                    if now >= noted_at.get(("dropped", "legacy_twin"), 0.0):
+                        self.note("dropped", "legacy_twin", line, now)
                     continue
                 elif kind is ERROR:
                     st.parse_errors[e[1]] += 1
+                    if now >= noted_at.get(("parse_errors", e[1]), 0.0):
+                        self.note("parse_errors", e[1], line, now)
                     continue
                 else:
                     self._slow(e, vals, now)
@@ -277,6 +293,32 @@ class Ingest:
             samples[e[5]] += 1
 
     # ------------------------------------------------------------------ slow path
+    def note(self, metric: str, reason: str, line: bytes, now: float) -> None:
+        """Keep a line refused or unmapped for /-/dropped, at most one a NOTE_EVERY seconds per reason."""
+        k = (metric, reason)
+        if now < self.noted_at.get(k, 0.0):
+            return
+        if len(self.noted_at) > 1000:  # reasons are few; `unmapped` is per family: bounded all the same
+            self.noted_at.clear()
+            self.recent.clear()
+        self.noted_at[k] = now + NOTE_EVERY
+        ring = self.recent.get(k)
+        if ring is None:
+            ring = self.recent[k] = deque(maxlen=NOTE_KEEP)
+        ring.append((time.time(), line[:NOTE_BYTES].decode("utf-8", "replace")))
+
+    def recent_dropped(self) -> list[dict]:
+        """What /-/dropped shows: per (self-metric, reason), how many in all and the last lines kept."""
+        st = self.stats
+        totals = {"dropped": st.dropped, "parse_errors": st.parse_errors, "unmapped": None}
+        out = []
+        for (metric, reason), ring in sorted(self.recent.items()):
+            counter = totals.get(metric)
+            out.append({"metric": metric, "reason": reason,
+                        "count": counter.get(reason, 0) if counter is not None else None,
+                        "lines": [{"at": t, "line": text} for t, text in list(ring)]})
+        return out
+
     def _internal(self, err: Exception) -> None:
         kind = type(err).__name__
         if not self.stats.internal_errors[kind]:
@@ -293,16 +335,22 @@ class Ingest:
         except ParseError as err:
             self._cache(ckey, _const(ERROR, err.reason))
             st.parse_errors[err.reason] += 1
+            self.note("parse_errors", err.reason, head + b":" + vals + b"|" + tail, now)
             return
         try:
             values = parse_values(vals, key.type) if key.type != "s" else None
         except ParseError as err:
             st.parse_errors[err.reason] += 1
+            self.note("parse_errors", err.reason, head + b":" + vals + b"|" + tail, now)
             return
         if values is not None and key.type == "c" and any(v < 0 for v, _ in values):
             st.parse_errors["negative_counter"] += 1
+            self.note("parse_errors", "negative_counter", head + b":" + vals + b"|" + tail, now)
             return
         e = self._resolve(key, ckey, now)
+        if e[0] is DROP or e[0] is LEGACY or e[0] is TAGLESS:
+            self.note("dropped", e[1] if e[0] is DROP else "legacy_twin" if e[0] is LEGACY else "tagless_twin",
+                      head + b":" + vals + b"|" + tail, now)
         if e[0] is PENDING and values is None:  # a set under a legacy Airflow name: not Airflow's
             st.dropped["conflict"] += 1
         elif e[0] is PENDING:
@@ -428,6 +476,8 @@ class Ingest:
         target = self.mapper.map(key)
         if target.form == "unmapped":
             st.unmapped += 1
+            if target.kind != "drop":  # exported: a user's metric that "does not show up" may be under this name
+                self.note("unmapped", f"exported as {target.family}", ckey, now)
         if target.kind == "drop":
             return self._cache(ckey, _const(DROP, target.reason))
         m = target.metric
@@ -606,8 +656,9 @@ class Ingest:
         if self.mode.get(mname) == mode:
             return
         before = self.mode.get(mname)
-        if before is None:
-            log.info("metric %s: %s form is authoritative", mname, "tagged" if mode == "tagged" else "legacy")
+        if before is None:  # the usual first decision: not news at the default level
+            log.debug("metric %s: its %s counts", mname, "legacy form" if mode == "plain" else
+                      "tagged (or lone tagless) form")
         else:
             self.stats.mode_switches[(mname, mode)] += 1
             if self.stats.mode_switches[(mname, mode)] == 1:

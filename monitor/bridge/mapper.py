@@ -153,6 +153,8 @@ class Rule:
     scale: float = 1.0  # multiplies every value (after milliseconds become seconds)
     honor_labels: bool = False  # the line's tags win over the rule's labels
     specificity: tuple = ()  # for glob_disable_ordering: literal segments before wildcards
+    index: int = 0  # its place in the file (mapping #index), for `bridge explain`
+    match: str = ""  # its match as written
 
 
 def _literal(c: str) -> str:
@@ -468,6 +470,8 @@ def _load_rules(path, default_buckets, warn) -> list[Rule]:
                 scale=float(scale),
                 honor_labels=bool(r.get("honor_labels", False)),
                 specificity=tuple(seg == "*" for seg in str(r["match"]).split(".")) if unordered else (),
+                index=i,
+                match=str(r["match"]),
             )
         )
     globs = [x for x in rules if x.glob]
@@ -557,6 +561,25 @@ class Mapper:
             if ct is not None and ct.form in ("modern", "legacy", "twin"):
                 return replace(t, form=ct.form, metric=ct.metric)
         return t
+
+    def decided_by(self, key: Key) -> str:
+        """Which rule maps a key, in words (for `airflow-monitor bridge explain`)."""
+        mtype = _METRIC_TYPE[key.type]
+        for rule in self.rules:
+            if rule.metric_type and rule.metric_type != mtype:
+                continue
+            if (rule.regex.fullmatch(key.name) if rule.glob else rule.regex.search(key.name)):
+                return (f"mapping file rule #{rule.index} (match '{rule.match}', {'glob' if rule.glob else 'regex'}"
+                        f"{', action: drop' if rule.action == 'drop' else ''}): the first rule that matches")
+        t = self.airflow.map(key)
+        if t is not None:
+            m = t.metric
+            form = {"modern": f"its tagged form ({m.name} with the ids as tags)", "twin": f"its tagless form "
+                    f"({m.name} without the ids)", "legacy": f"its legacy form ({m.legacy})",
+                    "plain": "its only form"}[t.form]
+            return f"the Airflow catalog: {m.name}, {form}"
+        return (f"no mapping rule and no Airflow metric (statsd_prefix {self.airflow.prefix.rstrip('.')!r}): "
+                f"unmapped, {'dropped' if self.unmapped == 'drop' else 'exported under a sanitized name'}")
 
     def _map(self, key: Key) -> Target:
         mtype = _METRIC_TYPE[key.type]
