@@ -107,6 +107,10 @@ def test_serve_with_the_watcher_the_healer_and_both_sinks(configs):
     finally:
         b.stop()
         agent.close()
+    # issue 23 item 12: libraries' chatter stays below the default level
+    log = b.log.read_text()
+    for noise in ("Adding job tentatively", "executed successfully", "form is authoritative", " INFO datadog"):
+        assert noise not in log, (noise, log[-3000:])
 
 
 @pytest.mark.parametrize("command", ["sla", "heal"])
