@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 
 from monitor.bridge import reasons
 from monitor.bridge.parse import TYPES, ParseError, parse_key, parse_values, split_line
@@ -94,6 +95,8 @@ def command(args) -> int:
     if cfg.airflow_tags not in ("auto", "on", "off"):
         raise UserError(f"airflow_tags must be one of auto, on, off, not {cfg.airflow_tags!r}")
     mapper = Mapper(rules, AirflowMapping(cfg.statsd_prefix), cfg.unmapped)
+    if logging.getLogger().level > logging.DEBUG:  # what ingest decides is in the output, not its log lines
+        logging.getLogger("monitor.bridge.ingest").setLevel(logging.WARNING)
     results = [explain(line, mapper, cfg.airflow_tags, cfg.dogstatsd_timer_unit) for line in args.line]
     if args.json:
         print(json.dumps(results, indent=2))

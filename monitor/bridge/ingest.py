@@ -384,7 +384,8 @@ class Ingest:
             return
         if kind is WATCH:
             _, inner, mname, family, labels = e
-            tag = inner[5] if len(inner) > 5 else None
+            counted = inner[1] if inner[0] is TIMER else inner  # a timer's entries share their sample tag
+            tag = counted[5] if len(counted) > 5 else None
             if inner[0] is DROP:
                 st.dropped[inner[1]] += 1
             else:  # counted (its legacy twin, just before it, was dropped), then maybe the switch

@@ -525,3 +525,26 @@ def test_parse_time_airflow_times_in_seconds_is_read_as_seconds_in_every_mode_an
     sink._look()
     points = {p[0]: p[2] for p in sink.collect()}
     assert points["airflow.dag_processing.last_duration.avg"] == pytest.approx(170.0), points
+
+
+def test_a_timer_metric_follows_airflow_when_its_tags_are_turned_off(h):
+    """dagrun.dependency-check is timed with Stats.timer() and has a legacy twin: counted in its tagged form
+    (DogStatsD), then Airflow's tags are turned off (tagless and legacy pairs, milliseconds): once the
+    evidence window shows it, its legacy form counts; every sample is read in its own unit meanwhile."""
+    from monitor.bridge.ingest import EVIDENCE_WINDOW
+
+    for _ in range(3):  # DogStatsD: legacy (seconds, untagged) then tagged (seconds)
+        h.send("airflow.dagrun.dependency-check.etl:0.020000000000000004|ms",
+               "airflow.dagrun.dependency-check:0.020000000000000004|ms|#dag_id:etl")
+        h.now += 1
+    h.ingest.housekeeping(h.now + 2)
+    assert h.ingest.mode["dagrun.dependency-check"] == "tagged"
+    h.now += 10
+    for _ in range(int(EVIDENCE_WINDOW // 5) + 3):  # plain statsd: tagless then legacy, milliseconds
+        h.send("airflow.dagrun.dependency-check:20.000000|ms", "airflow.dagrun.dependency-check.etl:20.000000|ms")
+        h.now += 5
+        h.ingest.housekeeping(h.now)
+    assert h.ingest.mode["dagrun.dependency-check"] == "plain"
+    sums = h.samples("airflow_dagrun_dependency_check_sum")
+    counts = h.samples("airflow_dagrun_dependency_check_count")
+    assert sum(sums.values()) / sum(counts.values()) == pytest.approx(0.02)
