@@ -179,6 +179,10 @@ class Ingest:
         tagless_seen = self.tagless_seen
         timers = self.timer_samples
         noted_at = self.noted_at
+        # Airflow's twins are half its traffic: whether one may be kept for /-/dropped is decided per batch
+        # (`now` is the batch's), so that a dropped twin costs no lookup
+        note_legacy = now >= noted_at.get(("dropped", "legacy_twin"), 0.0)
+        note_tagless = now >= noted_at.get(("dropped", "tagless_twin"), 0.0)
         for line in lines:
             w = whole.get(line)
             if w is not None:  # a counter or gauge line seen before, to the byte: no parsing at all
@@ -264,14 +268,16 @@ class Ingest:
                 elif kind is TAGLESS:
                     st.dropped["tagless_twin"] += 1
                     tagless_seen[e[1]] += 1
-                    if now >= noted_at.get(("dropped", "tagless_twin"), 0.0):
+                    if note_tagless:
                         self.note("dropped", "tagless_twin", line, now)
+                        note_tagless = False
                     continue
                 elif kind is LEGACY:
                     st.dropped["legacy_twin"] += 1
                     legacy_seen[e[1]] = now
-                    if now >= noted_at.get(("dropped", "legacy_twin"), 0.0):
+                    if note_legacy:
                         self.note("dropped", "legacy_twin", line, now)
+                        note_legacy = False
                     continue
                 elif kind is ERROR:
                     st.parse_errors[e[1]] += 1
