@@ -50,6 +50,7 @@ class BridgeConfig:
     datadog_api_url: str = ""  # overrides the site's https://api.<site>
     datadog_flush_interval: float = 10.0
     datadog_tags: list[str] = field(default_factory=list)
+    datadog_hostname: str = ""  # the host agentless points carry; none when empty (pod names churn)
 
 
 def _coerce(name: str, typ, raw):

@@ -59,7 +59,9 @@ def serve(args) -> int:
         cfg = load(BridgeConfig, "bridge", args.config, flags)
         bridge = Bridge(cfg)
         bridge.start(log_level=str(getattr(args, "log_level", "INFO")).upper())
-    except (ConfigError, MappingError, OSError, ValueError) as e:
+    except OSError as e:  # "cannot listen on :9125 (udp): Address already in use", without "[Errno 98]"
+        raise UserError(e.strerror if e.errno and e.strerror else str(e)) from None
+    except (ConfigError, MappingError, ValueError) as e:
         raise UserError(str(e)) from None
     fresh = getattr(args, "fresh_state", False)
     schedules: list[Schedule] = []

@@ -29,7 +29,7 @@ class BridgeProcess:
         self.udp = free_port(socket.SOCK_DGRAM)
         self.tcp = free_port()
         self.http = free_port()
-        self.unix = str(tmp / "statsd.sock")
+        self.unix = str(tmp / f"statsd-{self.http}.sock")  # its own: a live socket is never taken over
         self._start(tmp, ["serve", "--statsd-udp", f"127.0.0.1:{self.udp}", "--statsd-tcp", f"127.0.0.1:{self.tcp}",
                           "--statsd-unix", self.unix, "--web-listen", f"127.0.0.1:{self.http}", *args], env)
 

@@ -70,6 +70,7 @@ class AirflowRest:
         self.api = CountingApiClient(cfg)
         self.dags_api = client.DAGApi(self.api)
         self.runs_api = client.DagRunApi(self.api)
+        self.versions_api = client.DagVersionApi(self.api)
 
     def __repr__(self) -> str:
         return f"AirflowRest({self.url}, user={self.username or '-'})"
@@ -94,7 +95,7 @@ class AirflowRest:
                                    auth=True) from None
             raise AirflowError(f"Airflow /auth/token answered HTTP {e.code}") from None
         except (urllib.error.URLError, OSError) as e:
-            raise AirflowError(f"cannot reach Airflow at {self.url}: {getattr(e, 'reason', e)}") from None
+            raise AirflowError(f"cannot reach Airflow at {self.url}: {_why(e)}") from None
         except (KeyError, ValueError):
             raise AirflowError("Airflow /auth/token returned no access_token") from None
         self._token, self._expires = token, _jwt_expiry(token)
@@ -116,7 +117,7 @@ class AirflowRest:
                     raise AirflowError(f"Airflow API refused our credentials (HTTP {e.status})", auth=True) from None
                 raise AirflowError(f"Airflow API answered HTTP {e.status} {e.reason or ''}".strip()) from None
             except (Urllib3Error, OSError) as e:
-                raise AirflowError(f"cannot reach Airflow API at {self.url}: {type(e).__name__}") from None
+                raise AirflowError(f"cannot reach Airflow API at {self.url}: {_why(e)}") from None
         raise AssertionError("unreachable")
 
     # ------------------------------------------------------------------ reads
@@ -150,10 +151,44 @@ class AirflowRest:
                     total is None and len(page.dag_runs) < BATCH_PAGE):
                 return
 
+    def first_parsed(self, since: datetime) -> dict[str, datetime]:
+        """When Airflow first parsed each DAG it first parsed after `since`: the creation of its first
+        version (GET /dags/~/dagVersions?version_number=1, newest first, one request per 100 DAGs new
+        since then). A DAG absent from the answer has been known to Airflow for longer."""
+        out: dict[str, datetime] = {}
+        offset = 0
+        while True:
+            page = self._call(self.versions_api.get_dag_versions, "~", version_number=1, order_by=["-id"],
+                              limit=PAGE, offset=offset)
+            versions = list(page.dag_versions or ())
+            for v in versions:
+                created = _utc(v.created_at)
+                if created is not None and created >= since:
+                    out.setdefault(v.dag_id, created)
+            offset += len(versions)
+            oldest = min((_utc(v.created_at) for v in versions if v.created_at), default=None)
+            if not versions or oldest is None or oldest < since or offset >= (page.total_entries or 0):
+                return out
+
     def latest_run(self, dag_id: str, state: str | None = None, order_by: str = "-run_after") -> Run | None:
         page = self._call(self.runs_api.get_dag_runs, dag_id, limit=1, order_by=[order_by],
                           state=[state] if state else None)
         return to_run(page.dag_runs[0]) if page.dag_runs else None
+
+
+def _why(e: BaseException) -> str:
+    """An unreachable API in words (connection refused, a name that does not resolve, a timeout), not the
+    name of urllib3's exception class."""
+    inner = getattr(e, "reason", None) or e  # MaxRetryError wraps the cause
+    text = str(getattr(inner, "args", [""])[-1] if isinstance(getattr(inner, "args", None), tuple) and
+               inner.args else inner)
+    for needle, said in (("Connection refused", "connection refused"), ("Name or service not known",
+                         "the host name does not resolve"), ("timed out", "timed out"),
+                         ("No route to host", "no route to host"), ("CERTIFICATE_VERIFY_FAILED",
+                         "its TLS certificate is not trusted (airflow.verify_tls)")):
+        if needle.lower() in str(e).lower() or needle.lower() in text.lower():
+            return f"{said} ({type(inner).__name__})"
+    return f"{type(inner).__name__}: {text[:200]}"
 
 
 def _utc(t: datetime | None) -> datetime | None:

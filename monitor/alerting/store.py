@@ -113,15 +113,21 @@ class AlertStore:
     EXTRA_SCHEMA = ""  # a producer's own tables (the SLA watcher's DAGs seen, the healer's actions)
     WHAT = "state file"
 
-    def __init__(self, path: str, fresh: bool = False):
+    def __init__(self, path: str, fresh: bool = False, read_only: bool = False):
+        """read_only: a look that changes nothing (`sla check`, `sla status`): an existing file is opened
+        read-only, and a missing one is neither created nor its directories made (an empty state is read)."""
         self.path = path
+        self.read_only = read_only
         if path != ":memory:":
             p = Path(path).expanduser()
             if p.is_file() and p.stat().st_size == 0 and not fresh:
                 raise StateEmpty(f"{self.WHAT} {p} is empty: it had the open alerts, and starting afresh "
                                  "would page every one of them again; restore it, or pass --fresh-state to "
                                  "start with no alerts")
-            p.parent.mkdir(parents=True, exist_ok=True)
+            if read_only and not (p.is_file() and p.stat().st_size):
+                self.path = ":memory:"
+            elif not read_only:
+                p.parent.mkdir(parents=True, exist_ok=True)
         self.lock = threading.Lock()
         self.corrupted = 0  # outbox records found unreadable and moved aside
         self.broken = ""  # why the file cannot be used; "" while it can
@@ -133,10 +139,15 @@ class AlertStore:
         with self.lock:
             self.db.close()
             try:
-                self.db = sqlite3.connect(str(Path(self.path).expanduser()) if self.path != ":memory:" else self.path,
-                                          check_same_thread=False, isolation_level=None, timeout=10)
-                self.db.execute("PRAGMA journal_mode=WAL")
-                self.db.executescript(SCHEMA + self.EXTRA_SCHEMA)
+                if self.read_only and self.path != ":memory:":  # written by nobody here
+                    self.db = sqlite3.connect(f"{Path(self.path).expanduser().resolve().as_uri()}?mode=ro", uri=True,
+                                              check_same_thread=False, isolation_level=None, timeout=10)
+                else:
+                    self.db = sqlite3.connect(str(Path(self.path).expanduser()) if self.path != ":memory:"
+                                              else self.path, check_same_thread=False, isolation_level=None,
+                                              timeout=10)
+                    self.db.execute("PRAGMA journal_mode=WAL")
+                    self.db.executescript(SCHEMA + self.EXTRA_SCHEMA)
                 check = self.db.execute("PRAGMA quick_check").fetchone()[0]
                 if check != "ok":
                     raise sqlite3.DatabaseError(f"integrity check: {check}")

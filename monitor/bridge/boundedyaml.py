@@ -11,6 +11,7 @@ A breach is a `ValueError` whose message is one line naming the limit.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import yaml
@@ -20,6 +21,18 @@ MAX_DEPTH = 64  # a mapping file needs about 5 levels
 MAX_NODES = 1_000_000  # after aliases are expanded
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class GoLoader(_Loader):
+    r"""A safe loader that reads plain numbers as statsd_exporter's Go YAML (gopkg.in/yaml.v2) does: its
+    float syntax `[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?` takes `1e-6` and `2E3`, which
+    YAML 1.1 (and so PyYAML) reads as strings; `scale: 1e-6` is a number in both."""
+
+
+GoLoader.yaml_implicit_resolvers = {k: list(v) for k, v in _Loader.yaml_implicit_resolvers.items()}
+GoLoader.add_implicit_resolver("tag:yaml.org,2002:float",
+                               re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?$"),
+                               list("-+.0123456789"))
 
 
 class LimitError(ValueError):
@@ -71,4 +84,4 @@ def load(path: str | Path, max_bytes: int = MAX_BYTES):
         raise LimitError(f"larger than {max_bytes:,} bytes")
     text = raw.decode("utf-8")
     check(text)
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a safe loader (CSafeLoader or SafeLoader)
+    return yaml.load(text, Loader=GoLoader)  # noqa: S506 - a safe loader (CSafeLoader or SafeLoader)

@@ -74,8 +74,11 @@ class DatadogSink:
         else:
             from datadog import api, initialize
 
-            initialize(api_key=api_key, api_host=api_host, mute=False, hostname=hostname)
+            # the host each agentless point carries: `hostname`, or none (the datadog package would attach
+            # this machine's name, a pod name that changes at every rollout)
+            initialize(api_key=api_key, api_host=api_host, mute=False, host_name=hostname or None)
             self.api = api
+        self.hostname = hostname or ""
 
     # --------------------------------------------------------------- store -> points
     def _names(self, family: str, labels: dict[str, str]) -> tuple[str, list[str], bool]:
@@ -226,7 +229,7 @@ class DatadogSink:
                 for ts, (name, kind, value, tags) in batch
             ]
             try:
-                self.api.Metric.send(metrics=series)
+                self.api.Metric.send(metrics=series, attach_host_name=bool(self.hostname))
             except Exception as e:  # noqa: BLE001 - any failure: keep the points, back off
                 self.failures += 1
                 self.backoff = min(60.0, max(1.0, self.backoff * 2))

@@ -18,6 +18,7 @@ from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from . import reasons
 from .store import sample_name
 
 SELF = "airflow_monitor_bridge_"
@@ -162,12 +163,14 @@ class SelfCollector(Collector):
         yield f("metric_samples", "counter", "Samples of each Airflow metric accepted, by its Prometheus family "
                 "(the alert AirflowMetricStoppedArriving watches these).",
                 [({"metric": m}, v) for m, v in by_metric.items()])
-        yield f("parse_errors", "counter", "Lines or packets rejected, by reason.",
+        yield f("parse_errors", "counter", reasons.help_text("Lines or packets rejected", reasons.PARSE_ERRORS),
                 [({"reason": r}, v) for r, v in list(st.parse_errors.items())])
-        yield f("dropped", "counter",
-                "Samples parsed but not stored, by reason (legacy_twin, tagless_twin, cardinality_cap, "
-                "conflict, drop_rule, unmapped).",
+        yield f("dropped", "counter", reasons.help_text("Samples parsed but not stored", reasons.DROPPED),
                 [({"reason": r}, v) for r, v in list(st.dropped.items())])
+        yield f("labels_dropped", "counter",
+                reasons.help_text("Tags removed from a line whose sample is kept (once per distinct line)",
+                                  reasons.LABELS_DROPPED),
+                [({"reason": r}, v) for r, v in list(st.labels_dropped.items())])
         yield f("conflicts", "counter", "Samples dropped because their family exists with another type.",
                 [({}, st.dropped.get("conflict", 0))])
         yield f("unmapped_keys", "counter",
@@ -188,8 +191,9 @@ class SelfCollector(Collector):
                 "turned on or off), by catalog metric and the form counted since.",
                 [({"metric": m, "to": to}, v) for (m, to), v in list(st.mode_switches.items())])
         yield f("dogstatsd_timers_in_seconds", "gauge",
-                "1 while Airflow's timer() metrics are read as seconds (DogStatsD mode sends them in seconds "
-                "labelled ms), by how it was decided (auto, or pinned by dogstatsd_timer_unit).",
+                "1 while Airflow's timer() metrics are read as seconds: the last such line came from Airflow's "
+                "DogStatsD client (seconds labelled ms; each line is read in its own unit), by how it was decided "
+                "(auto, or pinned by dogstatsd_timer_unit).",
                 [({"decided": "auto" if b.ingest.timer_unit == "auto" else "pinned"},
                   1.0 if b.ingest.timers_in_seconds else 0.0)])
         yield f("web_restarts", "counter", "Times the web process (HTTP, /metrics) died and was started again.",

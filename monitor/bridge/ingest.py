@@ -33,7 +33,7 @@ from itertools import islice
 
 from monitor.bridge.mapper import Mapper, Target
 from monitor.bridge.parse import Key, ParseError, parse_key, parse_values
-from monitor.bridge.store import Drop, Store
+from monitor.bridge.store import Drop, Store, label_problem
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,9 @@ log = logging.getLogger(__name__)
 #   (LEGACY, metric name): a legacy sample in "tagged" mode, dropped (legacy_twin), its time noted
 #   (TAGLESS, metric name): a tagless sample in "plain" mode, dropped (tagless_twin), counted as evidence
 #   (CANDIDATE, target, key, metric name): a tagged sample in "plain" mode, held as evidence (see _candidate)
-COUNTER, GAUGE, HIST, SET, DROP, ERROR, PENDING, WATCH, LEGACY, TAGLESS, CANDIDATE = range(11)
+#   (TIMER, HIST entry in milliseconds, HIST entry in seconds, DogStatsD-tagged): a line of an Airflow
+#   metric timed with Stats.timer(), whose unit each line's value tells (see _timer_unit)
+COUNTER, GAUGE, HIST, SET, DROP, ERROR, PENDING, WATCH, LEGACY, TAGLESS, CANDIDATE, TIMER = range(12)
 _KIND = {"counter": COUNTER, "gauge": GAUGE, "histogram": HIST}
 PENDING_MAX_AGE = 1.0  # seconds a first legacy or tagless sample waits for its twin
 PENDING_MAX = 20_000  # samples of one metric held at most; then its mode is decided at once
@@ -59,6 +61,9 @@ EVIDENCE_HELD = 2_000  # tagged samples of one "plain" metric held as evidence a
 EVIDENCE_WINDOW = 60.0
 EVIDENCE_MIN = 5
 MAX_SET_MEMBERS = 10_000  # distinct values a statsd set counts; more are dropped (set_cap)
+# /-/dropped: the last lines refused or unmapped, kept per (self-metric, reason): at most NOTE_KEEP lines of
+# NOTE_BYTES each, one a NOTE_EVERY seconds, so that a flood costs a dict lookup a line and no memory
+NOTE_KEEP, NOTE_BYTES, NOTE_EVERY = 20, 300, 1.0
 WHOLE_MAX = 50_000  # whole lines remembered (~12 MiB); when full it starts afresh
 ENTRY_BYTES = 160  # what a cache entry costs beside its key's bytes (dict slot, tuple, float), measured
 INF = float("inf")
@@ -84,6 +89,14 @@ class Stats:
         self.internal_errors: Counter[str] = Counter()  # by exception type
         self.socket_errors: Counter[str] = Counter()  # by reason (emfile, too_many_connections...)
         self.mode_switches: Counter[tuple[str, str]] = Counter()  # (catalog metric, new mode)
+        self.labels_dropped: Counter[str] = Counter()  # tags removed from a line that is kept, by reason
+
+
+def _base(e: tuple) -> int | None:
+    """Where the series an entry writes lives (None: it writes none)."""
+    while e[0] is WATCH or e[0] is TIMER:
+        e = e[1]
+    return e[1] if e[0] <= SET else None
 
 
 def _const(kind: int, reason: str, _memo: dict = {}) -> tuple:  # noqa: B006 - a deliberate memo
@@ -101,10 +114,11 @@ class Ingest:
             raise ValueError("dogstatsd_timer_unit must be auto, s or ms")
         # Airflow 3.x's DogStatsD client sends what it times with Stats.timer() in seconds while
         # labelling it |ms (datadog's `timed` without use_ms; Airflow issue 72110); the plain and
-        # InfluxDB clients send milliseconds. auto: seconds once an Airflow line with DogStatsD
-        # tags (`|#`) has been seen; s / ms pin it.
+        # InfluxDB clients (the `statsd` package) send milliseconds. auto: each line says which (see
+        # _timer_unit), so an Airflow switched between modes is read right at once; s / ms pin it.
         self.timer_unit = dogstatsd_timer_unit
-        self.dogstatsd_seen = False
+        self.timer_seconds: bool | None = None  # the unit of the last timer() line: None before the first
+        self.timer_told: set[bool] = set()  # changes of unit logged (once each way)
         self.mapper = mapper
         self.store = store
         self.vals = store.vals
@@ -133,6 +147,9 @@ class Ingest:
         # whole counter and gauge lines -> (base, increment or value, is increment, type): Airflow
         # repeats them to the byte (`...open_slots:32|g`, `...:1|c`); cleared whenever `cache` is
         self.whole: dict[bytes, tuple] = {}
+        # the last lines refused or unmapped (see NOTE_KEEP): (metric, reason) -> deque of (unix time, line)
+        self.recent: dict[tuple[str, str], deque] = {}
+        self.noted_at: dict[tuple[str, str], float] = {}  # (metric, reason) -> when a line may be kept next
 
     # ------------------------------------------------------------------ hot path
     def handle(self, data: bytes, transport: str = "udp", now: float | None = None) -> None:
@@ -161,6 +178,11 @@ class Ingest:
         legacy_seen = self.legacy_seen
         tagless_seen = self.tagless_seen
         timers = self.timer_samples
+        noted_at = self.noted_at
+        # Airflow's twins are half its traffic: whether one may be kept for /-/dropped is decided per batch
+        # (`now` is the batch's), so that a dropped twin costs no lookup
+        note_legacy = now >= noted_at.get(("dropped", "legacy_twin"), 0.0)
+        note_tagless = now >= noted_at.get(("dropped", "tagless_twin"), 0.0)
         for line in lines:
             w = whole.get(line)
             if w is not None:  # a counter or gauge line seen before, to the byte: no parsing at all
@@ -180,6 +202,7 @@ class Ingest:
             if i <= 0 or j < 0:
                 if line.rstrip():
                     st.parse_errors["malformed_line"] += 1
+                    self.note("parse_errors", "malformed_line", line, now)
                 continue
             key = line[:i] + line[j:]
             e = cache.get(key)
@@ -239,17 +262,27 @@ class Ingest:
                         whole[line] = (b, v, delta, e[5])
                 elif kind is DROP:
                     st.dropped[e[1]] += 1
+                    if now >= noted_at.get(("dropped", e[1]), 0.0):
+                        self.note("dropped", e[1], line, now)
                     continue
                 elif kind is TAGLESS:
                     st.dropped["tagless_twin"] += 1
                     tagless_seen[e[1]] += 1
+                    if note_tagless:
+                        self.note("dropped", "tagless_twin", line, now)
+                        note_tagless = False
                     continue
                 elif kind is LEGACY:
                     st.dropped["legacy_twin"] += 1
                     legacy_seen[e[1]] = now
+                    if note_legacy:
+                        self.note("dropped", "legacy_twin", line, now)
+                        note_legacy = False
                     continue
                 elif kind is ERROR:
                     st.parse_errors[e[1]] += 1
+                    if now >= noted_at.get(("parse_errors", e[1]), 0.0):
+                        self.note("parse_errors", e[1], line, now)
                     continue
                 else:
                     self._slow(e, vals, now)
@@ -266,6 +299,32 @@ class Ingest:
             samples[e[5]] += 1
 
     # ------------------------------------------------------------------ slow path
+    def note(self, metric: str, reason: str, line: bytes, now: float) -> None:
+        """Keep a line refused or unmapped for /-/dropped, at most one a NOTE_EVERY seconds per reason."""
+        k = (metric, reason)
+        if now < self.noted_at.get(k, 0.0):
+            return
+        if len(self.noted_at) > 1000:  # reasons are few; `unmapped` is per family: bounded all the same
+            self.noted_at.clear()
+            self.recent.clear()
+        self.noted_at[k] = now + NOTE_EVERY
+        ring = self.recent.get(k)
+        if ring is None:
+            ring = self.recent[k] = deque(maxlen=NOTE_KEEP)
+        ring.append((time.time(), line[:NOTE_BYTES].decode("utf-8", "replace")))
+
+    def recent_dropped(self) -> list[dict]:
+        """What /-/dropped shows: per (self-metric, reason), how many in all and the last lines kept."""
+        st = self.stats
+        totals = {"dropped": st.dropped, "parse_errors": st.parse_errors, "unmapped": None}
+        out = []
+        for (metric, reason), ring in sorted(self.recent.items()):
+            counter = totals.get(metric)
+            out.append({"metric": metric, "reason": reason,
+                        "count": counter.get(reason, 0) if counter is not None else None,
+                        "lines": [{"at": t, "line": text} for t, text in list(ring)]})
+        return out
+
     def _internal(self, err: Exception) -> None:
         kind = type(err).__name__
         if not self.stats.internal_errors[kind]:
@@ -282,23 +341,27 @@ class Ingest:
         except ParseError as err:
             self._cache(ckey, _const(ERROR, err.reason))
             st.parse_errors[err.reason] += 1
+            self.note("parse_errors", err.reason, head + b":" + vals + b"|" + tail, now)
             return
         try:
             values = parse_values(vals, key.type) if key.type != "s" else None
         except ParseError as err:
             st.parse_errors[err.reason] += 1
+            self.note("parse_errors", err.reason, head + b":" + vals + b"|" + tail, now)
             return
         if values is not None and key.type == "c" and any(v < 0 for v, _ in values):
             st.parse_errors["negative_counter"] += 1
+            self.note("parse_errors", "negative_counter", head + b":" + vals + b"|" + tail, now)
             return
-        if not self.dogstatsd_seen and b"#" in tail:
-            self._dogstatsd(key)
         e = self._resolve(key, ckey, now)
+        if e[0] is DROP or e[0] is LEGACY or e[0] is TAGLESS:
+            self.note("dropped", e[1] if e[0] is DROP else "legacy_twin" if e[0] is LEGACY else "tagless_twin",
+                      head + b":" + vals + b"|" + tail, now)
         if e[0] is PENDING and values is None:  # a set under a legacy Airflow name: not Airflow's
             st.dropped["conflict"] += 1
         elif e[0] is PENDING:
-            self._pend(e[3], e[1], e[2], values, now)
-        elif e[0] is SET or e[0] is WATCH or e[0] is CANDIDATE or e[0] is TAGLESS:
+            self._pend(e[3], e[1], e[2], self._held_values(e[1], e[2], vals, values), now)
+        elif e[0] is SET or e[0] is WATCH or e[0] is CANDIDATE or e[0] is TAGLESS or e[0] is TIMER:
             self._slow(e, vals, now)
         else:
             self._apply(e, values, now)
@@ -316,9 +379,19 @@ class Ingest:
             self.vals[e[1]] = now
             st.samples["s", ""] += 1
             return
+        if kind is TIMER:
+            seconds = self._timer_unit(vals, e[3])
+            try:
+                values = parse_values(vals, "ms")
+            except ParseError as err:
+                st.parse_errors[err.reason] += 1
+                return
+            self._apply(e[2] if seconds else e[1], values, now)
+            return
         if kind is WATCH:
             _, inner, mname, family, labels = e
-            tag = inner[5] if len(inner) > 5 else None
+            counted = inner[1] if inner[0] is TIMER else inner  # a timer's entries share their sample tag
+            tag = counted[5] if len(counted) > 5 else None
             if inner[0] is DROP:
                 st.dropped[inner[1]] += 1
             else:  # counted (its legacy twin, just before it, was dropped), then maybe the switch
@@ -339,7 +412,7 @@ class Ingest:
             except ParseError as err:
                 st.parse_errors[err.reason] += 1
                 return
-            self._candidate(mname, target, key, values, now)
+            self._candidate(mname, target, key, self._held_values(target, key, vals, values), now)
             return
         if kind is PENDING:
             _, target, key, mname = e
@@ -348,7 +421,7 @@ class Ingest:
             except ParseError as err:
                 st.parse_errors[err.reason] += 1
                 return
-            self._pend(mname, target, key, values, now)
+            self._pend(mname, target, key, self._held_values(target, key, vals, values), now)
             return
         try:
             values = parse_values(vals, e[5][0])
@@ -363,6 +436,9 @@ class Ingest:
         if kind is DROP or kind is ERROR:
             (st.dropped if kind is DROP else st.parse_errors)[e[1]] += len(values or ()) or 1
             return
+        if kind is TIMER:  # held back (a twin's first sample): its values were made milliseconds (_held_values)
+            e = e[1]
+            kind = e[0]
         if kind is LEGACY:
             st.dropped["legacy_twin"] += len(values or ()) or 1
             return
@@ -407,6 +483,8 @@ class Ingest:
         target = self.mapper.map(key)
         if target.form == "unmapped":
             st.unmapped += 1
+            if target.kind != "drop":  # exported: a user's metric that "does not show up" may be under this name
+                self.note("unmapped", f"exported as {target.family}", ckey, now)
         if target.kind == "drop":
             return self._cache(ckey, _const(DROP, target.reason))
         m = target.metric
@@ -473,7 +551,8 @@ class Ingest:
             return
         del self.gain[mname]
         start, tagless, held, family = ev
-        twins = self._moved(family, start)
+        # the legacy twin of the first held sample came just before it (Airflow sends the legacy form first)
+        twins = self._moved(family, start - PENDING_MAX_AGE)
         if len(held) >= EVIDENCE_MIN and self.tagless_seen[mname] - tagless < EVIDENCE_MIN:
             self._set_mode(mname, "tagged")
         for target, key, values, t in held:
@@ -490,23 +569,52 @@ class Ingest:
 
     @property
     def timers_in_seconds(self) -> bool:
-        """Whether Airflow's timer() metrics arrive in seconds (see __init__)."""
-        return self.timer_unit == "s" or (self.timer_unit == "auto" and self.dogstatsd_seen)
+        """Whether the last of Airflow's timer() lines was read as seconds (see __init__)."""
+        return self.timer_unit == "s" or (self.timer_unit == "auto" and bool(self.timer_seconds))
 
-    def _dogstatsd(self, key: Key) -> None:
-        """A line with DogStatsD tags: if it is Airflow's, Airflow uses its DogStatsD client."""
-        t = self.mapper.airflow.map(key)
-        if t is None or t.metric is None:
-            return
-        self.dogstatsd_seen = True
-        if self.timer_unit == "auto":
-            log.warning("Airflow sends DogStatsD: its timer() metrics (scheduler loop, critical section, "
-                        "dependency check...) arrive in seconds labelled ms, and are read as seconds")
-            self._clear_cache()  # entries made before now read them as milliseconds
+    def _held_values(self, target: Target, key: Key, vals: bytes, values: list) -> list:
+        """Values of a sample held back (a twin's first, or evidence), in the unit its entry will read:
+        a timer() line that came in seconds is held in milliseconds, since its raw text is not kept."""
+        m = target.metric
+        if (key.type == "ms" and m is not None and m.timer_call and not m.sent_in_seconds and self.timer_unit == "auto"
+                and key.style in ("", "dogstatsd") and self._timer_unit(vals, key.style == "dogstatsd")):
+            return [(v * 1000.0, d) for v, d in values]
+        return values
+
+    def _timer_unit(self, vals: bytes, dogstatsd: bool) -> bool:
+        """Is this line of a Stats.timer() metric in seconds? Airflow's two clients write it differently:
+        the `statsd` package (plain and InfluxDB modes) sends milliseconds as `%0.6f` (`31.234567|ms`), the
+        DogStatsD client sends seconds as Python writes a float (`0.031234567000000002|ms`), with `|#` when
+        the line has tags. A whole number is milliseconds (a DogStatsD client with use_ms, an Airflow
+        that fixed it). A change of what arrives is logged once each way."""
+        v = vals.split(b":", 1)[0].lstrip(b"+-")
+        whole, dot, frac = v.partition(b".")
+        if not dot and whole.isdigit():
+            seconds = False
+        elif dogstatsd:
+            seconds = True
+        else:
+            seconds = not (whole.isdigit() and len(frac) == 6 and frac.isdigit())
+        if seconds is not self.timer_seconds:
+            if self.timer_seconds is not None and seconds not in self.timer_told:
+                self.timer_told.add(seconds)
+                log.warning("Airflow's timer() metrics (scheduler loop, critical section, dependency check...) now "
+                            "arrive %s, and are read so (logged once each way)",
+                            "in seconds labelled ms, as Airflow's DogStatsD client sends them" if seconds else
+                            "in milliseconds, as Airflow's statsd client (plain or InfluxDB) sends them")
+            elif self.timer_seconds is None:
+                log.info("Airflow's timer() metrics arrive in %s", "seconds labelled ms (DogStatsD)" if seconds
+                         else "milliseconds (statsd)")
+            self.timer_seconds = seconds
+        return seconds
 
     def _entry(self, target: Target, key: Key, now: float) -> tuple:
+        labels = target.labels
+        if label_problem(labels, target.kind):  # a reserved tag goes, the sample stays
+            labels = tuple(p for p in labels if not label_problem((p,), target.kind))
+            self.stats.labels_dropped["reserved_label"] += 1
         try:
-            base = self.store.series(target.family, target.kind, target.labels, target.help,
+            base = self.store.series(target.family, target.kind, labels, target.help,
                                      target.buckets, target.ttl, now)
         except Drop as d:
             return _const(DROP, d.reason)
@@ -521,10 +629,16 @@ class Ingest:
         if kind is COUNTER:
             return (COUNTER, base, target.mult / key.rate, None, None, tag)
         if kind is HIST:
-            scale = target.scale
-            if key.type == "ms" and target.metric is not None and target.metric.timer_call and self.timers_in_seconds:
-                scale = 1.0
-            return (HIST, base, scale * target.mult, 1.0 / key.rate, target.buckets, tag)
+            m = target.metric
+            if key.type != "ms" or m is None or not (m.timer_call or m.sent_in_seconds):
+                return (HIST, base, target.scale * target.mult, 1.0 / key.rate, target.buckets, tag)
+            ms = (HIST, base, 0.001 * target.mult, 1.0 / key.rate, target.buckets, tag)
+            s = (HIST, base, target.mult, 1.0 / key.rate, target.buckets, tag)
+            if m.sent_in_seconds or (self.timer_unit == "s"):  # Stats.timing() of seconds: every mode
+                return s
+            if self.timer_unit == "ms" or key.style not in ("", "dogstatsd"):  # InfluxDB: the statsd client
+                return ms
+            return (TIMER, ms, s, key.style == "dogstatsd")
         return (GAUGE, base, target.mult, None, None, tag)
 
     def _cache(self, ckey: bytes, entry: tuple) -> tuple:
@@ -549,8 +663,9 @@ class Ingest:
         if self.mode.get(mname) == mode:
             return
         before = self.mode.get(mname)
-        if before is None:
-            log.info("metric %s: %s form is authoritative", mname, "tagged" if mode == "tagged" else "legacy")
+        if before is None:  # the usual first decision: not news at the default level
+            log.debug("metric %s: its %s counts", mname, "legacy form" if mode == "plain" else
+                      "tagged (or lone tagless) form")
         else:
             self.stats.mode_switches[(mname, mode)] += 1
             if self.stats.mode_switches[(mname, mode)] == 1:
@@ -612,8 +727,7 @@ class Ingest:
         if freed:
             self.stats.series_expired += len(freed)
             # entries that point at a freed series must go before its slots are reused
-            dead = [k for k, e in self.cache.items()
-                    if (e[0] <= SET and e[1] in freed) or (e[0] == WATCH and e[1][0] <= SET and e[1][1] in freed)]
+            dead = [k for k, e in self.cache.items() if _base(e) in freed]
             for k in dead:
                 del self.cache[k]
                 self.cache_used -= len(k) + ENTRY_BYTES

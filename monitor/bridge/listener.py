@@ -54,13 +54,26 @@ def bind(kind: int, addr: str, what: str | None = None) -> socket.socket:
         s = socket.socket(info[0], kind)
     except OSError as e:
         raise OSError(e.errno, f"cannot listen on {addr} ({what}): {e.strerror}") from None
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if kind == socket.SOCK_STREAM:
+        # TCP: lets a restart bind past TIME_WAIT, never beside a live listener. UDP: never, since on
+        # Linux it lets a second bridge bind the same port and take the traffic the first one counts
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         s.bind(info[4])
     except OSError as e:
         s.close()
         raise OSError(e.errno, f"cannot listen on {addr} ({what}): {e.strerror}") from None
     return s
+
+
+def _alive(path: str) -> bool:
+    """Does a process still read the Unix datagram socket at `path`? (A stale one refuses a connect.)"""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+    return True
 
 
 def set_rcvbuf(s: socket.socket, size: int) -> int:
@@ -101,6 +114,9 @@ class Listeners:
         if unix:
             try:
                 if stat.S_ISSOCK(os.stat(unix).st_mode):
+                    if _alive(unix):  # another bridge reads it: taking it over would steal its traffic
+                        raise OSError(errno.EADDRINUSE, f"cannot listen on unix socket {unix}: "
+                                      f"{os.strerror(errno.EADDRINUSE)} (another process reads it)")
                     os.unlink(unix)  # a stale socket from an earlier run
             except FileNotFoundError:
                 pass

@@ -29,7 +29,6 @@ KIND = {"c": "counter", "g": "gauge", "ms": "histogram", "h": "histogram", "d": 
 _NAME_BAD = re.compile(r"[^a-zA-Z0-9_:]")
 _DASHES = re.compile(r"-{2,}")
 _VAR = re.compile(r"\{([a-z_]+)\}")
-_EXPAND = re.compile(r"\$\{(\d+)\}|\$(\d+)")
 _REPEAT = re.compile(r"(?<!\\)\{(\d+)(?:,(\d*))?\}")
 MAX_REPEAT = 1000  # RE2's and Go's limit on a counted repetition {n,m}
 _RE2_OPTIONS = re2.Options()
@@ -154,6 +153,8 @@ class Rule:
     scale: float = 1.0  # multiplies every value (after milliseconds become seconds)
     honor_labels: bool = False  # the line's tags win over the rule's labels
     specificity: tuple = ()  # for glob_disable_ordering: literal segments before wildcards
+    index: int = 0  # its place in the file (mapping #index), for `bridge explain`
+    match: str = ""  # its match as written
 
 
 def _literal(c: str) -> str:
@@ -187,25 +188,111 @@ def _regex(where: str, pattern: str) -> re2._Regexp:
     raise MappingError(f"{where}: invalid regex {_show.repr(pattern)}: {rule}")
 
 
-def _template(where: str, what: str, text: str, groups: int, warn) -> Template:
-    """Compile `text` with `$1` / `${1}` references into pieces; a reference to a group the match
-    does not have expands to nothing, as in statsd_exporter (and is said at load)."""
+def _template(where: str, what: str, text: str, groups: int, warn, glob: bool = False,
+              names: dict[str, int] | None = None) -> Template:
+    """Compile a template into pieces (literal text, or a capture group's number), read as statsd_exporter
+    0.27 reads it: a regex rule's with Go's regexp.Expand, a glob rule's with its own formatter (fsm). A
+    reference to a group the match does not have expands to nothing there, so here too (and is said at
+    load, as is a `$` Go keeps as text)."""
+    pieces = _glob_pieces(text, groups) if glob else _regex_pieces(text, groups, names or {})
     out: list = []
-    pos = 0
-    for x in _EXPAND.finditer(text):
-        if x.start() > pos:
-            out.append(text[pos : x.start()])
-        digits = x.group(1) or x.group(2)
-        i = int(digits) if len(digits) <= 6 else groups + 1
-        if i <= groups:
-            out.append(i)
+    for p in pieces:
+        if isinstance(p, tuple):  # (reference as written, None): expands to nothing
+            ref = p[0]
+            why = (f"{groups} groups" if glob or ref.strip("${}").isdigit() else "no group of that name")
+            hint = ""
+            split = re.fullmatch(r"\$\{?(\d+)(\w+)\}?", ref)
+            if split:  # `$1_foo`: the whole word is the reference, in Go and in statsd_exporter's globs
+                hint = (f"; statsd_exporter reads {ref} as one reference: write ${{{split.group(1)}}}"
+                        f"{split.group(2)} for group {split.group(1)} followed by {split.group(2)!r}")
+            warn(f"{where}: {what} refers to {_show.repr(ref)[1:-1]}, which its match does not capture ({why}); "
+                 f"it expands to nothing, as in statsd_exporter{hint}")
+            continue
+        if out and isinstance(p, str) and isinstance(out[-1], str):
+            out[-1] += p
         else:
-            warn(f"{where}: {what} refers to {_show.repr(x.group(0))[1:-1]}, which its match does not capture "
-                 f"({groups} groups); it expands to nothing")
-        pos = x.end()
-    if pos < len(text):
-        out.append(text[pos:])
+            out.append(p)
     return tuple(out)
+
+
+_GLOB_REF = re.compile(r"\$\{?([a-zA-Z0-9_$]+)\}?")  # statsd_exporter's fsm formatter (pkg/mapper/fsm)
+
+
+def _glob_pieces(text: str, groups: int) -> list:
+    """A glob rule's template as statsd_exporter's formatter reads it: each match of `$` or `${`, the longest
+    run of [a-zA-Z0-9_$], an optional `}` is replaced, in order and every occurrence of it at once, by its
+    capture if its word is a number from 1 to the number of `*`, else by nothing (`$0`, `$1_foo`, `$1$2`);
+    the captures then fill the slots in the order they were made."""
+    refs = list(_GLOB_REF.finditer(text))
+    if not refs:
+        return [text] if text else []
+    SLOT = "\x00"
+    fmt, order, gone = text.replace(SLOT, ""), [], []
+    for x in refs:
+        word = x.group(1)
+        i = int(word) if word.isascii() and word.isdigit() and len(word) <= 9 else 0
+        if 1 <= i <= groups:
+            fmt = fmt.replace(x.group(0), SLOT)
+            order.append(i)
+        else:
+            if x.group(0) in fmt:
+                gone.append((x.group(0), None))
+            fmt = fmt.replace(x.group(0), "")
+    parts = fmt.split(SLOT)
+    out: list = list(gone)  # said at load (nothing in their place)
+    if len(parts) - 1 != len(order):  # Go's Sprintf would print %!s(MISSING) or %!(EXTRA ...)
+        out.append((f"{text} (its references overlap: statsd_exporter prints %!s(MISSING) or %!(EXTRA) here)",
+                    None))
+    for k, part in enumerate(parts):
+        if part:
+            out.append(part)
+        if k < len(parts) - 1 and k < len(order):
+            out.append(order[k])
+    return out
+
+
+def _regex_pieces(text: str, groups: int, names: dict[str, int]) -> list:
+    """A regex rule's template as Go's regexp.Expand reads it: `$$` is a `$`; `$name` or `${name}` takes the
+    longest run of letters, digits and `_` (so `$1_foo` is the name `1_foo`, not group 1 then `_foo`); a
+    number without a leading zero is a group, a name a named group; a malformed `$` is kept as text."""
+    out: list = []
+    buf: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c != "$":
+            buf.append(c)
+            i += 1
+            continue
+        if i + 1 < n and text[i + 1] == "$":
+            buf.append("$")
+            i += 2
+            continue
+        j = i + 1
+        brace = j < n and text[j] == "{"
+        if brace:
+            j += 1
+        k = j
+        while k < n and (text[k].isalpha() or text[k].isdecimal() or text[k] == "_"):
+            k += 1
+        if k == j or (brace and (k >= n or text[k] != "}")):  # malformed: the `$` is text
+            buf.append("$")
+            i += 1
+            continue
+        name = text[j:k]
+        end = k + 1 if brace else k
+        if buf:
+            out.append("".join(buf))
+            buf = []
+        if name.isascii() and name.isdigit() and (name == "0" or name[0] != "0") and len(name) <= 8:
+            num = int(name)
+            out.append(num if num <= groups else (text[i:end], None))
+        else:
+            out.append(names[name] if name in names else (text[i:end], None))
+        i = end
+    if buf:
+        out.append("".join(buf))
+    return out
 
 
 def _expand(template: Template, m) -> str:
@@ -365,11 +452,14 @@ def _load_rules(path, default_buckets, warn) -> list[Rule]:
         if isinstance(scale, bool) or not isinstance(scale, int | float) or not math.isfinite(scale):
             raise MappingError(f"{where}: scale must be a finite number, not {_show.repr(scale)}")
         groups = rx.groups
+        glob = match_type == "glob"
+        names = dict(getattr(rx, "groupindex", None) or {})
         rules.append(
             Rule(
                 regex=rx,
-                name=_template(where, "name", str(name or ""), groups, warn),
-                labels={str(k): _template(where, f"label {k}", str(v), groups, warn) for k, v in labels.items()},
+                name=_template(where, "name", str(name or ""), groups, warn, glob, names),
+                labels={str(k): _template(where, f"label {k}", str(v), groups, warn, glob, names)
+                        for k, v in labels.items()},
                 action=action,
                 metric_type="observer" if mtype == "timer" else mtype,
                 ttl=parse_duration(r["ttl"]) if "ttl" in r else (d_ttl or None),
@@ -380,6 +470,8 @@ def _load_rules(path, default_buckets, warn) -> list[Rule]:
                 scale=float(scale),
                 honor_labels=bool(r.get("honor_labels", False)),
                 specificity=tuple(seg == "*" for seg in str(r["match"]).split(".")) if unordered else (),
+                index=i,
+                match=str(r["match"]),
             )
         )
     globs = [x for x in rules if x.glob]
@@ -469,6 +561,25 @@ class Mapper:
             if ct is not None and ct.form in ("modern", "legacy", "twin"):
                 return replace(t, form=ct.form, metric=ct.metric)
         return t
+
+    def decided_by(self, key: Key) -> str:
+        """Which rule maps a key, in words (for `airflow-monitor bridge explain`)."""
+        mtype = _METRIC_TYPE[key.type]
+        for rule in self.rules:
+            if rule.metric_type and rule.metric_type != mtype:
+                continue
+            if (rule.regex.fullmatch(key.name) if rule.glob else rule.regex.search(key.name)):
+                return (f"mapping file rule #{rule.index} (match '{rule.match}', {'glob' if rule.glob else 'regex'}"
+                        f"{', action: drop' if rule.action == 'drop' else ''}): the first rule that matches")
+        t = self.airflow.map(key)
+        if t is not None:
+            m = t.metric
+            form = {"modern": f"its tagged form ({m.name} with the ids as tags)", "twin": f"its tagless form "
+                    f"({m.name} without the ids)", "legacy": f"its legacy form ({m.legacy})",
+                    "plain": "its only form"}[t.form]
+            return f"the Airflow catalog: {m.name}, {form}"
+        return (f"no mapping rule and no Airflow metric (statsd_prefix {self.airflow.prefix.rstrip('.')!r}): "
+                f"unmapped, {'dropped' if self.unmapped == 'drop' else 'exported under a sanitized name'}")
 
     def _map(self, key: Key) -> Target:
         mtype = _METRIC_TYPE[key.type]

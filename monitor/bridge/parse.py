@@ -8,7 +8,7 @@ when (head, tail) is not cached, so this module may be thorough rather than fast
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # Bounds on one line's key (a legacy Airflow name embeds a dag_id and a task_id of up to 250
 # characters each): what is longer is refused with a reason, so no line can make a huge series.
@@ -37,6 +37,9 @@ class Key:
     type: str  # one of TYPES' keys
     rate: float
     tags: tuple[tuple[str, str], ...]
+    # how the line carried its tags: "" (none), dogstatsd (`|#k:v`), influxdb (`name,k=v`), librato
+    # (`name#k=v`) or signalfx (`name[k=v]`); not part of the key's identity
+    style: str = field(default="", compare=False)
 
 
 def split_line(line: bytes) -> tuple[bytes, bytes, bytes]:
@@ -77,6 +80,7 @@ def parse_key(head: bytes, tail: bytes) -> Key:
     name = _decode(head)
     rest = _decode(tail)
     tags: dict[str, str] = {}
+    style = ""
     # tags embedded in the name
     if "[" in name:  # SignalFX: name[k=v,k2=v2]rest
         a, b = name.index("["), name.find("]")
@@ -84,12 +88,15 @@ def parse_key(head: bytes, tail: bytes) -> Key:
             raise ParseError("malformed_tag", "unclosed '['")
         _kv_tags(name[a + 1 : b], ",", "=", tags)
         name = name[:a] + name[b + 1 :]
+        style = "signalfx"
     elif "#" in name:  # Librato: name#k=v,k2=v2
         name, _, t = name.partition("#")
         _kv_tags(t, ",", "=", tags)
+        style = "librato"
     elif "," in name:  # InfluxDB: name,k=v,k2=v2
         name, _, t = name.partition(",")
         _kv_tags(t, ",", "=", tags)
+        style = "influxdb"
     if not name or _SPACE.search(name):
         raise ParseError("illegal_name", repr(name))
     if len(name) > MAX_NAME:
@@ -108,6 +115,9 @@ def parse_key(head: bytes, tail: bytes) -> Key:
             if not 0 < rate <= 1 or not 1.0 / rate < INF:  # nan, out of range, or too small to invert
                 raise ParseError("invalid_sample_rate", p)
         elif p.startswith("#"):  # DogStatsD: |#k:v,k2:v2 (a tag without value is kept with "")
+            if tags and style:  # as statsd_exporter: one line, one tagging style
+                raise ParseError("mixed_tagging_styles", f"{style} tags in the name and DogStatsD tags after '|#'")
+            style = "dogstatsd"
             for t in p[1:].split(","):
                 if t:
                     k, _, v = t.partition(":")
@@ -122,7 +132,7 @@ def parse_key(head: bytes, tail: bytes) -> Key:
         raise ParseError("too_many_tags", str(len(tags)))
     if any(len(v) > MAX_LABEL_VALUE for v in tags.values()):
         raise ParseError("label_value_too_long")
-    return Key(name, mtype, rate, tuple(sorted(tags.items())))
+    return Key(name, mtype, rate, tuple(sorted(tags.items())), style)
 
 
 def parse_values(values: bytes, mtype: str) -> list[tuple[float, bool]]:

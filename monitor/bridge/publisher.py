@@ -29,7 +29,7 @@ BATCH = 20_000  # journal records per pickled frame
 
 class WebProcess:
     def __init__(self, store, http_sock: socket.socket, *, metrics, ready, reload, sla_ready=lambda: None,
-                 log_level: str = "INFO", lifecycle: bool = False, web_config: str = ""):
+                 log_level: str = "INFO", lifecycle: bool = False, web_config: str = "", dropped=lambda: "[]"):
         self.lifecycle = lifecycle
         self.web_config = web_config
         self.store = store
@@ -37,7 +37,8 @@ class WebProcess:
         self.reload = reload
         # s: the SLA watcher's readiness: "-" none here, "" ready, else why not
         self.answers = {b"m": lambda: metrics().encode(), b"y": lambda: b"1" if ready() else b"0",
-                        b"r": self._reload, b"s": lambda: ("-" if (why := sla_ready()) is None else why).encode()}
+                        b"r": self._reload, b"s": lambda: ("-" if (why := sla_ready()) is None else why).encode(),
+                        b"d": lambda: dropped().encode()}  # d: /-/dropped, as JSON
         self.log_level = log_level
         self.proc: subprocess.Popen | None = None
         self.journal_w = -1

@@ -8,6 +8,7 @@ mapping file too; an invalid file is reported and the old mapping stays in force
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import signal
 import socket
@@ -116,6 +117,7 @@ class Bridge:
                 socket_path=cfg.datadog_socket or None, api_key=key,
                 api_host=cfg.datadog_api_url or f"https://api.{cfg.datadog_site}",
                 flush_interval=cfg.datadog_flush_interval, constant_tags=cfg.datadog_tags,
+                hostname=cfg.datadog_hostname or None,
             )
         except ValueError as e:
             raise ConfigError(f"datadog: {e}") from None
@@ -164,7 +166,8 @@ class Bridge:
         self.web = WebProcess(self.store, self.http_sock, metrics=lambda: generate_latest(self.registry).decode(),
                               ready=lambda: self.ready, reload=self.reload, sla_ready=lambda: self.sla_ready(),
                               log_level=log_level, lifecycle=cfg.web_enable_lifecycle,
-                              web_config=cfg.web_config_file)
+                              web_config=cfg.web_config_file,
+                              dropped=lambda: json.dumps(self.ingest.recent_dropped()))
         try:
             self.listeners = Listeners(self.ingest, udp=cfg.statsd_udp or None, tcp=cfg.statsd_tcp or None,
                                        unix=cfg.statsd_unix or None, rcvbuf=cfg.udp_rcvbuf, unix_mode=self.unix_mode,

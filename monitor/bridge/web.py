@@ -190,6 +190,30 @@ class Web:
             return text(503, "the bridge does not answer" if req.authed else "not ready")
         return text(503, why.decode() if req.authed else "not ready") if why else text(200, "OK")
 
+    def dropped(self, req: Request) -> Response:
+        """/-/dropped: the last lines refused or unmapped, by reason (kept by the bridge, bounded and rate
+        limited); JSON with ?format=json."""
+        import json
+        from datetime import UTC, datetime
+
+        answer = self.control.ask(b"d")
+        if answer is None:
+            return text(503, "the bridge process does not answer")
+        groups = json.loads(answer)
+        if "format=json" in req.query:
+            return Response(200, answer, content_type="application/json")
+        out = ["# The last statsd lines the bridge refused or did not map, by reason: at most 20 a reason, one a "
+               "second. `airflow-monitor bridge explain 'LINE'` says how a line is read, mapped and exposed."]
+        for g in groups:
+            count = f", {g['count']:g} in all" if g["count"] is not None else ""
+            out.append(f"\n{g['metric']} {g['reason']}{count}:")
+            for x in g["lines"]:
+                at = datetime.fromtimestamp(x["at"], UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+                out.append(f"  {at}  {x['line']}")
+        if not groups:
+            out.append("\nnothing refused or unmapped since the bridge started")
+        return text(200, "\n".join(out))
+
     def reload(self) -> tuple[bool | None, str]:
         answer = self.control.ask(b"r")
         if answer is None:
@@ -230,8 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.web_config_file:
         web.web = webconfig.Watched(args.web_config_file)
     service = Service(web.metrics, ready=web.ready, reload=web.reload, lifecycle=args.enable_lifecycle,
-                      probes={"/-/ready/sla": web.sla_ready},
-                      index="airflow-monitor bridge: /metrics /-/healthy /-/ready /-/ready/sla POST /-/reload")
+                      probes={"/-/ready/sla": web.sla_ready}, pages={"/-/dropped": web.dropped},
+                      index="airflow-monitor bridge: /metrics /-/healthy /-/ready /-/ready/sla /-/dropped "
+                            "POST /-/reload")
     web.server = HttpServer(socket.socket(fileno=args.http_fd), service, web=web.web, name="bridge-web",
                             probe_paths=service.probe_paths).start()
     threading.Event().wait()

@@ -34,7 +34,10 @@ class Metric:
     const_labels: dict[str, str] = field(default_factory=dict)
     datadog_tags: dict[str, str] = field(default_factory=dict)  # dd tag -> airflow var
     family_help: str | None = None  # HELP of the Prometheus family, where `help` does not fit it
-    timer_call: bool = False  # emitted through Stats.timer(): seconds labelled |ms in DogStatsD mode
+    # a timer's unit as each Airflow line sends it: line -> timer (Stats.timer(): milliseconds, but seconds
+    # labelled |ms from the DogStatsD client), ms (Stats.timing(): milliseconds) or s (Stats.timing() with
+    # seconds, labelled |ms in every mode); {} where the audit does not reach (provider code): milliseconds
+    sent: dict[str, str] = field(default_factory=dict)
     since: str = "3.0"  # first Airflow 3.x line that sends it
     until: str | None = None  # last line that sends it; None: still sent
     tagged_since: str | None = None  # before this line only the legacy form (ids in the name) is sent
@@ -49,6 +52,26 @@ class Metric:
         if self.type == "timer":
             return _MS.sub(lambda m: "Seconds" if m.group(0)[0] == "M" else "seconds", self.help)
         return self.help
+
+    @property
+    def timer_call(self) -> bool:
+        """Timed with Stats.timer() (in some line): Airflow's DogStatsD client sends it in seconds labelled |ms."""
+        return "timer" in self.sent.values()
+
+    @property
+    def sent_in_seconds(self) -> bool:
+        """Every line that sends it passes seconds to Stats.timing(), labelled |ms in every mode."""
+        return bool(self.sent) and set(self.sent.values()) == {"s"}
+
+    @property
+    def unit_text(self) -> str:
+        """How Airflow sends a timer, for the catalog table: ms, s (sent as ms), or ms|s (DogStatsD)."""
+        if self.type != "timer":
+            return ""
+        units = set(self.sent.values())
+        if units == {"s"}:
+            return "s as ms"
+        return "ms, s dogstatsd" if "timer" in units else "ms"
 
     @property
     def name_vars(self) -> list[str]:
@@ -120,11 +143,18 @@ def versions_text(m: Metric) -> str:
 
 def _metric(raw: dict) -> Metric:
     try:
-        m = Metric(**{**raw, "formerly": tuple(raw.get("formerly", ()))})
+        m = Metric(**{**raw, "formerly": tuple(raw.get("formerly", ())),
+                      "sent": {str(k): str(v) for k, v in (raw.get("sent") or {}).items()}})
     except TypeError as e:
         raise CatalogError(f"catalog entry {raw.get('name')!r}: {e}") from None
     if m.type not in TYPES:
         raise CatalogError(f"catalog entry {m.name!r}: unknown type {m.type!r}")
+    if m.sent and (m.type != "timer" or not set(m.sent) <= set(AIRFLOW_LINES)
+                   or not set(m.sent.values()) <= {"timer", "ms", "s"}):
+        raise CatalogError(f"catalog entry {m.name!r}: sent must map Airflow lines to timer, ms or s (timers only)")
+    if "s" in m.sent.values() and set(m.sent.values()) != {"s"}:
+        raise CatalogError(f"catalog entry {m.name!r}: lines that disagree on seconds cannot be told apart on the "
+                           "wire; the bridge reads a metric in one unit")
     for v in (m.since, m.until, m.tagged_since):
         if v is not None and v not in AIRFLOW_LINES:
             raise CatalogError(f"catalog entry {m.name!r}: {v!r} is not one of the Airflow lines {AIRFLOW_LINES}")

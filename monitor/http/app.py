@@ -30,10 +30,12 @@ class Service:
     def __init__(self, metrics: Callable[[Request], Response], *, ready: Probe = lambda: "",
                  healthy: Probe = lambda: "", index: str = "airflow-monitor",
                  reload: Callable[[], tuple[bool | None, str]] | None = None, lifecycle: bool = False,
-                 probes: dict[str, Callable[[Request], Response]] | None = None):
+                 probes: dict[str, Callable[[Request], Response]] | None = None,
+                 pages: dict[str, Callable[[Request], Response]] | None = None):
         self.metrics, self.ready, self.healthy = metrics, ready, healthy
         self.index, self.reload, self.lifecycle = index, reload, lifecycle
         self.probes = probes or {}  # more probe paths (GET, answered from the probe pool)
+        self.pages = pages or {}  # more GET paths (behind basic auth, as /metrics is), such as /-/dropped
 
     def __call__(self, req: Request) -> Response:
         if req.method in ("GET", "HEAD"):
@@ -45,6 +47,8 @@ class Service:
                 return _probe(req, self.ready(), "not ready")
             if req.path in self.probes:
                 return self.probes[req.path](req)
+            if req.path in self.pages:
+                return self.pages[req.path](req)
             if req.path == "/":
                 return text(200, self.index)
             return text(404, "not found")

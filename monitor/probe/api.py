@@ -33,6 +33,11 @@ class Api:
             username = username or urllib.parse.unquote(user) or None
             password = password or urllib.parse.unquote(pw) or None
             parts = parts._replace(netloc=hostport)
+        if parts.path.rstrip("/").endswith(("/api/v2", "/api/v1", "/api")):
+            base = urllib.parse.urlunsplit(parts._replace(path=parts.path.rstrip("/").rsplit("/api", 1)[0],
+                                                          netloc=parts.netloc.rpartition("@")[2]))
+            raise SourceError(f"--api-url is the API server's base URL ({base}), without {parts.path.rstrip('/')}",
+                              True)
         url = urllib.parse.urlunsplit(parts)
         self.url = url.rstrip("/")
         self.timeout = timeout
@@ -44,6 +49,9 @@ class Api:
             return self.token
         if not self.username:
             raise SourceError("the API source needs a token or a username and password", True)
+        if not self.password:
+            raise SourceError(f"the API user {self.username!r} has no password: set AIRFLOW_MONITOR_AIRFLOW_PASSWORD "
+                              "or --api-password-file (or give a token)", True)
         body = json.dumps({"username": self.username, "password": self.password or ""}).encode()
         data = self._request("POST", "/auth/token", body=body, auth=False)
         self.token = data.get("access_token")
@@ -62,10 +70,13 @@ class Api:
             with urllib.request.urlopen(req, timeout=self.timeout) as r:
                 return json.load(r)
         except urllib.error.HTTPError as e:
-            hint = {401: " (authentication failed)", 403: " (the user may not read this)",
-                    404: " (not an Airflow 3 API server at this URL?)"}.get(e.code, "")
+            hint = {400: " (the request was refused as invalid: check the user, password or token)",
+                    401: " (authentication failed)", 403: " (the user may not read this)",
+                    404: " (not an Airflow 3 API server at this URL?)",
+                    405: " (is --api-url the API server's base URL, without /api/v2?)",
+                    422: " (the request was refused as invalid: check the user, password or token)"}.get(e.code, "")
             raise SourceError(f"Airflow API {method} {path} answered HTTP {e.code}{hint}",
-                              e.code in (401, 403, 404)) from None
+                              e.code in (400, 401, 403, 404, 405, 422)) from None
         except (urllib.error.URLError, OSError, TimeoutError) as e:
             reason = getattr(e, "reason", e)
             raise SourceError(f"Airflow API at {self.url} unreachable: {reason}") from None

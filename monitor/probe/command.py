@@ -13,6 +13,12 @@ from monitor.probe.db import SourceError
 from monitor.probe.rules import APPLIES, CHECKS, Thresholds, Verdict, evaluate
 
 
+def _log_level(value: str) -> str:
+    if value.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a log level (DEBUG, INFO, WARNING, ERROR)")
+    return value.upper()
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The probe's flags: `airflow-monitor probe` and the standalone zipapp share them."""
     p.add_argument("component", choices=["scheduler", "triggerer", "dag-processor"],
@@ -21,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "only tasks queued by it), like `airflow jobs check --local`")
     p.add_argument("--hostname", help="the job's host name (instead of --local)")
     p.add_argument("--json", action="store_true", help="print a JSON object instead of one line")
-    p.add_argument("--log-level", default=argparse.SUPPRESS, help="DEBUG, INFO, WARNING, ERROR")
+    p.add_argument("--log-level", type=_log_level, default=argparse.SUPPRESS, help="DEBUG, INFO, WARNING, ERROR")
     p.add_argument("--on-unknown", choices=["ok", "fail"], default="ok",
                    help="exit code when the database/API cannot be read (default ok: no restart storm)")
     p.add_argument("--on-misconfigured", choices=["ok", "fail"], default="fail",

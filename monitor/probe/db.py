@@ -20,6 +20,7 @@ that cannot be read): SourceError with `misconfigured=True`.
 from __future__ import annotations
 
 import importlib
+import os
 import re
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -43,12 +44,28 @@ class SourceError(Exception):
 _MISTAKES = ("password authentication failed", "sasl authentication failed", "authentication failed",
              "no pg_hba.conf entry", "does not exist", "no such database", "no such user",
              "access denied for user", "unknown database", "not permitted to log in", "invalid password",
-             "pg_hba.conf rejects", "(1045", "(1049", "(1044")
+             "pg_hba.conf rejects", "(1045", "(1049", "(1044",
+             # options of the URL the driver refuses (`?sslmode=bogus`), a file that is not SQLite
+             "invalid sslmode", "invalid connection option", "invalid dsn", "invalid integer value",
+             "invalid port", "invalid value for", "file is not a database", "no such table", "(1146")
+# the database answers, but has no Airflow tables: the URL names another database, or it was never migrated
+_NOT_AIRFLOW = re.compile(r'relation "(\w+)" does not exist|no such table: (\w+)|\(1146, "table \S+ doesn\'t exist',
+                          re.I)
 
 
 def _misconfigured(msg: str) -> bool:
     low = msg.lower()
     return any(m in low for m in _MISTAKES)
+
+
+def _query_failed(msg: str) -> SourceError:
+    """A query that failed, in words a person can act on."""
+    if _NOT_AIRFLOW.search(msg):
+        return SourceError("no Airflow tables here (wrong database, or not migrated: `airflow db migrate`): "
+                           f"{msg[:200]}", True)
+    if "file is not a database" in msg.lower():
+        return SourceError("the SQLite file is not a database (is the URL's path Airflow's airflow.db?)", True)
+    return SourceError(f"query failed: {msg}", _misconfigured(msg))
 
 
 def _scrub(msg: str, secret: str | None) -> str:
@@ -120,6 +137,9 @@ def connect(url: str, timeout: float = 0.8):
             path = u.database or ""
             if not path:
                 raise SourceError("sqlite URL has no database file", True)
+            if not os.path.isfile(path):  # the probe reads, never creates: a missing file is a wrong path
+                raise SourceError(f"the SQLite database {path} does not exist (the probe never creates one; "
+                                  "give the path Airflow uses)", True)
             conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout)
             return conn, "?", "sqlite"
         query = u.query
@@ -153,6 +173,10 @@ def connect(url: str, timeout: float = 0.8):
         raise
     except Exception as e:  # noqa: BLE001 - every driver has its own error classes
         msg = _scrub(e, password)
+        if any(m in msg.lower() for m in ("invalid sslmode", "invalid connection option", "invalid dsn",
+                                          "invalid integer value", "invalid port")):
+            raise SourceError(f"the {dialect} driver refuses the database URL's options: {msg} (fix the "
+                              "URL's query, e.g. ?sslmode=require)", True) from None
         raise SourceError(f"cannot connect to the {dialect} database: {msg}", _misconfigured(msg)) from None
     raise SourceError(f"unsupported database URL scheme {dialect + ('+' + driver if driver else '')!r} "
                       "(the probe reads postgresql, mysql and sqlite)", True)
@@ -225,5 +249,4 @@ def observe(conn, ph: str, dialect: str, component: str, th: Thresholds, *, host
     except SourceError:
         raise
     except Exception as e:  # noqa: BLE001
-        msg = _scrub(e, None)
-        raise SourceError(f"query failed: {msg}", _misconfigured(msg)) from None
+        raise _query_failed(_scrub(e, None)) from None

@@ -71,12 +71,21 @@ def get_float(section: str, key: str, default: float, env=None) -> float:
 
 
 def sql_alchemy_conn(env=None) -> str:
+    """Airflow's database URL as Airflow reads it; Airflow's default (SQLite in $AIRFLOW_HOME) only where
+    that file exists: a probe that finds no setting is set up wrong, and says where it looked."""
     env = os.environ if env is None else env
     url = get("database", "sql_alchemy_conn", None, env)
     if url:
         return url
     home = Path(env.get("AIRFLOW_HOME") or Path.home() / "airflow")
-    return f"sqlite:///{home / 'airflow.db'}"
+    default = home / "airflow.db"
+    if default.is_file():
+        return f"sqlite:///{default}"
+    cfg = Path(env.get("AIRFLOW_CONFIG") or home / "airflow.cfg")
+    raise SettingError(f"no Airflow database setting found: AIRFLOW__DATABASE__SQL_ALCHEMY_CONN (or _CMD) is not "
+                       f"set, {cfg} {'has no [database] sql_alchemy_conn' if cfg.is_file() else 'does not exist'}, "
+                       f"and there is no {default}; set the variable as Airflow's pods have it, or pass "
+                       "--sql-alchemy-conn")
 
 
 COMPONENTS = {

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import sys
 from datetime import UTC, datetime
 
 from monitor.config import ConfigError
@@ -32,8 +33,9 @@ def load_config(path: str | None, airflow_url: str | None = None):
 
 
 def build_from(path: str | None, airflow_url: str | None = None, state_file: str | None = None,
-               fresh_state: bool = False):
-    """A watcher from its config file; every failure a UserError of one line."""
+               fresh_state: bool = False, read_only: bool = False):
+    """A watcher from its config file; every failure a UserError of one line. read_only: the state file is
+    read, never written or created (check without --notify, status, test-notify)."""
     from monitor.alerting.store import StateEmpty
     from monitor.sla.service import build
 
@@ -41,7 +43,7 @@ def build_from(path: str | None, airflow_url: str | None = None, state_file: str
     if state_file:
         cfg.state_file = state_file
     try:
-        return build(cfg, fresh_state=fresh_state)
+        return build(cfg, fresh_state=fresh_state, read_only=read_only)
     except StateEmpty as e:
         raise UserError(str(e)) from None
     except OSError as e:
@@ -58,6 +60,8 @@ def _state(j) -> str:
     if j.verdict.breached:
         return (f"MUTED until {j.muted.until:%Y-%m-%d %H:%M}Z" + (f" ({j.muted.reason})" if j.muted.reason else "")
                 if j.muted else "BREACHED")
+    if j.verdict.reason == "grace" and j.verdict.details.get("would_be") == "not_found":
+        return "grace (not in Airflow yet)"
     return {"n/a": "n/a", "grace": "grace (new DAG)"}.get(j.verdict.reason, "ok")
 
 
@@ -163,7 +167,7 @@ def _outbox(watcher, as_json: bool) -> None:
         backlog = watcher.state.backlog()
         dead = watcher.state.dead_letters()
     except sqlite3.Error as e:
-        print(f"the state file cannot be read: {e}")
+        print(f"the state file cannot be read: {e}", file=sys.stderr)
         return
     if backlog:
         print("undelivered notices: " + ", ".join(f"{k}={v}" for k, v in sorted(backlog.items())))
@@ -171,12 +175,13 @@ def _outbox(watcher, as_json: bool) -> None:
         print(f"refused by {d[0]}: {d[1]} {d[2]}/{d[3]}: {d[4]}")
 
 
-def _print(rows: list[dict], as_json: bool, columns: tuple[str, ...]) -> None:
+def _print(rows: list[dict], as_json: bool, columns: tuple[str, ...],
+           empty: str = "no DAG in Airflow matches the SLA config") -> None:
     if as_json:
         print(json.dumps(rows, indent=2))
         return
     if not rows:
-        print("no DAG matches the SLA config")
+        print(empty)
         return
     widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
     print("  ".join(c.upper().ljust(widths[c]) for c in columns).rstrip())
@@ -191,8 +196,9 @@ def _airflow_error(e) -> UserError:
 def run(args) -> int:
     """check, status and test-notify (`sla run` is composed by monitor.serve)."""
     action = args.action or "run"
-    watcher = build_from(args.config, args.airflow_url, getattr(args, "state_file", None),
-                         getattr(args, "fresh_state", False))
+    read_only = action in ("status", "test-notify") or (action == "check" and not args.notify)
+    watcher = build_from(args.config, getattr(args, "airflow_url", None), getattr(args, "state_file", None),
+                         getattr(args, "fresh_state", False), read_only=read_only)
     if action == "test-notify":
         return test_notify(watcher)
     if action == "status":
@@ -200,9 +206,12 @@ def run(args) -> int:
 
         try:
             watcher.cycle(apply=False)
-        except AirflowError as e:  # what is on disk is still worth showing
-            print(f"Airflow could not be read ({e}); showing the state file only")
-            _print(_stored_rows(watcher), args.json, ("dag_id", "rule", "priority", "state", "reason", "alert"))
+        except AirflowError as e:  # what is on disk is still worth showing; the notice on stderr, so
+            # that --json stays JSON
+            print(f"Airflow could not be read ({e}); showing the state file {watcher.cfg.state_file} only",
+                  file=sys.stderr if args.json else sys.stdout)
+            _print(_stored_rows(watcher), args.json, ("dag_id", "rule", "priority", "state", "reason", "alert"),
+                   empty="no open alerts in the state file")
             _outbox(watcher, args.json)
             return 1
         _print(_rows(watcher), args.json,

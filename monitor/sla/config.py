@@ -7,10 +7,12 @@ file or the environment, never from the YAML itself.
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import os
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from urllib.parse import urlsplit
 
 from monitor.airflow.models import Dag
 from monitor.alerting import config as notify_config
@@ -83,7 +85,10 @@ class SLAConfig:
     metrics_listen: str = ":9103"
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     source: str = ""  # the file it came from, for messages
-    new_dag_grace: float = 3600.0  # a DAG first seen less than this ago is not judged yet
+    new_dag_grace: float = 3600.0  # a DAG Airflow first parsed less than this ago is not judged yet
+    # a watched dag_id Airflow does not know is not_found once the watcher has looked for it this long
+    # (one DAG-processor interval: [dag_processor] refresh_interval, 300 s by default, finds a new file)
+    not_found_grace: float = 300.0
     mutes: tuple[Mute, ...] = ()
 
     def mute_for(self, dag_id: str, rule: str, now: datetime) -> Mute | None:
@@ -137,7 +142,7 @@ _META = {"name", "priority", "responders", "tags", "runbook"}
 TOP_KEYS = {"airflow", "watcher", "notify", "defaults", "watch", "mutes", "bridge"}
 AIRFLOW_KEYS = {"url", "username", "password_file", "token_file", "timeout", "verify_tls", "password", "token"}
 WATCHER_KEYS = {"interval", "state_file", "blind_after", "blind_priority", "blind_responders", "renotify",
-                "lookback", "metrics_listen", "new_dag_grace"}
+                "lookback", "metrics_listen", "new_dag_grace", "not_found_grace"}
 WATCH_KEYS = {"dag_id", "match", "tag", "rules", *_META - {"name"}}
 RULE_KEYS = {*_META, "max_age", "deadline", "from_schedule", "max_duration", "timezone"}
 DEFAULTS_KEYS = _META - {"name"}
@@ -154,6 +159,11 @@ def _check_meta(d: dict, where: str) -> None:
 
 def _rule(raw, where: str, inherited: dict) -> Rule:
     raw = _map(raw, where)
+    unknown = sorted(str(k) for k in raw if k not in RULE_KEYS)
+    if unknown:  # `max_agee:` is a typo to name, not a rule without a kind
+        close = difflib.get_close_matches(unknown[0], sorted(RULE_KEYS), n=1)
+        raise SLAConfigError(f"{where}: unknown setting {unknown[0]!r}" + (f" (did you mean {close[0]!r}?)" if close
+                             else f" (a rule takes one of {', '.join(KINDS)}, and {', '.join(sorted(_META))})"))
     kinds = [k for k in KINDS if k in raw]
     if len(kinds) != 1:
         raise SLAConfigError(f"{where}: a rule needs exactly one of {', '.join(KINDS)}")
@@ -254,6 +264,10 @@ def parse(doc: dict, source: str = "config", airflow_url: str | None = None) -> 
         timeout=_duration(a.get("timeout", 10), "airflow.timeout"),
         verify_tls=bool(a.get("verify_tls", True)),
     )
+    parts = urlsplit(airflow.url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SLAConfigError(f"airflow.url must be the API server's http(s) URL, such as https://airflow.example.com "
+                             f"or http://airflow-api-server:8080, not {airflow.url!r}")
     if not airflow.token and not (airflow.username and airflow.password):
         raise SLAConfigError("airflow: give username and a password (password_file or "
                              "$AIRFLOW_MONITOR_AIRFLOW_PASSWORD), or a token (token_file or "
@@ -292,6 +306,7 @@ def parse(doc: dict, source: str = "config", airflow_url: str | None = None) -> 
         metrics_listen=str(w.get("metrics_listen", ":9103")),
         notify=_notify(doc.get("notify")), source=source,
         new_dag_grace=_duration(w.get("new_dag_grace", "1h"), "watcher.new_dag_grace"), mutes=mutes,
+        not_found_grace=_duration(w.get("not_found_grace", "5m"), "watcher.not_found_grace"),
     )
 
 

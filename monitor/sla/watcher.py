@@ -73,6 +73,8 @@ class Watcher:
         self._lock = threading.Lock()  # one cycle at a time
         self._state_page = DirectPage(self.notifiers, "SLA state")  # the "state broken" page, past the outbox
         self._state_told = False  # the broken state file is logged once per episode
+        # when Airflow first parsed a DAG new to the watcher (a UTC timestamp; 0.0: longer ago than new_dag_grace)
+        self.first_parsed: dict[str, float] = {}
         # with replicas (beside the healer): only the holder of the healer's Lease pages; a standby judges,
         # so that its /metrics and status are right, and takes over when the holder's lease runs out
         self.lease = None
@@ -186,7 +188,14 @@ class Watcher:
                     for rule in w.rules:
                         judgements.setdefault((dag_id, rule.name), Judgement(dag, rule, Verdict(
                             True, "not_found", f"DAG {dag_id} is not in Airflow (deleted, renamed or not parsed)")))
-        self._grace_and_mutes(judgements, now, apply)
+        try:
+            self._grace_and_mutes(judgements, now, apply)
+        except AirflowError as e:
+            if not apply:
+                raise
+            self._blind(str(e), now)
+            self.alerts.deliver()
+            return list(self.judgements.values())
         self.judgements = judgements
         if not apply:
             return list(judgements.values())
@@ -200,9 +209,27 @@ class Watcher:
         self.alerts.deliver()
         return list(judgements.values())
 
+    def _learn_first_parsed(self, dag_ids: list[str], now: datetime) -> None:
+        """Ask Airflow, once per DAG, when it first parsed it (one request per 100 DAGs it parsed within
+        new_dag_grace): only DAGs Airflow has just seen get the new-DAG grace."""
+        unknown = [d for d in dag_ids if d not in self.first_parsed]
+        if not unknown:
+            return
+        if len(self.first_parsed) > 100_000:
+            self.first_parsed.clear()
+        since = now - timedelta(seconds=self.cfg.new_dag_grace)
+        found = self.rest.first_parsed(since)
+        for d in unknown:
+            self.first_parsed[d] = found[d].timestamp() if d in found else 0.0
+
     def _grace_and_mutes(self, judgements: dict[tuple[str, str], Judgement], now: datetime, apply: bool) -> None:
-        """A DAG first seen less than new_dag_grace ago is not judged yet (a new deployment pages
-        nobody while it settles); a breach under a mute is shown, not paged."""
+        """Grace belongs to DAGs Airflow itself has just seen: a breached DAG that came to the watcher after its
+        first cycle (a DAG there at the first cycle is judged: installing the watcher starts no grace), and
+        that Airflow first parsed less than new_dag_grace ago, is not judged yet (a new deployment pages
+        nobody while it settles); an old DAG new only to the config is judged at once. A dag_id Airflow does
+        not know is not_found once the watcher has looked for it for not_found_grace (one DAG-processor
+        interval: a file just deployed is parsed by then). A breach under a mute is shown, not paged.
+        Raises AirflowError (asking Airflow when it first parsed a DAG)."""
         ts = now.timestamp()
         try:
             seen = self.state.first_seen(sorted({d for d, _ in judgements}), ts, record=apply)
@@ -210,19 +237,34 @@ class Watcher:
             if apply:
                 raise
             seen = {}
+        newcomers = sorted({d for (d, _), j in judgements.items() if j.verdict.breached and seen.get(d, 0.0)
+                            and j.verdict.reason != "not_found"})
+        if newcomers and self.cfg.new_dag_grace > 0:
+            self._learn_first_parsed(newcomers, now)
         for (dag_id, rule), j in judgements.items():
             if not j.verdict.breached:
                 continue
-            first = seen.get(dag_id, 0.0)
-            if first and ts - first < self.cfg.new_dag_grace:
-                until = datetime.fromtimestamp(first + self.cfg.new_dag_grace, UTC)
-                j.verdict = Verdict(False, "grace", f"new DAG {dag_id}, judged from {until:%Y-%m-%d %H:%M} UTC "
-                                    f"(would be: {j.verdict.message})", {"grace_until": until.isoformat()})
-            else:
-                j.muted = self.cfg.mute_for(dag_id, rule, now)
+            if j.verdict.reason == "not_found":
+                looked = seen.get(dag_id, 0.0)
+                if looked and ts - looked < self.cfg.not_found_grace:
+                    until = datetime.fromtimestamp(looked + self.cfg.not_found_grace, UTC)
+                    j.verdict = Verdict(False, "grace", f"DAG {dag_id} is not in Airflow yet; not_found from "
+                                        f"{until:%Y-%m-%d %H:%M:%S} UTC unless Airflow parses it by then",
+                                        {"grace_until": until.isoformat(), "would_be": "not_found"})
+                    continue
+            elif seen.get(dag_id, 0.0):
+                first = self.first_parsed.get(dag_id, 0.0)
+                if first and ts - first < self.cfg.new_dag_grace:
+                    until = datetime.fromtimestamp(first + self.cfg.new_dag_grace, UTC)
+                    parsed = datetime.fromtimestamp(first, UTC)
+                    j.verdict = Verdict(False, "grace", f"new DAG {dag_id} (Airflow first parsed it at "
+                                        f"{parsed:%Y-%m-%d %H:%M} UTC), judged from {until:%Y-%m-%d %H:%M} UTC "
+                                        f"(would be: {j.verdict.message})", {"grace_until": until.isoformat()})
+                    continue
+            j.muted = self.cfg.mute_for(dag_id, rule, now)
 
     # ------------------------------------------------------------------ alerts
-    def _notice(self, j: Judgement, now: datetime, note: str = "") -> Notice:
+    def _notice(self, j: Judgement, now: datetime, note: str = "", resolved: bool = False) -> Notice:
         dag_id, rule, v = j.dag.dag_id, j.rule, j.verdict
         link = f"{self.cfg.airflow.url}/dags/{dag_id}"
         window = rule.describe()
@@ -232,8 +274,11 @@ class Watcher:
         desc = [v.message, f"Rule: {rule.name} ({window})", f"Airflow: {link}"]
         if rule.runbook:
             desc.append(f"Runbook: {rule.runbook}")
+        # a resolve says which DAG meets which rule again: its verdict ("last success 1s ago") does not
+        message = f"[SLA] {dag_id} meets {rule.name} ({window}) again: {v.message}" if resolved else \
+            f"[SLA] {v.message}"
         return Notice(alias=alias(dag_id, rule.name), subject=dag_id, rule=rule.name, reason=v.reason,
-                      message=f"[SLA] {v.message}", description="\n".join(desc), priority=rule.priority,
+                      message=message, description="\n".join(desc), priority=rule.priority,
                       responders=tuple(rule.responders), tags=("airflow-sla", *rule.tags), entity=dag_id,
                       runbook=rule.runbook, details=details, note=note, at=now.isoformat(), summary=v.message)
 
@@ -257,7 +302,8 @@ class Watcher:
                     if self.cfg.renotify and ts - current.notified_at >= self.cfg.renotify:
                         self.alerts.remind(self._notice(j, now, note="still breached: " + j.verdict.message), ts)
             elif current is not None:
-                self._close(self._notice(j, now, note=f"resolved: {j.verdict.message}"), ts)
+                self._close(self._notice(j, now, note=f"resolved: {j.dag.dag_id} meets {j.rule.name} again: "
+                                                      f"{j.verdict.message}", resolved=True), ts)
         for key, row in open_alerts.items():
             if key != BLIND and key not in self.judgements:
                 dag_id, rule = key
@@ -271,16 +317,25 @@ class Watcher:
             self.stats.resolved += 1
             log.info("SLA resolved: %s/%s: %s", *notice.key, notice.note)
 
-    def _blind_notice(self, message: str, now: datetime, note: str = "") -> Notice:
-        return Notice(alias=f"airflow-sla:watcher-blind:{self.cfg.airflow.url}", subject=BLIND[0], rule=BLIND[1],
+    BLIND_TITLES = {"open": "SLA watcher blind", "close": "SLA watcher sees Airflow again",
+                    "remind": "SLA watcher still blind"}
+
+    def _blind_notice(self, message: str, now: datetime, note: str = "", seeing: bool = False) -> Notice:
+        url = self.cfg.airflow.url
+        if seeing:  # the close: what it says must not be "blind"
+            return Notice(alias=f"airflow-sla:watcher-blind:{url}", subject=BLIND[0], rule=BLIND[1], reason="blind",
+                          message=f"[SLA] the watcher reads Airflow at {url} again; DAG SLAs are judged again",
+                          priority=self.cfg.blind_priority, tags=("airflow-sla", "watcher"), entity="airflow-monitor",
+                          details={"airflow": url}, note=note, at=now.isoformat(), titles=self.BLIND_TITLES)
+        return Notice(alias=f"airflow-sla:watcher-blind:{url}", subject=BLIND[0], rule=BLIND[1],
                       reason="blind", message=f"[SLA] watcher blind: {message}",
-                      description=f"The airflow-monitor SLA watcher cannot read Airflow at {self.cfg.airflow.url} "
-                                  f"for {self.stats.consecutive_errors} cycles; DAG SLAs are not being judged.\n"
-                                  f"Last error: {message}",
+                      description=f"The airflow-monitor SLA watcher cannot read Airflow at {url} for "
+                                  f"{self.stats.consecutive_errors} cycles; DAG SLAs are not being judged and no SLA "
+                                  f"alert is opened or closed until it can.\nLast error: {message}",
                       priority=self.cfg.blind_priority, responders=tuple(self.cfg.blind_responders),
                       tags=("airflow-sla", "watcher"), entity="airflow-monitor",
-                      details={"airflow": self.cfg.airflow.url, "error": message}, note=note, at=now.isoformat(),
-                      summary=message)
+                      details={"airflow": url, "error": message}, note=note, at=now.isoformat(),
+                      summary=message, titles=self.BLIND_TITLES)
 
     def _blind(self, message: str, now: datetime) -> None:
         self.stats.errors += 1
@@ -293,7 +348,8 @@ class Watcher:
                 log.error("watcher blind: alert opened")
 
     def _resolve_blind(self, now: datetime) -> None:
-        notice = self._blind_notice("Airflow is readable again", now, note="resolved: the watcher sees Airflow again")
+        notice = self._blind_notice("", now, note=f"resolved: the watcher reads Airflow at {self.cfg.airflow.url} "
+                                    "again", seeing=True)
         self._close(notice, now.timestamp())
 
     # ------------------------------------------------------------------ the state file
@@ -324,7 +380,9 @@ class Watcher:
                                   "removed; removing it forgets which alerts are open.",
                       priority=self.cfg.blind_priority, responders=tuple(self.cfg.blind_responders),
                       tags=("airflow-sla", "watcher"), entity="airflow-monitor",
-                      details={"state_file": self.cfg.state_file, "error": why}, note=note, at=now.isoformat())
+                      details={"state_file": self.cfg.state_file, "error": why}, note=note, at=now.isoformat(),
+                      titles={"open": "SLA watcher state file broken", "close": "SLA watcher state file works again",
+                              "remind": "SLA watcher state file still broken"})
 
     def _page_state(self, action: str, now: datetime) -> None:
         """Open (or close) the state page on every notifier, straight, without the outbox."""

@@ -86,3 +86,40 @@ def test_the_3_3_line_is_the_whole_catalog_but_what_ended_before():
     assert ended == {"kubernetes_executor.clear_not_launched_queued_tasks.duration"}
     assert {m.name for m in catalog.load() if catalog.sent_by(m, "3.3.2")} == \
         {m.name for m in catalog.load()} - ended
+
+
+@pytest.fixture(scope="module")
+def timed_calls():
+    from tests.integration.airflow_wheels import timed
+
+    return {v: timed(v) for v in VERSIONS}
+
+
+def test_the_unit_of_every_timer_each_line_sends_is_recorded_in_the_catalog(timed_calls):
+    """Issue 23 item 2: every Stats.timing()/timer() call of the core and task-SDK wheels, and the unit
+    its code passes (a Stats.timer(), a timedelta, milliseconds, or time.monotonic() seconds), is in the
+    catalog's `sent` for that line; what the catalog records is what a call site sends."""
+    timers = [m for m in catalog.load() if m.type == "timer"]
+    for v, calls in timed_calls.items():
+        line = ".".join(v.split(".")[:2])
+        for c in calls:
+            assert c.unit != "?", f"Airflow {v} {c.where}: cannot tell the unit of {c.value!r}; audit it by hand"
+            hits = [m for m in timers if any(pattern(c.name).match(f) for f in forms(m, line))]
+            assert hits, f"Airflow {v} {c.where} times {c.name}, which no catalog timer matches"
+            units = {m.sent.get(line) for m in hits} - {None}
+            assert units == {c.unit}, (f"Airflow {v} {c.where}: {c.name} is sent as {c.unit} ({c.value or 'a timer'}), "
+                                       f"the catalog says {units or 'nothing'} for {[m.name for m in hits]}")
+        for m in timers:
+            if line in m.sent:
+                backed = [c for c in calls if any(pattern(c.name).match(f) for f in forms(m, line))]
+                assert backed, f"the catalog says Airflow {line} sends {m.name} as {m.sent[line]}; no call site does"
+
+
+def test_dag_processing_last_duration_is_seconds_in_every_line_that_sends_it(timed_calls):
+    """The one Stats.timing() of seconds: Airflow's DAG processor passes time.monotonic() differences."""
+    seconds = {(c.name, v) for v, calls in timed_calls.items() for c in calls if c.unit == "s"}
+    assert {n for n, _ in seconds} <= {"dag_processing.last_duration",
+                                       "dag_processing.last_duration.{normalized_bundle}.{file_name}"}
+    assert {v for _, v in seconds} == {"3.2.2", "3.3.2"}
+    m = next(m for m in catalog.load() if m.name == "dag_processing.last_duration")
+    assert m.sent_in_seconds and not m.timer_call

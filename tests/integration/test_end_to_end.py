@@ -112,6 +112,10 @@ def test_hostile_lines_never_take_the_target_down(prom, stack):
     assert [r["value"][1] for r in up] == ["1"]
     refused = {r["metric"]["reason"]: float(r["value"][1]) for r in prom.query(
         "airflow_monitor_bridge_dropped_total")["data"]["result"]}
-    assert refused.get("reserved_label", 0) >= 3 and refused.get("conflict", 0) >= 3, refused
+    assert refused.get("conflict", 0) >= 3, refused
+    kept = {r["metric"]["reason"]: float(r["value"][1]) for r in prom.query(
+        "airflow_monitor_bridge_labels_dropped_total")["data"]["result"]}
+    assert kept.get("reserved_label", 0) >= 4, kept  # the tag goes, the sample stays
+    assert prom.query("app_y_total")["data"]["result"][0]["value"][1] == "1"
     assert refused.get("reserved", 0) >= 3, refused
     assert prom.query('app_flag_total{method="GET"}')["data"]["result"][0]["value"][1] == "2"

@@ -17,11 +17,12 @@ from testkit.airflow import REPO, Airflow
 pytestmark = pytest.mark.integration
 
 
-def probe(venv, *args, env=None, component="scheduler"):
+def probe(venv, *args, env=None, component="scheduler", unset=()):
     """Run the probe with the Airflow venv's interpreter, as the scheduler container would."""
     cmd = [str(venv / "bin" / "python"), "-X", "importtime", "-m", "monitor.cli", "probe", component, "--json", *args]
+    base = {k: v for k, v in os.environ.items() if k not in unset}
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=REPO,
-                       env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+                       env={**base, "PYTHONPATH": str(REPO), **(env or {})})
     assert r.stdout.count("\n") == 1, r.stdout + r.stderr
     out = json.loads(r.stdout)
     imported = {line.split("|")[-1].strip().split(".")[0] for line in r.stderr.splitlines() if "|" in line}
@@ -170,6 +171,43 @@ def test_a_mistake_is_told_apart_from_an_outage(airflow_pg, venv):
         assert code == 0, what
     code, out = probe(venv, "--sql-alchemy-conn", "postgresql://u:p@127.0.0.1:1/x")  # nothing listens
     assert (code, out["status"]) == (0, "unknown"), out
+
+
+def test_a_probe_set_up_wrong_fails_and_says_how_to_fix_it(airflow_pg, venv, tmp_path):
+    """Issue 23 item 7: each of these passed as `unknown` (exit 0 with --on-unknown=ok), so a wrong probe
+    never failed. Each is `misconfigured` (exit 1) with a line that names the fix; outages stay unknown."""
+    af, url = airflow_pg
+    empty = tmp_path / "empty-home"
+    empty.mkdir()
+    notdb = tmp_path / "airflow.db"
+    notdb.write_text("this is not a database\n")
+    pw = {"AIRFLOW_MONITOR_AIRFLOW_PASSWORD": "admin"}
+    mistakes = [  # (what, args, env, words the reason must have)
+        ("no Airflow config found", [], {"AIRFLOW_HOME": str(empty)},
+         ["no Airflow database setting found", str(empty / "airflow.cfg"), "--sql-alchemy-conn"]),
+        ("an API user without a password", ["--source", "api", "--api-url", af.api_url, "--api-user", "admin"], {},
+         ["has no password", "AIRFLOW_MONITOR_AIRFLOW_PASSWORD"]),
+        ("an --api-url ending in /api/v2", ["--source", "api", "--api-url", af.api_url + "/api/v2", "--api-user",
+                                             "admin"], pw, ["base URL", af.api_url, "without /api/v2"]),
+        ("a file that is not a database", ["--sql-alchemy-conn", f"sqlite:///{notdb}"], {}, ["not a database"]),
+        ("a SQLite file that does not exist", ["--sql-alchemy-conn", f"sqlite:///{tmp_path / 'nope.db'}"], {},
+         ["does not exist"]),
+        ("sslmode=bogus", ["--sql-alchemy-conn", url + "?sslmode=bogus"], {}, ["sslmode", "options"]),
+        ("not Airflow's database", ["--sql-alchemy-conn", url.rsplit("/", 1)[0] + "/postgres"], {},
+         ["no Airflow tables here (wrong database, or not migrated"]),
+    ]
+    for what, args, env, words in mistakes:
+        code, out = probe(venv, *args, env=env, unset=("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW_CONFIG",
+                                                       "AIRFLOW_MONITOR_AIRFLOW_PASSWORD", "AIRFLOW_HOME"))
+        assert (code, out["status"]) == (1, "misconfigured"), (what, out)
+        assert all(w in out["reason"] for w in words), (what, out["reason"])
+        assert "\n" not in out["reason"] and "monitor-test-pw" not in out["reason"], (what, out["reason"])
+    # outages stay unknown: a database that refuses connections, an API server that is not there
+    outages = [["--sql-alchemy-conn", "postgresql://u:p@127.0.0.1:1/x"],
+               ["--source", "api", "--api-url", "http://127.0.0.1:1", "--api-user", "admin"]]
+    for args in outages:
+        code, out = probe(venv, *args, env=pw)
+        assert (code, out["status"]) == (0, "unknown"), (args, out)
 
 
 def test_triggerer_and_dag_processor_run_only_their_checks(airflow_pg, venv):

@@ -74,7 +74,7 @@ def test_lifecycle_open_no_repeat_resolve(airflow, og, tmp_path):
         time.sleep(0.5)
     time.sleep(6)
 
-    first = sla("check", "--once", "--notify", "--config", str(cfg))
+    first = sla("check", "--notify", "--config", str(cfg))
     assert first.returncode == 1, first.stderr
     assert {p["alias"] for p in og.pages} == {alias("sla_fail", "fresh"), alias("sla_never", "fresh"),
                                              alias("sla_slow", "max_duration")}, first.stdout
@@ -90,7 +90,7 @@ def test_lifecycle_open_no_repeat_resolve(airflow, og, tmp_path):
     assert og.heartbeats == ["airflow-sla-test"]
 
     # a second process on the same state (a restart, or cron): nobody is paged twice
-    again = sla("check", "--once", "--notify", "--config", str(cfg))
+    again = sla("check", "--notify", "--config", str(cfg))
     assert again.returncode == 1
     assert len(og.pages) == 3
     assert len([r for r in og.requests if r[1] == "/v2/alerts"]) == 3
@@ -99,7 +99,7 @@ def test_lifecycle_open_no_repeat_resolve(airflow, og, tmp_path):
     (airflow.home / "sla_fixed").write_text("yes")
     assert airflow.wait_run("sla_fail", airflow.trigger("sla_fail")) == "success"
     assert airflow.wait_run("sla_slow", slow, timeout=120) == "success"
-    third = sla("check", "--once", "--notify", "--config", str(cfg))
+    third = sla("check", "--notify", "--config", str(cfg))
     assert third.returncode == 1, "sla_never is still breached"
     assert {a for a, _ in og.closes} == {alias("sla_fail", "fresh"), alias("sla_slow", "max_duration")}
     assert og.open_aliases() == {alias("sla_never", "fresh")}
@@ -328,6 +328,45 @@ def test_a_new_dag_has_a_grace_and_a_mute_pages_nobody_until_it_ends(airflow, og
 
 
 
+def first_parsed(airflow, dag_id: str) -> float:
+    """When Airflow first parsed a DAG (its first version's creation), as a UTC timestamp."""
+    from datetime import datetime
+
+    versions = airflow.api("GET", f"/dags/{dag_id}/dagVersions?version_number=1")["dag_versions"]
+    return datetime.fromisoformat(versions[0]["created_at"].replace("Z", "+00:00")).timestamp()
+
+
+def test_grace_is_for_dags_airflow_just_parsed_not_for_dags_new_to_the_watcher(airflow, og, tmp_path):
+    """Issue 23 item 8: an existing, failing DAG added to a running watcher's config is judged at once (it
+    had an hour of "new DAG" grace); a dag_id Airflow does not know is not_found and fails `sla check`
+    once the watcher has looked for it for one DAG-processor interval (it had the same hour, and exit 0)."""
+    run = airflow.trigger("sla_fail")
+    assert airflow.wait_run("sla_fail", run) == "failed"
+    deadline = time.monotonic() + 120  # Airflow has known sla_fail for longer than the grace below
+    while time.time() - first_parsed(airflow, "sla_fail") < 20 and time.monotonic() < deadline:
+        time.sleep(1)
+    watch = [{"dag_id": "sla_ok", "rules": [{"max_age": "1h", "name": "fresh"}]}]
+    first = config(tmp_path, airflow, og, watch, new_dag_grace="20s", not_found_grace="5s")
+    ok = airflow.trigger("sla_ok")
+    assert airflow.wait_run("sla_ok", ok) == "success"
+    assert sla("check", "--notify", "--config", str(first)).returncode == 0  # the watcher's first cycle
+    # the config grows: an old DAG that fails, and a typo
+    cfg = config(tmp_path, airflow, og, watch + [{"dag_id": d, "rules": [{"max_age": "1h", "name": "fresh"}]}
+                                                 for d in ("sla_fail", "sla_fial")],
+                 new_dag_grace="20s", not_found_grace="5s")
+    added = sla("check", "--notify", "--config", str(cfg), "--json")
+    assert added.returncode == 1, added.stdout + added.stderr
+    rows = {r["dag_id"]: r for r in json.loads(added.stdout)}
+    assert rows["sla_fail"]["state"] == "BREACHED" and rows["sla_fail"]["reason"] == "failed", rows
+    assert rows["sla_fial"]["state"] == "grace (not in Airflow yet)", rows  # the watcher just began to look
+    assert [p["alias"] for p in og.pages] == [alias("sla_fail", "fresh")]
+    time.sleep(6)  # one "DAG-processor interval" (5 s here) later: not_found
+    later = sla("check", "--config", str(cfg), "--json")
+    assert later.returncode == 1
+    rows = {r["dag_id"]: r for r in json.loads(later.stdout)}
+    assert rows["sla_fial"]["state"] == "BREACHED" and rows["sla_fial"]["reason"] == "not_found", rows
+
+
 def test_sla_run_serves_over_tls_with_basic_auth(airflow, og, tmp_path):
     import base64
     import ssl
@@ -407,3 +446,69 @@ def test_jsm_operations_api_pages_once_and_closes(airflow, tmp_path):
         assert token not in sent.stdout + sent.stderr + acted.stdout + acted.stderr
     finally:
         jsm.close()
+
+
+def test_every_message_says_what_and_a_dry_look_changes_nothing(airflow, tmp_path):
+    """Issue 23 item 9: a chat resolve names the DAG; the watcher-blind page is titled as such, gives the
+    cause in words and closes without contradicting itself; `sla status --json` stays JSON with Airflow
+    down, and says when there is nothing open; config typos name the key; a URL without a scheme is a
+    config error; `sla check` creates nothing on disk."""
+    from testkit.servers.webhook import WebhookServer
+
+    hook = WebhookServer()
+    (tmp_path / "hook").write_text(hook.hook_url)
+    ok = airflow.trigger("sla_ok")
+    assert airflow.wait_run("sla_ok", ok) == "success"
+
+    def cfg(max_age: str, url: str | None = None, **watcher) -> Path:
+        doc = {"airflow": {"url": url or airflow.api_url, "username": "admin", "timeout": "3s"},
+               "watcher": {"state_file": str(tmp_path / "state.sqlite"), "interval": "1s", "blind_after": 1,
+                           "new_dag_grace": "0s", **watcher},
+               "notify": {"webhook": {"url_file": str(tmp_path / "hook")}},
+               "watch": [{"dag_id": "sla_ok", "rules": [{"max_age": max_age, "name": "fresh"}]}]}
+        path = tmp_path / f"sla-{len(list(tmp_path.glob('sla-*.yaml')))}.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        return path
+
+    try:
+        time.sleep(2)
+        assert sla("check", "--notify", "--config", str(cfg("1s"))).returncode == 1  # stale: paged
+        assert sla("check", "--notify", "--config", str(cfg("1h"))).returncode == 0  # fresh again: resolved
+        texts = [m["text"] for m in hook.take()]
+        assert len(texts) == 2 and "SLA breached" in texts[0], texts
+        assert "SLA resolved" in texts[1] and "sla_ok" in texts[1] and "last success" in texts[1], texts
+
+        # blind: the title says so, the cause is words, the close does not say "blind"
+        down = cfg("1h", url="http://127.0.0.1:1")
+        assert sla("check", "--notify", "--config", str(down)).returncode == 2
+        opened = hook.take()
+        assert len(opened) == 1 and "SLA watcher blind" in opened[0]["text"], opened
+        assert "cannot reach Airflow at http://127.0.0.1:1: connection refused" in opened[0]["text"], opened
+        assert sla("check", "--notify", "--config", str(cfg("1h"))).returncode == 0
+        closed = [m["text"] for m in hook.take()]
+        assert len(closed) == 1 and "SLA watcher sees Airflow again" in closed[0], closed
+        assert "blind" not in closed[0].split(":", 1)[1], closed
+
+        # status --json with Airflow down: JSON on stdout, the notice on stderr; nothing open: said so
+        shown = sla("status", "--json", "--config", str(down))
+        assert shown.returncode == 1 and json.loads(shown.stdout) == [], shown.stdout
+        assert "Airflow could not be read" in shown.stderr
+        plain = sla("status", "--config", str(down))
+        assert "no open alerts in the state file" in plain.stdout and "no DAG matches" not in plain.stdout
+    finally:
+        hook.close()
+
+    # config mistakes: the key, the URL
+    bad = yaml.safe_load(cfg("1h").read_text())
+    bad["watch"][0]["rules"] = [{"max_agee": "1h"}]
+    (tmp_path / "typo.yaml").write_text(yaml.safe_dump(bad))
+    typo = sla("check", "--config", str(tmp_path / "typo.yaml"))
+    assert typo.returncode == 2 and "unknown setting 'max_agee'" in typo.stderr and "max_age" in typo.stderr, typo
+    noscheme = sla("check", "--config", str(cfg("1h", url="airflow-api-server:8080")))
+    assert noscheme.returncode == 2 and "airflow.url must be the API server's http(s) URL" in noscheme.stderr, noscheme
+
+    # a dry look creates nothing: not the state file, not its directories
+    nowhere = tmp_path / "not" / "there" / "state.sqlite"
+    dry = sla("check", "--config", str(cfg("1h", state_file=str(nowhere))))
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert not (tmp_path / "not").exists()

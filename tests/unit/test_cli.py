@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -91,3 +92,72 @@ def test_catalog_into_a_closed_pipe_says_nothing():
     r = subprocess.run(f"{sys.executable} -m monitor.cli catalog | head -1", shell=True, capture_output=True,
                        text=True, timeout=60)
     assert r.stdout.startswith("statsd name") and r.stderr == "", r.stderr
+
+
+def test_sla_and_heal_actions_are_subcommands_with_only_their_own_flags():
+    """Issue 23 item 10: `sla check|status|run|test-notify` and `heal run|status|check` each have their own
+    --help and flags; a flag of another action (or --once, which did nothing) is an error in one line."""
+    for args, own, foreign in [
+        (["sla", "run"], ["--metrics-listen", "--web-config-file", "--fresh-state"], ["--notify", "--json"]),
+        (["sla", "check"], ["--notify", "--json"], ["--metrics-listen", "--web-config-file"]),
+        (["sla", "status"], ["--json", "--fresh-state"], ["--notify", "--metrics-listen"]),
+        (["sla", "test-notify"], ["--config"], ["--json", "--notify", "--state-file"]),
+        (["heal", "run"], ["--sla-config", "--metrics-listen"], ["--json"]),
+        (["heal", "check"], ["--json"], ["--sla-config", "--metrics-listen", "--fresh-state"]),
+        (["heal", "status"], ["--json"], ["--sla-config", "--web-config-file"]),
+    ]:
+        shown = run(*args, "--help")
+        assert shown.returncode == 0 and all(f in shown.stdout for f in own), (args, shown.stdout)
+        assert not any(f in shown.stdout for f in foreign), (args, shown.stdout)
+        for flag in foreign:
+            r = run(*args, flag, "x")
+            assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, (args, flag, r.stderr)
+    r = run("sla", "check", "--once", "--config", "x.yaml")
+    assert r.returncode == 2 and "unrecognized arguments: --once" in r.stderr
+    for args in (["sla"], ["heal"]):
+        r = run(*args)
+        assert r.returncode == 2 and "ACTION" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    # the healer's documented behaviour stays: a mistake with --json is JSON, exit 2
+    r = run("heal", "check", "--json", "--config", "/nonexistent.yaml")
+    assert r.returncode == 2 and json.loads(r.stdout) == {"error": "cannot read healer config /nonexistent.yaml: "
+                                                          "No such file or directory", "exit": 2}, r.stdout
+
+
+def test_log_level_is_validated_everywhere():
+    for args in (["--log-level", "LOUD", "catalog"], ["serve", "--log-level", "verbose"],
+                 ["sla", "check", "--log-level", "5"], ["probe", "scheduler", "--log-level", "trace"],
+                 ["heal", "status", "--log-level", "x"]):
+        r = run(*args)
+        assert r.returncode == 2, (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1 and "is not a log level" in r.stderr, (args, r.stderr)
+    assert run("catalog", "--log-level", "debug", "--format", "markdown").returncode == 0
+
+
+def test_catalog_shows_a_unit_column_and_fits_a_terminal():
+    import os
+    import pty
+
+    r = run("catalog", "--format", "markdown")
+    head = r.stdout.splitlines()[0]
+    assert "| unit |" in head
+    loop = next(line for line in r.stdout.splitlines() if "`scheduler.scheduler_loop_duration`" in line)
+    assert "`ms, s dogstatsd -> s`" in loop
+    parse = next(line for line in r.stdout.splitlines() if "`dag_processing.last_duration" in line)
+    assert "`s as ms -> s`" in parse
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "monitor.cli", "catalog"], stdout=slave, stderr=slave,
+                            env={**os.environ, "COLUMNS": "100", "LINES": "1000", "PAGER": "cat"})
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    proc.wait(timeout=60)
+    lines = out.decode().replace("\r", "").splitlines()
+    assert len(lines) > 100 and lines[0].startswith("statsd name")
+    assert max(len(line) for line in lines) <= 100, max(lines, key=len)

@@ -55,17 +55,20 @@ def test_any_store_renders_valid_text(lines):
 SEGMENTS = st.sampled_from(["a", "b", "x1", "", "web--server", "\u00e9", "sum", "total", "9", "le", "count"])
 STATSD_NAME = st.lists(SEGMENTS, min_size=1, max_size=4).map(".".join)
 TEMPLATE = st.sampled_from(["${1}", "${1}_${2}", "t_${1}", "${2}", "x", "x_total", "${1}_sum", "${1}-y",
-                            "${0}", "airflow_monitor_${1}", "airflow_ti_finish", "${1}.${2}", "9${1}"])
+                            "${0}", "airflow_monitor_${1}", "airflow_ti_finish", "${1}.${2}", "9${1}",
+                            # Go's template grammar (issue 23): one long name, a `$` kept, `$$`, a bare `$`
+                            "$1_foo", "x_$1$2", "${1", "$$1", "a$", "$0_${1}", "${1}}"])
 RULE = st.fixed_dictionaries(
     {"match": st.one_of(st.lists(st.sampled_from(["*", "a", "b", "x1", "sum"]), min_size=1, max_size=3).map(".".join),
                         st.sampled_from(["(.*)\\.(.*)", "^a\\.(.*)$", "(.*)", ".", "([^.]*)\\.?(.*)", "b"])),
      "name": TEMPLATE},
     optional={"labels": st.dictionaries(st.sampled_from(["k", "le", "__x", "quantile", "dag_id", "_k"]),
-                                        st.sampled_from(["${1}", "${2}", "v", "", "${1}_${2}"]), max_size=3),
+                                        st.sampled_from(["${1}", "${2}", "v", "", "${1}_${2}", "$1_x", "$$",
+                                                         "${1"]), max_size=3),
               "match_metric_type": st.sampled_from(["counter", "gauge", "observer"]),
               "action": st.sampled_from(["map", "map", "drop"]),
               "honor_labels": st.booleans(),
-              "scale": st.sampled_from([0.001, 2, -1]),
+              "scale": st.sampled_from([0.001, 2, -1, "1e-6"]),
               "buckets": st.sampled_from([[0.5, 1], [1]])})
 
 
@@ -101,7 +104,7 @@ def test_any_mapping_file_renders_valid_text(tmp_path_factory, rules, unordered,
     expfmt.parse(text)
 
 
-def test_clashing_names_and_reserved_labels_are_counted_never_exposed(harness, tmp_path):
+def test_clashing_names_are_counted_never_exposed_and_a_reserved_tag_drops_only_itself(harness, tmp_path):
     rules = tmp_path / "m.yml"
     rules.write_text('mappings:\n- match: "(.*)\\\\.empty"\n  match_type: regex\n  name: "${1}"\n')
     from monitor.bridge.mapper import load_rules
@@ -119,7 +122,9 @@ def test_clashing_names_and_reserved_labels_are_counted_never_exposed(harness, t
     expfmt.parse(text)
     assert h.ingest.stats.dropped["conflict"] == 4
     assert h.ingest.stats.dropped["invalid_name"] == 1
-    assert h.ingest.stats.dropped["reserved_label"] == 3
+    # issue 23 item 11: a reserved tag goes, its sample stays
+    assert h.ingest.stats.labels_dropped["reserved_label"] == 3 and not h.ingest.stats.dropped["reserved_label"]
+    assert seen[("app_y_total", ())] == 1 and seen[("app_z_count", ())] == 1 and seen[("app_q", ())] == 1
     assert seen[("app_flag_total", (("method", "GET"),))] == 3
     assert seen[("app_x_total", ())] == 1 and seen[("app_t_count", ())] == 1
     assert seen[("app_rows_total", ())] == 1 and seen[("_total_total", ())] == 1

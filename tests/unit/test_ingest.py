@@ -437,3 +437,114 @@ def test_timer_metrics_have_the_same_magnitude_in_every_mode(harness, unit, dogs
     assert h.value("airflow_task_duration_sum", dag_id="d", task_id="t") == pytest.approx(0.04)
     if dogstatsd:
         assert h.value("airflow_dagrun_dependency_check_sum", dag_id="d") == pytest.approx(want)
+
+
+def test_a_legacy_line_and_its_first_tagged_twin_count_one_event(h):
+    """Issue 23 item 4: a metric counted in its legacy form ("plain"); Airflow's tags are turned on and one
+    event comes as the pair Airflow sends, legacy first, its tagged twin right after. One event, one count."""
+    for _ in range(3):
+        h.send(*PLAIN[:2])
+    assert h.ingest.mode["ti.finish"] == "plain"
+    h.now += 30
+    h.send("airflow.ti.finish.dd__dag.t.success:1|c")
+    h.now += 0.002  # the tagged twin, a moment later
+    h.send("airflow.ti.finish:1|c|#dag_id:dd.dag,task_id:t,state:success")
+    from monitor.bridge.ingest import EVIDENCE_WINDOW
+
+    h.now += EVIDENCE_WINDOW + 1
+    h.ingest.housekeeping(h.now)
+    got = h.samples("airflow_ti_finish_total")
+    assert got.get((("dag_id", "dd__dag"), ("state", "success"), ("task_id", "t"))) == 1
+    assert (("dag_id", "dd.dag"), ("state", "success"), ("task_id", "t")) not in got, got
+    assert h.ingest.stats.dropped["tagged_twin"] == 1
+
+
+SCHED_LOOP = "airflow_scheduler_scheduler_loop_duration_seconds"
+
+
+def loop_mean(h) -> float:
+    return h.value(SCHED_LOOP + "_sum") / h.value(SCHED_LOOP + "_count")
+
+
+@pytest.mark.parametrize("first, second", [("influxdb", "datadog"), ("datadog", "influxdb"), ("plain", "datadog"),
+                                           ("datadog", "plain")])
+def test_the_timer_unit_is_decided_per_line_across_a_switch_of_mode(harness, caplog, first, second):
+    """Issue 23 item 1: one bridge, an Airflow switched between InfluxDB (or plain) and DogStatsD. Each
+    line of a Stats.timer() metric is read in the unit its client sends, whatever came before: a 30 ms
+    scheduler loop stays 30 ms. As Airflow's clients write it: the statsd package `%0.6f` milliseconds,
+    the DogStatsD client Python's float of seconds (untagged here: the loop has no tags)."""
+    sent = {"influxdb": ["airflow.scheduler.scheduler_loop_duration:30.000000|ms",
+                         "airflow.dagrun.dependency-check,dag_id=d:30.000000|ms"],
+            "plain": ["airflow.scheduler.scheduler_loop_duration:30.000000|ms",
+                      "airflow.dagrun.dependency-check:30.000000|ms",
+                      "airflow.dagrun.dependency-check.d:30.000000|ms"],
+            "datadog": ["airflow.scheduler.scheduler_loop_duration:0.030000000000000002|ms",
+                        "airflow.dagrun.dependency-check:0.030000000000000002|ms|#dag_id:d"]}
+    h = harness(airflow_tags="off" if "plain" in (first, second) else "on")
+    with caplog.at_level("INFO"):
+        for mode in (first, second, first):
+            for _ in range(5):
+                h.send(*sent[mode])
+                h.now += 1
+            h.ingest.housekeeping(h.now)
+            assert loop_mean(h) == pytest.approx(0.03), mode
+    dep = h.samples("airflow_dagrun_dependency_check_sum")
+    count = h.samples("airflow_dagrun_dependency_check_count")
+    assert sum(dep.values()) / sum(count.values()) == pytest.approx(0.03)
+    said = [r.getMessage() for r in caplog.records if "now arrive" in r.getMessage()]
+    assert len(said) == 2, said  # each change logged once
+    assert h.value("airflow_monitor_bridge_dogstatsd_timers_in_seconds", decided="auto") is None  # not a store series
+
+
+def test_a_dogstatsd_client_with_whole_milliseconds_is_read_as_milliseconds(h):
+    """A DogStatsD client with use_ms (an Airflow that fixed issue 72110) sends whole milliseconds."""
+    h.send("airflow.scheduler.scheduler_loop_duration:30|ms|#pod:p", "airflow.scheduler.scheduler_loop_duration:30|ms")
+    assert h.value(SCHED_LOOP + "_sum", pod="p") == pytest.approx(0.03)
+    assert h.value(SCHED_LOOP + "_sum") == pytest.approx(0.03)
+
+
+@pytest.mark.parametrize("line", [
+    "airflow.dag_processing.last_duration:0.170000|ms",  # the statsd client: plain
+    "airflow.dag_processing.last_duration,file_name=f,bundle_name=b:0.170000|ms",  # InfluxDB
+    "airflow.dag_processing.last_duration:0.17|ms|#file_name:f,bundle_name:b",  # DogStatsD
+])
+@pytest.mark.parametrize("unit", ["auto", "s", "ms"])
+def test_parse_time_airflow_times_in_seconds_is_read_as_seconds_in_every_mode_and_sink(harness, line, unit):
+    """Issue 23 item 2: Airflow passes time.monotonic() differences to Stats.timing() for
+    dag_processing.last_duration, so it goes out as `0.17|ms` for 0.17 s, in every mode: exposed in
+    seconds, sent to Datadog in milliseconds."""
+    from monitor.bridge.datadog import DatadogSink
+
+    h = harness(airflow_tags="on", dogstatsd_timer_unit=unit)
+    sink = DatadogSink(h.store, target="api", api_key="k", api_host="http://127.0.0.1:9")
+    sink.attach(h.ingest)
+    h.send(line)
+    h.ingest.housekeeping(h.now + 2)
+    assert sum(h.samples("airflow_dag_processing_last_duration_sum").values()) == pytest.approx(0.17)
+    sink.drain()
+    sink._look()
+    points = {p[0]: p[2] for p in sink.collect()}
+    assert points["airflow.dag_processing.last_duration.avg"] == pytest.approx(170.0), points
+
+
+def test_a_timer_metric_follows_airflow_when_its_tags_are_turned_off(h):
+    """dagrun.dependency-check is timed with Stats.timer() and has a legacy twin: counted in its tagged form
+    (DogStatsD), then Airflow's tags are turned off (tagless and legacy pairs, milliseconds): once the
+    evidence window shows it, its legacy form counts; every sample is read in its own unit meanwhile."""
+    from monitor.bridge.ingest import EVIDENCE_WINDOW
+
+    for _ in range(3):  # DogStatsD: legacy (seconds, untagged) then tagged (seconds)
+        h.send("airflow.dagrun.dependency-check.etl:0.020000000000000004|ms",
+               "airflow.dagrun.dependency-check:0.020000000000000004|ms|#dag_id:etl")
+        h.now += 1
+    h.ingest.housekeeping(h.now + 2)
+    assert h.ingest.mode["dagrun.dependency-check"] == "tagged"
+    h.now += 10
+    for _ in range(int(EVIDENCE_WINDOW // 5) + 3):  # plain statsd: tagless then legacy, milliseconds
+        h.send("airflow.dagrun.dependency-check:20.000000|ms", "airflow.dagrun.dependency-check.etl:20.000000|ms")
+        h.now += 5
+        h.ingest.housekeeping(h.now)
+    assert h.ingest.mode["dagrun.dependency-check"] == "plain"
+    sums = h.samples("airflow_dagrun_dependency_check_sum")
+    counts = h.samples("airflow_dagrun_dependency_check_count")
+    assert sum(sums.values()) / sum(counts.values()) == pytest.approx(0.02)

@@ -1,6 +1,8 @@
 import textwrap
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from monitor.bridge.mapper import Mapper, MappingError, load_rules, parse_duration
 
@@ -132,7 +134,8 @@ def test_a_template_naming_a_group_the_match_lacks_expands_to_nothing(tmp_path, 
                for m in caplog.records)
     h = harness(mapper=Mapper(r))
     h.send("app.rows:1|c", "app.rows:2|c")
-    assert h.value("app__rows_total", y="rows") == 3
+    # Go's regexp.Expand reads `$999..._` (the `_` included) as one name, which no group has
+    assert h.value("app_rows_total", y="rows") == 3
     assert not h.ingest.stats.internal_errors
 
 
@@ -218,6 +221,18 @@ SE_CASES = [
     ("- match: nomatch\n  name: x\n", "web--server.hits:1|c", {"web_server_hits_total": 1}, []),  # escaping
     ("- match: 'x\\.(.*)\\.(.*)'\n  match_type: regex\n  name: '${1}_$2'\n  labels: {all: '$0'}\n",
      "x.a.b:1|c", {'a_b_total{all="x.a.b"}': 1}, []),
+    # issue 23 item 5: Go's YAML reads `1e-6` as a number (PyYAML as a string)
+    ("- match: grpc.*.latency_us\n  name: grpc_seconds\n  scale: 1e-6\n", "grpc.a.latency_us:2000000|g",
+     {"grpc_seconds": 2}, []),
+    # `$1_foo` is the one name `1_foo` in Go's regexp.Expand and in the glob formatter: empty, label dropped
+    ("- match: 'rx\\.(.*)'\n  match_type: regex\n  name: 'rx_$1_foo'\n  labels: {k: '$1_foo'}\n",
+     "rx.a:1|c", {"rx__total": 1}, ["rx_a_foo_total"]),
+    ("- match: 'g.*'\n  name: 'g_$1_foo'\n  labels: {k: '$1_foo', w: '${1}_w'}\n",
+     "g.a:1|c", {'g__total{w="a_w"}': 1}, ["g_a_foo_total"]),
+    # a glob's `$0` is nothing in statsd_exporter's formatter (captures count from 1); `$$` is `$` in Go's Expand
+    ("- match: 'h.*'\n  name: 'h_${1}_$0'\n", "h.a:1|c", {"h_a__total": 1}, []),
+    ("- match: 'd\\.(.*)'\n  match_type: regex\n  name: 'd'\n  labels: {k: 'x$$1'}\n", "d.a:1|c",
+     {'d_total{k="x$1"}': 1}, []),
 ]
 
 
@@ -250,3 +265,91 @@ def test_unsupported_keys_are_a_warning_naming_key_and_rule(tmp_path, caplog):
     assert any("defaults" in m and "'quantiles'" in m for m in lines), lines
     assert any("mapping #1" in m and "'summary_options'" in m for m in lines), lines
     assert any("mapping #1" in m and "unknown key 'matchtype'" in m for m in lines), lines
+
+
+# Go's template grammars, as statsd_exporter 0.27 applies them (issue 23 item 5). Reference models written
+# from the Go sources' behaviour: regexp.Expand (regex rules) and pkg/mapper/fsm's formatter (glob rules).
+def go_expand(template: str, groups: list, names: dict) -> str:
+    """regexp.(*Regexp).Expand: `$$` -> `$`; `$name`/`${name}`, name the longest run of Unicode letters,
+    digits and `_`; a number (no leading zero, < 1e8) is a group, else a named group; malformed -> `$`."""
+    out, t = [], template
+    while "$" in t:
+        before, _, t = t.partition("$")
+        out.append(before)
+        if t.startswith("$"):
+            out.append("$")
+            t = t[1:]
+            continue
+        s, brace = (t[1:], True) if t.startswith("{") else (t, False)
+        i = 0
+        while i < len(s) and (s[i].isalpha() or s[i].isdecimal() or s[i] == "_"):
+            i += 1
+        if i == 0 or (brace and (i >= len(s) or s[i] != "}")):
+            out.append("$")
+            continue
+        name, rest = s[:i], s[i + 1 if brace else i:]
+        num = -1
+        if all("0" <= c <= "9" for c in name) and not (name[0] == "0" and len(name) > 1):
+            num = int(name) if len(name) < 9 else -1
+        if num >= 0:
+            out.append(groups[num] or "" if num < len(groups) else "")
+        elif name in names:
+            out.append(groups[names[name]] or "")
+        t = rest
+    return "".join(out) + t
+
+
+def fsm_format(template: str, captures: list[str]) -> str | None:
+    """pkg/mapper/fsm's TemplateFormatter: each match of `\\$\\{?([a-zA-Z0-9_\\$]+)\\}?` is replaced, all its
+    occurrences at once (strings.Replace), by `%s` if its word is a capture number 1..n, else by nothing;
+    then fmt.Sprintf. None where Go's Sprintf would print %!s(MISSING) or %!(EXTRA ...)."""
+    import re as _re
+
+    matches = _re.findall(r"(\$\{?([a-zA-Z0-9_$]+)\}?)", template)
+    if not matches:
+        return template
+    fmt, idx = template, []
+    for whole, word in matches:
+        try:
+            i = int(word) if word.isdigit() else -1
+        except ValueError:
+            i = -1
+        if i < 1 or i > len(captures):
+            fmt = fmt.replace(whole, "")
+        else:
+            fmt = fmt.replace(whole, "%s")
+            idx.append(i - 1)
+    if fmt.count("%s") != len(idx):
+        return None
+    for i in idx:
+        fmt = fmt.replace("%s", "\x00" + captures[i] + "\x00", 1)
+    return fmt.replace("\x00", "")
+
+
+TOKENS = st.sampled_from(["$", "$$", "{", "}", "${", "1", "2", "0", "01", "_", "x", "foo", ".", "-", "é", "٣", "n",
+                          "$1", "${1}", "$2", "${2}", "$0", "${0}", "$n", "${n}", "$1_foo", "$1$2", "${1", "$9"])
+TEMPLATES = st.lists(TOKENS, max_size=8).map("".join)
+
+
+@given(TEMPLATES)
+def test_regex_templates_expand_as_go_regexp_expand(template):
+    import re2
+
+    from monitor.bridge.mapper import _expand, _template
+
+    rx = re2.compile(r"(a+)(z)?(?P<n>b+)")
+    m = rx.search("xaabbb")
+    got = _expand(_template("t", "name", template, rx.groups, lambda _: None, False, dict(rx.groupindex)), m)
+    assert got == go_expand(template, [m.group(i) for i in range(rx.groups + 1)], dict(rx.groupindex))
+
+
+@given(TEMPLATES)
+def test_glob_templates_expand_as_statsd_exporters_formatter(template):
+    from hypothesis import assume
+
+    from monitor.bridge.mapper import _expand, _glob_regex, _template
+
+    want = fsm_format(template, ["aa", "bb"])
+    assume(want is not None)  # Go prints %!s(MISSING): no one writes such a template on purpose
+    m = _glob_regex("q.*.*").fullmatch("q.aa.bb")
+    assert _expand(_template("t", "name", template, 2, lambda _: None, True), m) == want

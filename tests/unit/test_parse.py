@@ -46,6 +46,10 @@ def test_parse_forms(line, name, mtype, rate, tags):
         (b"x,broken:1|c", "malformed_tag"),
         (b"\xff\xfe:1|c", "invalid_utf8"),
         (b"has space:1|c", "illegal_name"),
+        # as statsd_exporter 0.27 (pkg/line): one line, one tagging style
+        (b"x,dag_id=a:1|c|#task_id:t", "mixed_tagging_styles"),
+        (b"x#k=v:1|c|#a:b", "mixed_tagging_styles"),
+        (b"x[k=v]:1|ms|#a:b", "mixed_tagging_styles"),
     ],
 )
 def test_parse_errors(line, reason):
