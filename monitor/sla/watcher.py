@@ -169,26 +169,7 @@ class Watcher:
 
     def _judge(self, now: datetime, apply: bool) -> list[Judgement]:
         try:
-            watched = self._read(now)
-        except AirflowError as e:
-            if not apply:
-                raise
-            self._blind(str(e), now)
-            self.alerts.deliver()
-            return list(self.judgements.values())
-        judgements: dict[tuple[str, str], Judgement] = {}
-        for dag, rules in watched.values():
-            hist = self.history.history(dag.dag_id)
-            for rule in rules:
-                judgements[(dag.dag_id, rule.name)] = Judgement(dag, rule, evaluate(dag, hist, rule, now))
-        for dag_id in sorted(self.cfg.explicit_dag_ids() - set(watched)):
-            dag = Dag(dag_id)
-            for w in self.cfg.watches:
-                if w.selector == "dag_id" and w.value == dag_id:
-                    for rule in w.rules:
-                        judgements.setdefault((dag_id, rule.name), Judgement(dag, rule, Verdict(
-                            True, "not_found", f"DAG {dag_id} is not in Airflow (deleted, renamed or not parsed)")))
-        try:
+            judgements = self._evaluate(now)
             self._grace_and_mutes(judgements, now, apply)
         except AirflowError as e:
             if not apply:
@@ -208,6 +189,23 @@ class Watcher:
                 n.heartbeat()
         self.alerts.deliver()
         return list(judgements.values())
+
+    def _evaluate(self, now: datetime) -> dict[tuple[str, str], Judgement]:
+        """Read Airflow and judge every watched DAG's rules (AirflowError when it cannot be read)."""
+        watched = self._read(now)
+        judgements: dict[tuple[str, str], Judgement] = {}
+        for dag, rules in watched.values():
+            hist = self.history.history(dag.dag_id)
+            for rule in rules:
+                judgements[(dag.dag_id, rule.name)] = Judgement(dag, rule, evaluate(dag, hist, rule, now))
+        for dag_id in sorted(self.cfg.explicit_dag_ids() - set(watched)):
+            dag = Dag(dag_id)
+            for w in self.cfg.watches:
+                if w.selector == "dag_id" and w.value == dag_id:
+                    for rule in w.rules:
+                        judgements.setdefault((dag_id, rule.name), Judgement(dag, rule, Verdict(
+                            True, "not_found", f"DAG {dag_id} is not in Airflow (deleted, renamed or not parsed)")))
+        return judgements
 
     def _learn_first_parsed(self, dag_ids: list[str], now: datetime) -> None:
         """Ask Airflow, once per DAG, when it first parsed it (one request per 100 DAGs it parsed within

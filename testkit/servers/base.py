@@ -9,25 +9,24 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
+def dispatching_handler(server, methods, protocol: str = "HTTP/1.0") -> type[BaseHTTPRequestHandler]:
+    """A request handler class that hands each request of `methods` to server.handle(handler, method), quietly."""
+
+    def method(verb):
+        return lambda handler: server.handle(handler, verb)
+
+    attrs = {"protocol_version": protocol, "log_message": lambda handler, *a: None}
+    attrs.update({f"do_{verb}": method(verb) for verb in methods})
+    return type("Handler", (BaseHTTPRequestHandler,), attrs)
+
+
 class JsonServer:
     """Subclasses implement handle(handler, method); `self.lock` guards their state."""
 
     def __init__(self):
         self.lock = threading.RLock()  # reentrant: a wait predicate may call a locking helper
         self._fail: list[int] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_GET(self):
-                server.handle(self, "GET")
-
-            def do_POST(self):
-                server.handle(self, "POST")
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), dispatching_handler(self, ("GET", "POST")))
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     @property

@@ -35,7 +35,7 @@ import ssl
 import threading
 import time
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
@@ -44,6 +44,7 @@ import kubernetes_validate
 import referencing
 from kubernetes_validate.utils import schema_contents
 
+from testkit.servers.base import dispatching_handler
 from testkit.servers.kube_cluster import Cluster, now_ts
 
 K8S_VERSION = "1.32.0"
@@ -291,28 +292,7 @@ class KubeApiServer:
         self.continue_ttl = CONTINUE_TTL
         self._cache: dict[tuple[str, str, str], tuple[str, bytes]] = {}  # list items as JSON, by resourceVersion
         self._snapshots: dict[str, tuple[str, list]] = {}  # a paginated list's objects, by its continue tokens
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *a):
-                pass
-
-            def do_GET(self):
-                server.handle(self, "GET")
-
-            def do_POST(self):
-                server.handle(self, "POST")
-
-            def do_PUT(self):
-                server.handle(self, "PUT")
-
-            def do_PATCH(self):
-                server.handle(self, "PATCH")
-
-            def do_DELETE(self):
-                server.handle(self, "DELETE")
+        Handler = dispatching_handler(self, ("GET", "POST", "PUT", "PATCH", "DELETE"), "HTTP/1.1")
 
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(self.cert, key)

@@ -72,9 +72,14 @@ def _metric_literals(source: bytes) -> dict[str, str]:
         tree = ast.parse(source)
     except SyntaxError:
         return {}
-    out = {}
+    return {name: _CALLS[node.func.attr] for node, name in _stats_calls(tree, _CALLS)}
+
+
+def _stats_calls(tree: ast.AST, methods) -> list[tuple[ast.Call, str]]:
+    """Every Stats.<method>(name, ...) call in a module whose name is a literal or f-string, with its name."""
+    out = []
     for node in ast.walk(tree):
-        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in _CALLS):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in methods):
             continue
         recv = node.func.value
         if (recv.id if isinstance(recv, ast.Name) else getattr(recv, "attr", None)) not in _RECEIVERS:
@@ -82,7 +87,7 @@ def _metric_literals(source: bytes) -> dict[str, str]:
         arg = node.args[0] if node.args else next((k.value for k in node.keywords if k.arg == "stat"), None)
         name = _text(arg) if arg is not None else None
         if name:
-            out[name] = _CALLS[node.func.attr]
+            out.append((node, name))
     return out
 
 
@@ -131,16 +136,7 @@ def _timed_calls(fname: str, source: str) -> list[Timed]:
         return []
     parents = {c: p for p in ast.walk(tree) for c in ast.iter_child_nodes(p)}
     out = []
-    for node in ast.walk(tree):
-        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in _TIMED):
-            continue
-        recv = node.func.value
-        if (recv.id if isinstance(recv, ast.Name) else getattr(recv, "attr", None)) not in _RECEIVERS:
-            continue
-        arg = node.args[0] if node.args else next((k.value for k in node.keywords if k.arg == "stat"), None)
-        name = _text(arg) if arg is not None else None
-        if not name:
-            continue
+    for node, name in _stats_calls(tree, _TIMED):
         if node.func.attr == "timer":
             out.append(Timed(name, "timer", f"{fname}:{node.lineno}", ""))
             continue
