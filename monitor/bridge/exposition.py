@@ -18,7 +18,8 @@ from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from .store import sample_name
+from . import native, protobuf
+from .store import ARENA_BITS, sample_name
 
 SELF = "airflow_monitor_bridge_"
 CHUNK = 2000  # series rendered per yielded piece
@@ -48,15 +49,49 @@ class _Formatted(dict):
         return s
 
 
-class FamilyView:
-    __slots__ = ("name", "kind", "header", "series", "pieces", "nb", "line")
+class _PairText(dict):
+    """(name, value) -> `name="value"` (text) and its LabelPair (protobuf), each made once: a dag_id is in
+    many series, and a series' label text is joined from its pairs' at render time."""
 
-    def __init__(self, name: str, kind: str, help: str, buckets: tuple[float, ...]):
-        self.name, self.kind = name, kind
-        sample = sample_name(name, kind)  # 0.0.4 names a counter by its sample
+    def __init__(self):
+        super().__init__()
+        self.proto: dict[tuple[str, str], bytes] = {}
+
+    def __missing__(self, p: tuple[str, str]) -> str:
+        s = self[p] = f'{p[0]}="{escape_value(p[1])}"'
+        return s
+
+    def pb(self, p: tuple[str, str]) -> bytes:
+        b = self.proto.get(p)
+        if b is None:
+            b = self.proto[p] = protobuf.label_pair(*p)
+        return b
+
+    def forget(self, keep) -> None:
+        """Drop the text of pairs no series holds any more."""
+        for p in [p for p in self if p not in keep]:
+            del self[p]
+        for p in [p for p in self.proto if p not in keep]:
+            del self.proto[p]
+
+
+class FamilyView:
+    """A family as the web process sees it: its series grouped by the store's arena they live in (a
+    render caches each group and renders it again only when it changed; monitor/bridge/render.py)."""
+
+    __slots__ = ("name", "kind", "help", "header", "chunks", "versions", "pieces", "nb", "line", "buckets",
+                 "native", "native_at", "count", "cache", "sample")
+
+    def __init__(self, name: str, kind: str, help: str, buckets: tuple[float, ...], native=None):
+        self.name, self.kind, self.help, self.buckets, self.native = name, kind, help, tuple(buckets), native
+        self.sample = sample = sample_name(name, kind)  # 0.0.4 names a counter by its sample
         self.header = f"# HELP {sample} {escape_help(help)}\n# TYPE {sample} {kind}\n"
-        self.series: dict[int, str] = {}  # base -> label text
+        self.chunks: dict[int, dict[int, tuple]] = {}  # arena -> {base: labels}
+        self.versions: dict[int, int] = {}  # arena -> bumped whenever its series come or go
+        self.count = 0
+        self.cache: dict = {}  # format -> {arena: cached rendering} (render.py)
         self.nb = len(buckets) + 1
+        self.native_at = 3 + self.nb
         if kind == "histogram":
             # per bucket: name{ <labels,> le="x"} <count>\n ; then _sum and _count lines
             self.pieces = []
@@ -66,66 +101,142 @@ class FamilyView:
                             name + "_sum", "", " ", "", "\n" + name + "_count", "", " ", "", "\n"]
         self.line = sample + "%s %r\n"
 
+    @property
+    def series(self) -> dict[int, tuple]:
+        """base -> labels, every arena's (for tests and tools; renders go arena by arena)."""
+        out: dict[int, tuple] = {}
+        for c in self.chunks.values():
+            out.update(c)
+        return out
+
+    def add(self, base: int, labels: tuple) -> None:
+        a = base >> ARENA_BITS
+        chunk = self.chunks.get(a)
+        if chunk is None:
+            chunk = self.chunks[a] = {}
+        if base not in chunk:
+            self.count += 1
+        chunk[base] = labels
+        self.versions[a] = self.versions.get(a, 0) + 1
+
+    def drop(self, base: int) -> None:
+        a = base >> ARENA_BITS
+        chunk = self.chunks.get(a)
+        if chunk is not None and chunk.pop(base, None) is not None:
+            self.count -= 1
+            self.versions[a] = self.versions.get(a, 0) + 1
+            if not chunk:
+                del self.chunks[a]
+                for c in self.cache.values():
+                    c.pop(a, None)
+
 
 class StoreView:
     def __init__(self, vals: memoryview):
         self.vals = vals
         self.families: dict[str, FamilyView] = {}
         self.formatted = _Formatted()
+        self.pairs = _PairText()
+        self.interned: dict[tuple[str, str], tuple[str, str]] = {}  # one copy of each label pair
 
     def apply(self, records) -> None:
         fams = self.families
+        interned = self.interned
         for r in records:
             op = r[0]
             if op == "series":
-                lab = label_text(r[3])
-                fams[r[1]].series[r[2]] = lab
+                fam = fams.get(r[1])
+                if fam is not None:
+                    fam.add(r[2], tuple([interned.setdefault(p, p) for p in r[3]]))
             elif op == "drop":
                 fam = fams.get(r[1])
                 if fam is not None:
-                    fam.series.pop(r[2], None)
+                    fam.drop(r[2])
             elif op == "forget":  # the store freed the family (its last series expired)
                 fams.pop(r[1], None)
             elif op == "family":
                 if r[1] not in fams:
-                    fams[r[1]] = FamilyView(r[1], r[2], r[3], r[4])
+                    fams[r[1]] = FamilyView(r[1], r[2], r[3], r[4], r[5] if len(r) > 5 else None)
             elif op == "reset":
                 fams.clear()
+                interned.clear()
+                self.pairs = _PairText()
+        if len(interned) > 2 * self.series_count() + 10_000:  # pairs of series gone: start afresh
+            self._compact()
+
+    def _compact(self) -> None:
+        keep: dict = {}
+        for fam in list(self.families.values()):
+            for chunk in fam.chunks.values():
+                for labels in chunk.values():
+                    for p in labels:
+                        keep.setdefault(p, p)
+        self.interned = keep
+        self.pairs.forget(keep)
 
     def series_count(self) -> int:
-        return sum(len(f.series) for f in list(self.families.values()))
+        return sum(f.count for f in list(self.families.values()))
 
-    def render(self):
-        """The store as text format, in str pieces of up to CHUNK series."""
+    def text_of(self, labels: tuple) -> str:
+        return ",".join(map(self.pairs.__getitem__, labels))
+
+    def render_text(self, fam: FamilyView, items) -> str:
+        """The text of some of a family's series: items are (base, labels)."""
         V = self.vals
         text = self.formatted.__getitem__
+        lab_of = self.text_of
+        out = []
+        if fam.kind == "histogram":
+            pieces, nb = fam.pieces, fam.nb
+            n5 = 5 * nb
+            for b, labels in items:
+                lab = lab_of(labels)
+                cum = list(map(text, accumulate(V[b + 3 : b + 3 + nb].tolist())))
+                pieces[1:n5:5] = [lab + "," if lab else ""] * nb
+                pieces[3:n5:5] = cum
+                pieces[n5 + 1] = pieces[n5 + 5] = "{" + lab + "}" if lab else ""
+                pieces[n5 + 3] = repr(V[b + 1])
+                pieces[n5 + 7] = cum[-1]  # _count is the +Inf bucket: equal even mid-update
+                out += pieces
+        else:
+            line = fam.line
+            for b, labels in items:
+                lab = lab_of(labels)
+                out.append(line % ("{" + lab + "}" if lab else "", V[b + 1]))
+        return "".join(out)
+
+    def render_proto(self, fam: FamilyView, items) -> bytes:
+        """The Metric fields of some of a family's series (protobuf): items are (base, labels)."""
+        V = self.vals
+        pb = self.pairs.pb
+        out = []
+        if fam.kind == "histogram":
+            bounds, nb, nat = fam.buckets, fam.nb, fam.native
+            for b, labels in items:
+                lab = b"".join(map(pb, labels))
+                row = V[b + 1 : b + 3 + nb].tolist()
+                cum = list(accumulate(row[2:]))
+                snap = None
+                if nat is not None:
+                    snap = native.read(V, b + fam.native_at, nat[1], nat[2])
+                count = snap.total() if snap is not None else cum[-1]
+                out.append(protobuf.histogram_metric(lab, count, row[0], list(zip(bounds, cum, strict=False)), snap))
+        else:
+            kind = fam.kind
+            for b, labels in items:
+                out.append(protobuf.scalar_metric(b"".join(map(pb, labels)), kind, V[b + 1]))
+        return b"".join(out)
+
+    def render(self):
+        """The store as text format, in str pieces of up to CHUNK series (uncached: tests and tools;
+        the web process renders through monitor/bridge/render.py)."""
         for fam in list(self.families.values()):
-            items = list(fam.series.items())
+            items = [(b, labels) for c in list(fam.chunks.values()) for b, labels in list(c.items())]
             if not items:
                 continue
-            out = [fam.header]
-            if fam.kind == "histogram":
-                pieces, nb = fam.pieces, fam.nb
-                n5 = 5 * nb
-                for k, (b, lab) in enumerate(items, 1):
-                    cum = list(map(text, accumulate(V[b + 3 : b + 3 + nb].tolist())))
-                    pieces[1:n5:5] = [lab + "," if lab else ""] * nb
-                    pieces[3:n5:5] = cum
-                    pieces[n5 + 1] = pieces[n5 + 5] = "{" + lab + "}" if lab else ""
-                    pieces[n5 + 3] = repr(V[b + 1])
-                    pieces[n5 + 7] = cum[-1]  # _count is the +Inf bucket: equal even mid-update
-                    out += pieces
-                    if k % CHUNK == 0:
-                        yield "".join(out)
-                        out = []
-            else:
-                line = fam.line
-                for k, (b, lab) in enumerate(items, 1):
-                    out.append(line % ("{" + lab + "}" if lab else "", V[b + 1]))
-                    if k % CHUNK == 0:
-                        yield "".join(out)
-                        out = []
-            yield "".join(out)
+            yield fam.header
+            for i in range(0, len(items), CHUNK):
+                yield self.render_text(fam, items[i : i + CHUNK])
 
     def text(self) -> str:
         return "".join(self.render())

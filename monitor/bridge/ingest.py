@@ -32,6 +32,7 @@ from collections import Counter, deque
 from itertools import islice
 
 from monitor.bridge.mapper import Mapper, Target
+from monitor.bridge.native import observe
 from monitor.bridge.parse import Key, ParseError, parse_key, parse_values
 from monitor.bridge.store import Drop, Store
 
@@ -40,7 +41,8 @@ log = logging.getLogger(__name__)
 # Cache entries are tuples, so that the hot path indexes instead of calling. `base` is where the
 # series' slots start in the store's shared array (see store.py for the layout):
 #   (COUNTER, base, scale/rate, None, None, statsd type)
-#   (HIST,    base, unit scale x scale, 1/rate (weight), buckets, statsd type)
+#   (HIST,    base, unit scale x scale, 1/rate (weight), buckets, statsd type, native)
+#             native: None, or (slot of its native block, positive slots, negative slots)
 #   (GAUGE,   base, scale, None, None, statsd type)       (scale: a mapping rule's `scale`)
 #   (SET, base) | (DROP, reason) | (ERROR, reason) | (PENDING, target, key, metric name)
 #   (WATCH, entry, metric name, family, labels): a tagless sample in "tagged" mode, applied as
@@ -216,6 +218,9 @@ class Ingest:
                     V[b + 1] = x
                     V[b + 2] += w
                     V[b + 3 + bisect_left(e[4], v)] += w
+                    if e[6] is not None:
+                        n = e[6]
+                        observe(V, b + n[0], n[1], n[2], v, w)
                     V[b] = now
                     if timers is not None:
                         timers.append((b, v, w))
@@ -396,6 +401,8 @@ class Ingest:
                 V[b + 1] = x
                 V[b + 2] += e[3]
                 V[b + 3 + bisect_left(e[4], v)] += e[3]
+                if e[6] is not None:
+                    observe(V, b + e[6][0], e[6][1], e[6][2], v, e[3])
                 if self.timer_samples is not None:
                     self.timer_samples.append((b, v, e[3]))
             V[b] = now
@@ -507,7 +514,7 @@ class Ingest:
     def _entry(self, target: Target, key: Key, now: float) -> tuple:
         try:
             base = self.store.series(target.family, target.kind, target.labels, target.help,
-                                     target.buckets, target.ttl, now)
+                                     target.buckets, target.ttl, now, target.native)
         except Drop as d:
             return _const(DROP, d.reason)
         if key.type == "s":
@@ -524,7 +531,10 @@ class Ingest:
             scale = target.scale
             if key.type == "ms" and target.metric is not None and target.metric.timer_call and self.timers_in_seconds:
                 scale = 1.0
-            return (HIST, base, scale * target.mult, 1.0 / key.rate, target.buckets, tag)
+            nat = target.native
+            if nat is not None:
+                nat = (3 + len(target.buckets) + 1, nat[1], nat[2])
+            return (HIST, base, scale * target.mult, 1.0 / key.rate, target.buckets, tag, nat)
         return (GAUGE, base, target.mult, None, None, tag)
 
     def _cache(self, ckey: bytes, entry: tuple) -> tuple:

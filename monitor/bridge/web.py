@@ -24,8 +24,10 @@ import struct
 import sys
 import threading
 
+from monitor.bridge import protobuf
 from monitor.bridge.exposition import StoreView
 from monitor.bridge.fanout import Failed, Fanout
+from monitor.bridge.render import PROTO, TEXT, Renderer, choose
 from monitor.http import webconfig
 from monitor.http.app import Service
 from monitor.http.server import REFUSALS as HTTP_REASONS
@@ -93,7 +95,11 @@ class Web:
         self.scrapes = 0
         self.last_duration = 0.0
         self.last_bytes = 0
-        self.fanout = Fanout(self.pieces, self._rendered)
+        # one renderer (and its kept renderings) and one fan-out per format: text, and protobuf for
+        # scrapers that take native histograms
+        self.renderers = {fmt: Renderer(self.view, fmt) for fmt in (TEXT, PROTO)}
+        self.fanouts = {fmt: Fanout(lambda fmt=fmt: self.pieces(fmt), self._rendered) for fmt in (TEXT, PROTO)}
+        self.fanout = self.fanouts[TEXT]
         self.server = None  # the HTTP server (monitor.http), for its refusal counts
         self.web = None  # TLS and basic auth (monitor.http.webconfig.Watched)
 
@@ -129,7 +135,8 @@ class Web:
                  f"# HELP {p}scrapes_total Scrapes of /metrics served.",
                  f"# TYPE {p}scrapes_total counter", f"{p}scrapes_total {self.scrapes}",
                  f"# HELP {p}renders_total Renderings of /metrics; each serves every scrape waiting for it.",
-                 f"# TYPE {p}renders_total counter", f"{p}renders_total {self.fanout.renders}",
+                 f"# TYPE {p}renders_total counter",
+                 f"{p}renders_total {sum(f.renders for f in self.fanouts.values())}",
                  *http_refused_lines(f"{p}http_refused_total", refused),
                  f"# HELP {p}web_config_refused_total Changes of the web config file refused (invalid, or "
                  f"turning TLS or basic auth off); the last config stays.",
@@ -139,22 +146,24 @@ class Web:
                  f"# TYPE {p}exposed_series gauge", f"{p}exposed_series {self.view.series_count()}"]
         return "\n".join(lines) + "\n"
 
-    def pieces(self):
-        """The whole exposition as byte pieces; raises (a 503, or a cut answer) rather than render a part."""
+    def pieces(self, fmt: str = TEXT):
+        """The whole exposition as render.Piece's; raises (a 503, or a cut answer) rather than render a part."""
         if not self.synced.is_set():
             raise RuntimeError("the bridge's series are still being loaded (the web process just started)")
         extra = self.control.ask(b"m")
         if extra is None:
             raise RuntimeError(f"the bridge process did not answer within {self.control.timeout:.0f}s, so its "
                                "own series and the SLA watcher's and healer's cannot be served")
-        for part in self.view.render():
-            yield part.encode()
-        yield extra + self.own_metrics().encode()
+        extra += self.own_metrics().encode()
+        if fmt == PROTO:
+            extra = protobuf.from_text(extra.decode())
+        yield from self.renderers[fmt].pieces(extra)
 
     # ------------------------------------------------------------------ HTTP
     def metrics(self, req: Request) -> Response:
         gz = "gzip" in req.header("accept-encoding")
-        scrape = self.fanout.scrape(gz)  # served by the next rendering, with every scrape waiting
+        fmt = choose(req.header("accept"))
+        scrape = self.fanouts[fmt].scrape(gz)  # served by the next rendering, with every scrape waiting
         first = _next(scrape)
         if isinstance(first, Failed):
             scrape.dead = True
@@ -171,7 +180,7 @@ class Web:
             finally:
                 scrape.dead = True
 
-        return Response(200, body(), content_type=CONTENT_TYPE,
+        return Response(200, body(), content_type=protobuf.CONTENT_TYPE if fmt == PROTO else CONTENT_TYPE,
                         headers=[("Content-Encoding", "gzip")] if gz else [])
 
     def ready(self) -> str:
