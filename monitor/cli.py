@@ -38,6 +38,18 @@ def _add_bridge_flags(p: argparse.ArgumentParser) -> None:
         "max_series_label_bytes": "cap on the label text of one series, bytes (default 4096)",
         "cache_bytes": "memory budget of the mapper cache in bytes (default 100663296)",
         "buckets": "histogram buckets in seconds, comma separated",
+        "classic_histograms": "on (default) or off: the classic buckets (le) beside a native histogram; off "
+                              "leaves only _sum, _count and the +Inf bucket in the text format",
+        "native_histograms": "on (default) or off: timers are also native histograms, served in the protobuf "
+                             "exposition (Prometheus with native histograms asks for it)",
+        "native_histogram_schema": "schema of statsd timers' native histograms, -4..8 (default 3: buckets 9 %% wide)",
+        "native_histogram_max_buckets": "consecutive buckets a native histogram keeps (default 20); wider, its "
+                                        "schema goes down (each step halves the resolution)",
+        "otlp_listen": "OTLP/HTTP metrics address, POST /v1/metrics ([host]:port, '' to disable; default :4318)",
+        "otlp_max_body": "largest OTLP request body, bytes, before and after gzip (default 67108864)",
+        "otlp_max_points": "data points in one OTLP request at most; more are rejected (default 1000000)",
+        "otlp_max_attributes": "attributes on one OTLP data point at most; a point with more is rejected (default 64)",
+        "otlp_stream_ttl": "forget a cumulative OTLP stream without a point for this long (default 15m)",
         "unmapped": "what to do with non-Airflow metrics: export (default) or drop",
         "relay": "forward raw statsd packets to host:port",
         "datadog": "forward to Datadog: none (default), agent (DogStatsD) or api (agentless)",

@@ -37,6 +37,15 @@ class BridgeConfig:
     max_series_label_bytes: int = 4096  # label text of one series
     cache_bytes: int = 96 << 20  # the mapper cache's memory budget (~230 bytes a distinct line key)
     buckets: list[float] = field(default_factory=list)  # empty: the built-in Airflow buckets
+    classic_histograms: str = "on"  # on | off: the classic buckets beside a native histogram
+    native_histograms: str = "on"  # on | off: timers are native histograms too (protobuf exposition)
+    native_histogram_schema: int = 3  # -4..8; 3: buckets 9 % wide (client_golang's bucket factor 1.1)
+    native_histogram_max_buckets: int = 20  # consecutive buckets a native histogram keeps; then its schema goes down
+    otlp_listen: str = ":4318"  # OTLP/HTTP metrics (POST /v1/metrics); '' disables
+    otlp_max_body: int = 64 << 20  # bytes of an OTLP request, before and after decompression
+    otlp_max_points: int = 1_000_000  # data points in one OTLP request; more are rejected (partial success)
+    otlp_max_attributes: int = 64  # attributes on one OTLP data point; a point with more is rejected
+    otlp_stream_ttl: str = "15m"  # a cumulative OTLP stream without a point for this long is forgotten
     unmapped: str = "export"  # export | drop
     max_packet: int = 65535
     udp_rcvbuf: int = 8 << 20

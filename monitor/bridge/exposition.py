@@ -219,7 +219,9 @@ class StoreView:
                 snap = None
                 if nat is not None:
                     snap = native.read(V, b + fam.native_at, nat[1], nat[2])
-                count = snap.total() if snap is not None else cum[-1]
+                # the count is the +Inf bucket's: ingest writes a classic bucket before the native one,
+                # so it is never below the native buckets' sum, even mid-update
+                count = cum[-1]
                 out.append(protobuf.histogram_metric(lab, count, row[0], list(zip(bounds, cum, strict=False)), snap))
         else:
             kind = fam.kind

@@ -604,8 +604,9 @@ class Ingest:
             self.pending.pop(mname, None)
             self.held_forms.pop(mname, None)
 
-    def housekeeping(self, now: float | None = None) -> None:
-        """Release held samples whose twin never came, and expire idle series."""
+    def housekeeping(self, now: float | None = None) -> set[int]:
+        """Release held samples whose twin never came, and expire idle series; returns the bases
+        of the series freed (for other caches that point at them: OTLP's)."""
         if now is None:
             now = time.monotonic()
         for mname in list(self.pending):
@@ -628,6 +629,7 @@ class Ingest:
                 del self.cache[k]
                 self.cache_used -= len(k) + ENTRY_BYTES
             self.whole.clear()
+        return freed
 
     def reload(self, mapper: Mapper) -> None:
         self.mapper = mapper

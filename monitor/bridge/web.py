@@ -8,6 +8,8 @@ reads the statsd sockets. It gets, as inherited file descriptors:
   --control-fd  a socket to ask the bridge for what only it knows: its own metrics and the SLA
                 watcher's (small), readiness, and a mapping reload
   --http-fd     the listening HTTP socket, bound by the bridge so that its errors are the bridge's
+  --otlp-http-fd, --otlp-data-fd  the OTLP port's listening socket, and the channel that carries
+                what it receives to the ingest process (monitor/bridge/otlp.py)
 When the bridge goes away the journal pipe closes and this process exits.
 """
 
@@ -101,6 +103,7 @@ class Web:
         self.fanouts = {fmt: Fanout(lambda fmt=fmt: self.pieces(fmt), self._rendered) for fmt in (TEXT, PROTO)}
         self.fanout = self.fanouts[TEXT]
         self.server = None  # the HTTP server (monitor.http), for its refusal counts
+        self.otlp = None  # the OTLP receiver (monitor/bridge/otlp.py), for its counts
         self.web = None  # TLS and basic auth (monitor.http.webconfig.Watched)
 
     def _rendered(self, scrapes: int, seconds: float, sent: int) -> None:
@@ -143,7 +146,8 @@ class Web:
                  f"# TYPE {p}web_config_refused_total counter",
                  f"{p}web_config_refused_total {self.web.refused if self.web is not None else 0}",
                  f"# HELP {p}exposed_series Series the web process knows of.",
-                 f"# TYPE {p}exposed_series gauge", f"{p}exposed_series {self.view.series_count()}"]
+                 f"# TYPE {p}exposed_series gauge", f"{p}exposed_series {self.view.series_count()}",
+                 *(self.otlp.metrics_lines(p) if self.otlp is not None else [])]
         return "\n".join(lines) + "\n"
 
     def pieces(self, fmt: str = TEXT):
@@ -227,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="airflow-monitor-web")
     for name in ("slots-fd", "slots-bytes", "journal-fd", "control-fd", "http-fd"):
         ap.add_argument("--" + name, type=int, required=True)
+    for name in ("otlp-http-fd", "otlp-data-fd", "otlp-max-body", "otlp-max-points", "otlp-max-attributes"):
+        ap.add_argument("--" + name, type=int)
     ap.add_argument("--log-level", default="INFO")
     ap.add_argument("--enable-lifecycle", action="store_true")
     ap.add_argument("--web-config-file", default="")
@@ -243,6 +249,16 @@ def main(argv: list[str] | None = None) -> int:
                       index="airflow-monitor bridge: /metrics /-/healthy /-/ready /-/ready/sla POST /-/reload")
     web.server = HttpServer(socket.socket(fileno=args.http_fd), service, web=web.web, name="bridge-web",
                             probe_paths=service.probe_paths).start()
+    if args.otlp_http_fd is not None:
+        from monitor.bridge import otlp
+
+        limits = otlp.Limits(max_body=args.otlp_max_body, max_points=args.otlp_max_points,
+                             max_attributes=args.otlp_max_attributes)
+        channel = otlp.Channel(socket.socket(fileno=args.otlp_data_fd), on_broken=lambda: os._exit(3))
+        web.otlp = otlp.Receiver(channel.submit, limits)
+        # the same TLS and basic auth as /metrics; no probe paths: every request needs credentials
+        HttpServer(socket.socket(fileno=args.otlp_http_fd), web.otlp, web=web.web, name="otlp",
+                   probe_paths=frozenset(), max_body=limits.max_body, workers=4, per_client_busy=4).start()
     threading.Event().wait()
     return 0
 
