@@ -363,15 +363,28 @@ class Receiver:
         self.points = 0  # points taken into the store
         self.rejected: Counter[str] = Counter()  # points rejected, by reason
         self.lock = threading.Lock()  # one request decoded at a time: bounds the memory decoding takes
+        self.logged: dict[str, float] = {}  # reason -> when a refusal for it was last logged
+
+    def _refused(self, req: Request, reason: str, message: str) -> None:
+        """Count a refusal; say it in one line, at most once a minute per reason."""
+        import time
+
+        self.requests[reason] += 1
+        now = time.monotonic()
+        if now - self.logged.get(reason, -math.inf) >= 60:
+            self.logged[reason] = now
+            log.warning("OTLP %s %s from %s (%s) refused, %s: %s (at most one line a minute per reason)",
+                        req.method, req.path[:100], req.client, req.header("user-agent")[:100] or "no user agent",
+                        reason, message[:300])
 
     def __call__(self, req: Request) -> Response:
         if req.path != PATH:
-            self.requests["not_found"] += 1
+            self._refused(req, "not_found", "not an OTLP metrics path")
             return Response(404, f"{req.path}: not served here; OTLP metrics go to POST {PATH}\n".encode())
         media = _media(req.header("content-type"))
         media = media if media in (PROTOBUF, JSON) else PROTOBUF
         if req.method != "POST":
-            self.requests["method_not_allowed"] += 1
+            self._refused(req, "method_not_allowed", "OTLP metrics are POSTed")
             return Response(405, f"{req.method} {PATH}: OTLP metrics are POSTed\n".encode(),
                             headers=[("Allow", "POST")])
         try:
@@ -382,11 +395,11 @@ class Receiver:
             names = frozenset(g[2] for g in flat.groups)  # ingest tells a legacy twin by its tagged form's name
             refused = self.submit(frames(flat.groups), names) if flat.groups else Counter()
         except Refused as e:
-            self.requests[e.reason] += 1
+            self._refused(req, e.reason, e.message)
             body, ctype = status_body(e.status, e.message, media)
             return Response(e.status, body, content_type=ctype, close=e.status == 413)
         except Unavailable as e:
-            self.requests["unavailable"] += 1
+            self._refused(req, "unavailable", str(e))
             body, ctype = status_body(503, str(e), media)
             return Response(503, body, content_type=ctype, headers=[("Retry-After", "5")])
         rejected = flat.rejected + refused

@@ -57,7 +57,7 @@ MODERN_WINDOW = 600.0  # seconds a metric's tagged form, once seen, makes its le
 STREAM_TTL = 900.0  # seconds a stream of a cumulative metric is remembered without a point
 # points of these refusals are reported to the client as rejected (a partial success); twins and
 # deliberate drops (a mapping rule's drop, --unmapped drop) are not rejections
-NOT_REJECTED = {"legacy_twin", "drop_rule", "unmapped"}
+NOT_REJECTED = {"legacy_twin", "drop_rule", "unmapped", "negative_counter"}
 STATSD_TYPE = {SUM_CUMULATIVE: "c", SUM_DELTA: "c", GAUGE: "g", UPDOWN_CUMULATIVE: "g", UPDOWN_DELTA: "g",
                EXPHIST_CUMULATIVE: "ms", EXPHIST_DELTA: "ms", HIST_CUMULATIVE: "ms", HIST_DELTA: "ms"}
 STORE_KIND = {"c": "counter", "g": "gauge", "ms": "histogram"}
@@ -165,6 +165,8 @@ class OtlpIngest:
                 if e[2] in names or now - seen < MODERN_WINDOW:
                     st.dropped["legacy_twin"] += 1
                     continue
+                if e[3] is None:  # the first point this form counts: its series is made now
+                    e = cache[ck] = (LEGACY, e[1], e[2], self._entry(*e[4], now), e[4])
                 e = e[3]
                 tag = e[0]
                 if tag is DROP:
@@ -176,7 +178,19 @@ class OtlpIngest:
             b = e[1]
             if tag is SCALAR:
                 v = p[2] * e[3]
-                if kind == SUM_CUMULATIVE:
+                if e[4]:  # an up-down counter counted as a counter: only what it rose by
+                    if kind == UPDOWN_CUMULATIVE:
+                        sk = (rid, name, attrs, p[1])
+                        s = streams.get(sk)
+                        streams[sk] = [now, v]
+                        v = v - s[1] if s is not None else v
+                    if v < 0:
+                        st.dropped["negative_counter"] += 1
+                        continue
+                    if v:
+                        V[b + 1] += v
+                        st.samples[e[2]] += 1
+                elif kind == SUM_CUMULATIVE:
                     sk = (rid, name, attrs, p[1])
                     s = streams.get(sk)
                     if s is None:
@@ -308,6 +322,12 @@ class OtlpIngest:
         stype = STATSD_TYPE[kind]
         tags = tuple(sorted((label_name(k), v) for k, v in attrs))
         t = ing.mapper.map(Key(name, stype, 1.0, tags))
+        updown = False
+        if kind in (UPDOWN_CUMULATIVE, UPDOWN_DELTA) and t.metric is not None and t.metric.type != "gauge":
+            # an up-down counter the catalog calls a counter (dag_processing.processes: +1 as a DAG file
+            # processor starts, -1 as it stops): counted as statsd counts it, its rises only
+            stype, updown = "c", True
+            t = ing.mapper.map(Key(name, stype, 1.0, tags))
         if t.form == "unmapped":
             st.unmapped += 1
         if t.kind == "drop":
@@ -336,12 +356,13 @@ class OtlpIngest:
             labels = tuple(sorted((*labels, (POD, pod))))
         legacy = m is not None and t.form == "legacy"
         twin_of = m.name if m is not None and m.legacy and not legacy else None
-        e = self._entry(t, labels, store_kind, kind, factor, twin_of, point, now)
-        if legacy:
-            e = (LEGACY, m.name, self._modern_name(m), e)
-        return self._cache(name, kind, unit, pod, attrs, e)
+        args = (t, labels, store_kind, kind, factor, twin_of, point, updown)
+        if legacy:  # its series is made only if this form is counted (see _group)
+            return self._cache(name, kind, unit, pod, attrs, (LEGACY, m.name, self._modern_name(m), None, args))
+        return self._cache(name, kind, unit, pod, attrs, self._entry(*args, now))
 
-    def _entry(self, t: Target, labels, store_kind: str, kind: str, factor: float, twin_of, point, now) -> tuple:
+    def _entry(self, t: Target, labels, store_kind: str, kind: str, factor: float, twin_of, point, updown: bool,
+               now: float) -> tuple:
         ing = self.ingest
         buckets = t.buckets
         if t.form == "unmapped" and kind in (HIST_CUMULATIVE, HIST_DELTA):
@@ -354,7 +375,7 @@ class OtlpIngest:
         tag = ing._sample_tags.setdefault(tag, tag)
         ing.stats.samples.setdefault(tag, 0)
         if store_kind != "histogram":
-            return (SCALAR, base, tag, factor, twin_of)
+            return (SCALAR, base, tag, factor, updown, twin_of)
         nat = None
         if t.native is not None:
             nat = (3 + len(buckets) + 1, t.native[1], t.native[2])
@@ -378,7 +399,7 @@ class OtlpIngest:
         series the store freed."""
         if freed:
             dead = [k for k, e in self.cache.items() if (e[0] in (SCALAR, EXPHIST, HIST) and e[1] in freed) or
-                    (e[0] is LEGACY and e[3][0] is not DROP and e[3][1] in freed)]
+                    (e[0] is LEGACY and e[3] is not None and e[3][0] is not DROP and e[3][1] in freed)]
             for k in dead:
                 del self.cache[k]
         chunk = list(islice(self._scan, budget))
