@@ -72,8 +72,9 @@ PER_UNIT_NAMES = {"s": "second", "m": "minute", "h": "hour", "d": "day", "w": "w
 _TOKEN = re.compile(r"[a-zA-Z0-9:]+")
 _LABEL_BAD = re.compile(r"[^a-zA-Z0-9_]")
 
-# cache entries (tuples, indexed on the hot path)
-DROP, LEGACY, SCALAR, EXPHIST, HIST = range(5)
+# cache entries (tuples, indexed on the hot path); LAZY: an up-down counter counted as a counter, whose
+# series is made with its first rise (a fall alone leaves nothing behind, as a refused statsd line)
+DROP, LEGACY, SCALAR, EXPHIST, HIST, LAZY = range(6)
 
 
 def otlp_name(name: str, unit: str, kind: str) -> str:
@@ -160,6 +161,19 @@ class OtlpIngest:
                 if e[1] not in NOT_REJECTED:
                     refused[e[1]] += 1
                 continue
+            if tag is LAZY:
+                rise = self._rise(rid, name, kind, p, e[1][4], now)
+                if rise < 0:
+                    st.dropped["negative_counter"] += 1
+                if rise <= 0:
+                    continue
+                e = cache[ck] = self._entry(*e[1], now)
+                if e[0] is DROP:
+                    st.dropped[e[1]] += 1
+                    refused[e[1]] += 1
+                    continue
+                self._add(e, rise, now)
+                continue
             if tag is LEGACY:
                 seen = self.modern_seen.get(e[1], -math.inf)
                 if e[2] in names or now - seen < MODERN_WINDOW:
@@ -179,18 +193,13 @@ class OtlpIngest:
             if tag is SCALAR:
                 v = p[2] * e[3]
                 if e[4]:  # an up-down counter counted as a counter: only what it rose by
-                    if kind == UPDOWN_CUMULATIVE:
-                        sk = (rid, name, attrs, p[1])
-                        s = streams.get(sk)
-                        streams[sk] = [now, v]
-                        v = v - s[1] if s is not None else v
-                    if v < 0:
+                    rise = self._rise(rid, name, kind, p, e[3], now)
+                    if rise < 0:
                         st.dropped["negative_counter"] += 1
-                        continue
-                    if v:
-                        V[b + 1] += v
-                        st.samples[e[2]] += 1
-                elif kind == SUM_CUMULATIVE:
+                    elif rise:
+                        self._add(e, rise, now)
+                    continue
+                if kind == SUM_CUMULATIVE:
                     sk = (rid, name, attrs, p[1])
                     s = streams.get(sk)
                     if s is None:
@@ -224,6 +233,27 @@ class OtlpIngest:
                 self._exphist(e, rid, name, kind, p, now, refused)
             else:
                 self._hist(e, rid, name, kind, p, now, refused)
+
+    def _rise(self, rid, name, kind, p, factor: float, now: float) -> float:
+        """What an up-down counter's point rose by (negative: it fell)."""
+        v = p[2] * factor
+        if kind == UPDOWN_CUMULATIVE:
+            sk = (rid, name, p[0], p[1])
+            s = self.streams.get(sk)
+            self.streams[sk] = [now, v]
+            return v - s[1] if s is not None else v
+        return v
+
+    def _add(self, e: tuple, v: float, now: float) -> None:
+        V = self.ingest.vals
+        b = e[1]
+        x = V[b + 1] + v
+        if x < math.inf:
+            V[b + 1] = x
+            V[b] = now
+            self.ingest.stats.samples[e[2]] += 1
+        else:
+            self.ingest.stats.dropped["overflow"] += 1
 
     # ------------------------------------------------------------------ histograms
     def _exphist(self, e, rid, name, kind, p, now, refused) -> None:
@@ -359,6 +389,8 @@ class OtlpIngest:
         args = (t, labels, store_kind, kind, factor, twin_of, point, updown)
         if legacy:  # its series is made only if this form is counted (see _group)
             return self._cache(name, kind, unit, pod, attrs, (LEGACY, m.name, self._modern_name(m), None, args))
+        if updown:
+            return self._cache(name, kind, unit, pod, attrs, (LAZY, args))
         return self._cache(name, kind, unit, pod, attrs, self._entry(*args, now))
 
     def _entry(self, t: Target, labels, store_kind: str, kind: str, factor: float, twin_of, point, updown: bool,
