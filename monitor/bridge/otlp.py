@@ -166,6 +166,9 @@ def _plain(v):
 
 
 # ---------------------------------------------------------------- flattening
+OVERFLOW = ("otel.metric.overflow", "true")  # the OTel SDK's point for attribute sets over its cardinality limit
+
+
 class Flat:
     """A request as records for ingest, and what was rejected here."""
 
@@ -173,6 +176,8 @@ class Flat:
         self.groups: list[tuple] = []  # (resource, pod, name, kind, unit, [points])
         self.points = 0  # points taken
         self.rejected: Counter[str] = Counter()  # points rejected here, by reason
+        # metrics with an overflow point -> the attribute sets of their other points (see otlpmap)
+        self.overflow: dict[str, frozenset] = {}
 
 
 def instance(resource: tuple[tuple[str, str], ...]) -> str:
@@ -223,6 +228,9 @@ def flatten(req, limits: Limits) -> Flat:
                 if points:
                     out.points += len(points)
                     out.groups.append((resource, pod, metric.name, kind, metric.unit, points))
+                    if any(OVERFLOW in p[0] for p in points):
+                        seen = out.overflow.get(metric.name, frozenset())
+                        out.overflow[metric.name] = seen | frozenset(p[0] for p in points if OVERFLOW not in p[0])
     return out
 
 
@@ -356,7 +364,7 @@ class Receiver:
     """The OTLP port's HTTP application. `submit(frames)` hands the records to ingest and returns the
     points it refused, by reason (raises Unavailable when ingest does not answer in time)."""
 
-    def __init__(self, submit: Callable[[list[list[tuple]], frozenset], Counter], limits: Limits | None = None):
+    def __init__(self, submit: Callable[[list[list[tuple]], tuple], Counter], limits: Limits | None = None):
         self.submit = submit
         self.limits = limits or Limits()
         self.requests: Counter[str] = Counter()  # by outcome: ok, partial, or the reason of a refusal
@@ -392,7 +400,8 @@ class Receiver:
                 msg = decode(req.body, req.header("content-type"), req.header("content-encoding"), self.limits)
                 flat = flatten(msg, self.limits)
                 del msg
-            names = frozenset(g[2] for g in flat.groups)  # ingest tells a legacy twin by its tagged form's name
+            # ingest tells a legacy twin by its tagged form's name (and, past the SDK's cardinality limit, its ids)
+            names = (frozenset(g[2] for g in flat.groups), flat.overflow)
             refused = self.submit(frames(flat.groups), names) if flat.groups else Counter()
         except Refused as e:
             self._refused(req, e.reason, e.message)
@@ -443,7 +452,7 @@ class Channel:
         self.seq = 0
         self.on_broken = on_broken
 
-    def submit(self, frames_: list[list[tuple]], names: frozenset = frozenset()) -> Counter:
+    def submit(self, frames_: list[list[tuple]], names=(frozenset(), {})) -> Counter:
         import pickle
         import time
 

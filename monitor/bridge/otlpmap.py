@@ -15,6 +15,12 @@ its statsd twin becomes:
   (`airflow.ti.finish.<dag>.<task>.<state>`); it is dropped (`legacy_twin`) when the request, or one
   in the last ten minutes, carries the metric's tagged form, else counted (Airflow lines that send
   only the legacy form).
+- **The SDK's cardinality limit.** The OpenTelemetry SDK keeps at most 2,000 attribute sets per
+  instrument in a process (Airflow does not raise it); past that, it folds the rest into one point
+  with `otel.metric.overflow=true` and no ids. Such a point is dropped (`otel_overflow`, said once
+  an hour per metric), and the ids it lost are counted from the legacy twins: a legacy point whose
+  ids no tagged point of the request carries is counted (Airflow's legacy names each have their
+  own instrument, never over the limit; `[metrics] legacy_names_on` is on by default).
 - **Temporality.** A cumulative sum is a stream, per resource, name, attributes and start time:
   each point adds what it grew by since the stream's last point, so a stream that restarts (a new
   start time) counts from zero and the old one is never counted again; a cumulative value below the
@@ -30,6 +36,7 @@ its statsd twin becomes:
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import time
@@ -52,12 +59,14 @@ from monitor.bridge.otlp import (
 from monitor.bridge.parse import Key, label_name
 from monitor.bridge.store import Drop
 
+log = logging.getLogger(__name__)
 POD = "pod"  # the per-pod label, as the DogStatsD tag pod:<name> (helm/airflow-values.yaml)
 MODERN_WINDOW = 600.0  # seconds a metric's tagged form, once seen, makes its legacy form a twin
 STREAM_TTL = 900.0  # seconds a stream of a cumulative metric is remembered without a point
 # points of these refusals are reported to the client as rejected (a partial success); twins and
 # deliberate drops (a mapping rule's drop, --unmapped drop) are not rejections
-NOT_REJECTED = {"legacy_twin", "drop_rule", "unmapped", "negative_counter"}
+NOT_REJECTED = {"legacy_twin", "drop_rule", "unmapped", "negative_counter", "otel_overflow"}
+OVERFLOW = ("otel.metric.overflow", "true")
 STATSD_TYPE = {SUM_CUMULATIVE: "c", SUM_DELTA: "c", GAUGE: "g", UPDOWN_CUMULATIVE: "g", UPDOWN_DELTA: "g",
                EXPHIST_CUMULATIVE: "ms", EXPHIST_DELTA: "ms", HIST_CUMULATIVE: "ms", HIST_DELTA: "ms"}
 STORE_KIND = {"c": "counter", "g": "gauge", "ms": "histogram"}
@@ -121,11 +130,16 @@ class OtlpIngest:
         self.streams: dict[tuple, list] = {}  # (resource id, name, attributes, start) -> [seen, last...]
         self.resources: dict[tuple, int] = {}  # resource attributes -> id
         self.modern_seen: dict[str, float] = {}  # catalog metric -> when its tagged form last came
+        self.overflow_logged: dict[str, float] = {}  # metric -> when its overflow was last said
+        self._covered: tuple = (None, {})  # (the request's overflow map, {metric: ids its tagged points carry})
         self._scan = iter(())
 
     # ------------------------------------------------------------------ records
-    def apply(self, frame: list[tuple], names: frozenset = frozenset(), now: float | None = None) -> Counter:
-        """Apply one frame of records; returns the points refused, by reason (those the client hears of)."""
+    def apply(self, frame: list[tuple], names=(frozenset(), {}), now: float | None = None) -> Counter:
+        """Apply one frame of records; returns the points refused, by reason (those the client hears of).
+        names: (the request's metric names, {metric with an overflow point: its other attribute sets})."""
+        if isinstance(names, frozenset):
+            names = (names, {})
         if self.ingest.mapper is not self.mapper:  # a mapping reload: decide every series again
             self.mapper = self.ingest.mapper
             self.cache.clear()
@@ -176,7 +190,7 @@ class OtlpIngest:
                 continue
             if tag is LEGACY:
                 seen = self.modern_seen.get(e[1], -math.inf)
-                if e[2] in names or now - seen < MODERN_WINDOW:
+                if (e[2] in names[0] or now - seen < MODERN_WINDOW) and not self._lost(e, names[1]):
                     st.dropped["legacy_twin"] += 1
                     continue
                 if e[3] is None:  # the first point this form counts: its series is made now
@@ -233,6 +247,34 @@ class OtlpIngest:
                 self._exphist(e, rid, name, kind, p, now, refused)
             else:
                 self._hist(e, rid, name, kind, p, now, refused)
+
+    def _lost(self, e: tuple, overflow: dict) -> bool:
+        """A legacy point whose tagged twin the SDK folded into its overflow point (its ids are in no
+        tagged point of the request)."""
+        tagged = overflow.get(e[2])
+        if tagged is None:
+            return False
+        if self._covered[0] is not overflow:
+            self._covered = (overflow, {})
+        covered = self._covered[1]
+        t = e[4][0]
+        m = t.metric
+        ids = covered.get(m.name)
+        if ids is None:  # the tagged points' ids, spelled as Airflow spells them in legacy names
+            names = set(m.labels)
+            ids = covered[m.name] = {tuple(sorted((m.prom_label(k), v.replace(".", "__")) for k, v in attrs
+                                                  if m.prom_label(k) in names)) for attrs in tagged}
+        return tuple(sorted(p for p in t.labels if p[0] in m.labels)) not in ids
+
+    def _overflowed(self, name: str, now: float) -> None:
+        """Say once an hour per metric that its overflow point is dropped."""
+        if now - self.overflow_logged.get(name, -math.inf) >= 3600:
+            self.overflow_logged[name] = now
+            log.warning("OTLP metric %s: the sender's OpenTelemetry SDK folded the attribute sets over its "
+                        "cardinality limit (2,000 per instrument and process) into one otel.metric.overflow point, "
+                        "which carries no ids; it is dropped, and what it folded is counted from Airflow's legacy "
+                        "names where they are on ([metrics] legacy_names_on; at most one line an hour per metric)",
+                        name[:200])
 
     def _rise(self, rid, name, kind, p, factor: float, now: float) -> float:
         """What an up-down counter's point rose by (negative: it fell)."""
@@ -349,6 +391,9 @@ class OtlpIngest:
         """Map one (metric, attributes) once and cache what to do with its points."""
         ing = self.ingest
         st = ing.stats
+        if OVERFLOW in attrs:
+            self._overflowed(name, now)
+            return self._cache(name, kind, unit, pod, attrs, (DROP, "otel_overflow"))
         stype = STATSD_TYPE[kind]
         tags = tuple(sorted((label_name(k), v) for k, v in attrs))
         t = ing.mapper.map(Key(name, stype, 1.0, tags))
@@ -548,7 +593,7 @@ class Pump:
                 if names is not None:
                     self.names[seq] = names
                 refused = self.refused.setdefault(seq, Counter())
-                refused.update(self.otlp.apply(frame, self.names.get(seq, frozenset())))
+                refused.update(self.otlp.apply(frame, self.names.get(seq, (frozenset(), {}))))
                 if i == total - 1:
                     reply = pickle.dumps((seq, dict(self.refused.pop(seq))), protocol=pickle.HIGHEST_PROTOCOL)
                     self.names.pop(seq, None)

@@ -385,3 +385,23 @@ def test_histogram_samples_reach_the_datadog_sink(o, h):
     got = sorted(h.ingest.timer_samples, key=lambda x: x[1])
     assert [w for _, _, w in got] == [1.0, 2.0]
     assert got[0][1] == pytest.approx(0.003, rel=0.1) and got[1][1] == pytest.approx(1.5, rel=0.1)
+
+
+def test_past_the_sdks_cardinality_limit_the_legacy_twins_fill_in(o, h, caplog):
+    """The OTel SDK keeps 2,000 attribute sets per instrument; the rest become one point with
+    otel.metric.overflow=true and no ids. Airflow's legacy names (one instrument each) still carry
+    them: those the tagged form lost are counted from there, the others stay twins."""
+    tagged = [number(1, {"dag_id": "team.a", "task_id": "t", "state": "success"}),
+              number(2, {"dag_id": "b", "task_id": "t", "state": "success"})]
+    overflow = pb.NumberDataPoint(attributes=[KeyValue(key="otel.metric.overflow", value=AnyValue(bool_value=True))],
+                                  as_int=3, start_time_unix_nano=1)
+    legacy = [sum_metric(f"airflow.ti.finish.{d}.t.success", [number(n)]) for d, n in
+              (("team__a", 1), ("b", 2), ("c", 3))]
+    with caplog.at_level("WARNING"):
+        o.send(*legacy, sum_metric("airflow.ti.finish", [*tagged, overflow]))
+    assert h.samples("airflow_ti_finish_total") == {
+        (("dag_id", "team.a"), ("state", "success"), ("task_id", "t")): 1,
+        (("dag_id", "b"), ("state", "success"), ("task_id", "t")): 2,
+        (("dag_id", "c"), ("state", "success"), ("task_id", "t")): 3}  # from its legacy name
+    assert h.ingest.stats.dropped["legacy_twin"] == 2 and h.ingest.stats.dropped["otel_overflow"] == 1
+    assert any("cardinality limit" in r.getMessage() for r in caplog.records)
