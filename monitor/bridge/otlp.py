@@ -24,6 +24,7 @@ import base64
 import json
 import logging
 import math
+import re
 import threading
 import zlib
 from collections import Counter
@@ -37,7 +38,9 @@ log = logging.getLogger("airflow_monitor.otlp")
 PATH = "/v1/metrics"
 PROTOBUF, JSON = "application/x-protobuf", "application/json"
 MAX_LABEL_VALUE = 1024  # as a statsd tag value (monitor/bridge/parse.py)
-FRAME_POINTS = 5000  # points per record frame shipped to ingest (ingest applies a frame between two socket reads)
+# points per record frame shipped to ingest: ingest applies one frame between two reads of the statsd
+# sockets, a few milliseconds at most (a pod's default UDP buffer holds ~4 ms of 100k lines/s)
+FRAME_POINTS = 500
 # what each kind of metric becomes: kind names the records carry
 SUM_CUMULATIVE, SUM_DELTA, GAUGE, UPDOWN_CUMULATIVE, UPDOWN_DELTA = "sum_c", "sum_d", "gauge", "updown_c", "updown_d"
 EXPHIST_CUMULATIVE, EXPHIST_DELTA, HIST_CUMULATIVE, HIST_DELTA = "exph_c", "exph_d", "hist_c", "hist_d"
@@ -180,11 +183,19 @@ class Flat:
         self.overflow: dict[str, frozenset] = {}
 
 
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
+
+
 def instance(resource: tuple[tuple[str, str], ...]) -> str:
     """The per-pod label value of a resource: service.instance.id, else host.name (Airflow's docs
-    set OTEL_RESOURCE_ATTRIBUTES=service.instance.id=$(hostname))."""
+    set OTEL_RESOURCE_ATTRIBUTES=service.instance.id=$(hostname)). The OpenTelemetry SDK (1.45) gives
+    every process a random UUID as service.instance.id when none is set, and again after a fork: such
+    a value names a process, not a pod, and would make a new series of every task run; it is no label."""
     d = dict(resource)
-    return d.get("service.instance.id") or d.get("host.name") or ""
+    iid = d.get("service.instance.id", "")
+    if _UUID.match(iid):
+        iid = ""
+    return iid or d.get("host.name") or ""
 
 
 def flatten(req, limits: Limits) -> Flat:

@@ -39,6 +39,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import sys
 import time
 from collections import Counter
 from itertools import islice
@@ -127,8 +128,10 @@ class OtlpIngest:
         self.stream_ttl = stream_ttl
         self.mapper = ingest.mapper
         self.cache: dict[tuple, tuple] = {}  # (name, kind, unit, pod, attributes) -> entry
-        self.streams: dict[tuple, list] = {}  # (resource id, name, attributes, start) -> [seen, last...]
+        self.streams: dict[int, list] = {}  # stream_key(resource id, name, attributes, start) -> [seen, last...]
         self.resources: dict[tuple, int] = {}  # resource attributes -> id
+        self.pairs: dict[tuple, tuple] = {}  # one copy of each attribute (key, value) the cache keeps
+        self.shared: dict[tuple, tuple] = {}  # one copy of each entry part many entries hold (buckets...)
         self.modern_seen: dict[str, float] = {}  # catalog metric -> when its tagged form last came
         self.overflow_logged: dict[str, float] = {}  # metric -> when its overflow was last said
         self._covered: tuple = (None, {})  # (the request's overflow map, {metric: ids its tagged points carry})
@@ -194,7 +197,8 @@ class OtlpIngest:
                     st.dropped["legacy_twin"] += 1
                     continue
                 if e[3] is None:  # the first point this form counts: its series is made now
-                    e = cache[ck] = (LEGACY, e[1], e[2], self._entry(*e[4], now), e[4])
+                    inner = self._resolve(name, kind, unit, pod, attrs, now, p, legacy=True)
+                    e = cache[ck] = (LEGACY, e[1], e[2], inner, e[4])
                 e = e[3]
                 tag = e[0]
                 if tag is DROP:
@@ -214,7 +218,7 @@ class OtlpIngest:
                         self._add(e, rise, now)
                     continue
                 if kind == SUM_CUMULATIVE:
-                    sk = (rid, name, attrs, p[1])
+                    sk = stream_key(rid, name, attrs, p[1])
                     s = streams.get(sk)
                     if s is None:
                         streams[sk] = [now, v]
@@ -280,7 +284,7 @@ class OtlpIngest:
         """What an up-down counter's point rose by (negative: it fell)."""
         v = p[2] * factor
         if kind == UPDOWN_CUMULATIVE:
-            sk = (rid, name, p[0], p[1])
+            sk = stream_key(rid, name, p[0], p[1])
             s = self.streams.get(sk)
             self.streams[sk] = [now, v]
             return v - s[1] if s is not None else v
@@ -301,8 +305,11 @@ class OtlpIngest:
     def _exphist(self, e, rid, name, kind, p, now, refused) -> None:
         attrs, start, count, total, scale, zc, zt, poff, pos, noff, neg = p
         if kind == EXPHIST_CUMULATIVE:
-            sk = (rid, name, attrs, start)
+            sk = stream_key(rid, name, attrs, start)
             s = self.streams.get(sk)
+            if s is not None and s[1] == count and s[2] == total:  # nothing observed since: most points
+                s[0] = now
+                return
             cur = [now, count, total, scale, zc, poff, pos, noff, neg]
             self.streams[sk] = cur
             if s is not None:
@@ -358,7 +365,7 @@ class OtlpIngest:
         V = self.ingest.vals
         attrs, start, count, total, bounds, counts = p
         if kind == HIST_CUMULATIVE:
-            sk = (rid, name, attrs, start)
+            sk = stream_key(rid, name, attrs, start)
             s = self.streams.get(sk)
             self.streams[sk] = [now, count, total, bounds, counts]
             if s is not None and s[3] == bounds and count >= s[1] and \
@@ -387,8 +394,10 @@ class OtlpIngest:
         st.samples[tag] += 1
 
     # ------------------------------------------------------------------ mapping
-    def _resolve(self, name: str, kind: str, unit: str, pod: str, attrs: tuple, now: float, point: tuple) -> tuple:
-        """Map one (metric, attributes) once and cache what to do with its points."""
+    def _resolve(self, name: str, kind: str, unit: str, pod: str, attrs: tuple, now: float, point: tuple,
+                 legacy: bool = False) -> tuple:
+        """Map one (metric, attributes) once and cache what to do with its points. A legacy twin is
+        cached as such, light (most are dropped); `legacy`: the entry of one that is counted."""
         ing = self.ingest
         st = ing.stats
         if OVERFLOW in attrs:
@@ -429,21 +438,23 @@ class OtlpIngest:
         labels = t.labels
         if pod and not any(k == POD for k, _ in labels):
             labels = tuple(sorted((*labels, (POD, pod))))
-        legacy = m is not None and t.form == "legacy"
-        twin_of = m.name if m is not None and m.legacy and not legacy else None
-        args = (t, labels, store_kind, kind, factor, twin_of, point, updown)
-        if legacy:  # its series is made only if this form is counted (see _group)
-            return self._cache(name, kind, unit, pod, attrs, (LEGACY, m.name, self._modern_name(m), None, args))
+        twin_of = m.name if m is not None and m.legacy and t.form != "legacy" else None
+        bounds = point[4] if kind in (HIST_CUMULATIVE, HIST_DELTA) else None  # not the point: cached entries keep it
+        args = (t, labels, store_kind, kind, factor, twin_of, bounds, updown)
+        if m is not None and t.form == "legacy" and not legacy:  # its series is made only if counted (_group)
+            return self._cache(name, kind, unit, pod, attrs, (LEGACY, m.name, self._modern_name(m), None, (t,)))
+        if legacy:
+            return self._entry(*args, now)
         if updown:
             return self._cache(name, kind, unit, pod, attrs, (LAZY, args))
         return self._cache(name, kind, unit, pod, attrs, self._entry(*args, now))
 
-    def _entry(self, t: Target, labels, store_kind: str, kind: str, factor: float, twin_of, point, updown: bool,
+    def _entry(self, t: Target, labels, store_kind: str, kind: str, factor: float, twin_of, bounds, updown: bool,
                now: float) -> tuple:
         ing = self.ingest
         buckets = t.buckets
-        if t.form == "unmapped" and kind in (HIST_CUMULATIVE, HIST_DELTA):
-            buckets = point[4]  # a histogram of its own: its first point's bounds
+        if t.form == "unmapped" and bounds is not None:
+            buckets = bounds  # a histogram of its own: its first point's bounds
         try:
             base = ing.store.series(t.family, store_kind, labels, t.help, buckets, t.ttl, now, t.native)
         except Drop as d:
@@ -456,9 +467,11 @@ class OtlpIngest:
         nat = None
         if t.native is not None:
             nat = (3 + len(buckets) + 1, t.native[1], t.native[2])
+            nat = self.shared.setdefault(nat, nat)
         log2f = math.log2(factor) if factor > 0 and factor != 1.0 else 0.0
+        buckets = self.shared.setdefault(tuple(buckets), tuple(buckets))
         return (EXPHIST if kind in (EXPHIST_CUMULATIVE, EXPHIST_DELTA) else HIST, base, tag, factor, log2f,
-                tuple(buckets), nat, twin_of)
+                buckets, nat, twin_of)
 
     def _modern_name(self, m) -> str:
         prefix = self.ingest.mapper.airflow.prefix
@@ -467,7 +480,11 @@ class OtlpIngest:
     def _cache(self, name, kind, unit, pod, attrs, e: tuple) -> tuple:
         if len(self.cache) >= 2_000_000:  # bounded: a flood of distinct attributes starts it afresh
             self.cache.clear()
-        self.cache[(name, kind, unit, pod, attrs)] = e
+            self.pairs.clear()
+        # the key keeps one copy of each attribute (a dag_id is in each of a task's metrics)
+        pairs = self.pairs
+        attrs = tuple([pairs.setdefault(p, p) for p in attrs])
+        self.cache[(sys.intern(name), kind, unit, pod, attrs)] = e
         return e
 
     # ------------------------------------------------------------------ housekeeping
@@ -489,6 +506,14 @@ class OtlpIngest:
                 del streams[k]
         for m in [m for m, t in self.modern_seen.items() if now - t > MODERN_WINDOW]:
             del self.modern_seen[m]
+
+
+def stream_key(rid: int, name: str, attrs: tuple, start: int) -> int:
+    """A stream (resource, metric, attributes, start time) as one int: its identity's 64-bit hash
+    beside its start time in nanoseconds. Keeping the tuple would keep the request's strings of each
+    short-lived task process's streams (~700 bytes a stream, against ~200); two streams alike in both
+    the hash and the start nanosecond are not to be met."""
+    return (hash((rid, name, attrs)) & 0xFFFFFFFFFFFFFFFF) << 64 | (start & 0xFFFFFFFFFFFFFFFF)
 
 
 def _bisect(bounds: tuple, v: float) -> int:
@@ -557,6 +582,7 @@ class Pump:
     def __init__(self, sock, otlp: OtlpIngest, max_read: int = 8 << 20):
         sock.setblocking(False)
         self.sock, self.otlp, self.max_read = sock, otlp, max_read
+        self.fd = sock.fileno()
         self.buf = bytearray()
         self.out = bytearray()
         self.refused: dict[int, Counter] = {}  # request seq -> points refused so far

@@ -232,14 +232,22 @@ class Bridge:
             signal.signal(signal.SIGHUP, lambda *_: self._reload_requested.set())
         last = time.monotonic()
         poll, pump, otlp_step = self.listeners.poll, self.web.pump, self.web.otlp_step
-        # the OTLP channel is read between polls: a short wait keeps an export's answer prompt
-        wait = 0.05 if self.otlp is not None else 0.2
+        watched = None  # the OTLP channel the poll wakes for (a new one with each web process)
         more = False
         self._loop, self._running = threading.current_thread(), True
         try:
             while not self._stop.is_set():
                 try:
-                    poll(0.0 if more else wait)
+                    channel = self.web.otlp_pump
+                    if channel is not None and channel.closed:  # the web process is gone: check() restarts it
+                        channel = None
+                    if channel is not watched:
+                        if watched is not None:
+                            self.listeners.watch(watched.fd, None)
+                        if channel is not None:
+                            self.listeners.watch(channel.fd, lambda: None)  # wakes the poll; read below
+                        watched = channel
+                    poll(0.0 if more else 0.2)
                     pump()
                     more = otlp_step()
                     now = time.monotonic()

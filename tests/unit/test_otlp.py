@@ -405,3 +405,13 @@ def test_past_the_sdks_cardinality_limit_the_legacy_twins_fill_in(o, h, caplog):
         (("dag_id", "c"), ("state", "success"), ("task_id", "t")): 3}  # from its legacy name
     assert h.ingest.stats.dropped["legacy_twin"] == 2 and h.ingest.stats.dropped["otel_overflow"] == 1
     assert any("cardinality limit" in r.getMessage() for r in caplog.records)
+
+
+def test_the_sdks_random_instance_id_is_no_pod(o, h):
+    """The SDK sets service.instance.id to a random UUID per process (and again after a fork) when the
+    user does not: a label of it would make a new series of each task run."""
+    o.send(sum_metric("airflow.ti.finish", [number(1, FIN)]),
+           resource={"service.instance.id": "e692a885-8e97-4ef6-a9a0-f391a943c3df"})
+    o.send(sum_metric("airflow.ti.finish", [number(1, FIN)]),
+           resource={"service.instance.id": "0b1e3c55-1f0a-4d6e-9a43-7d2b1c9e8f10"})
+    assert h.samples("airflow_ti_finish_total") == {tuple(sorted(FIN_LABELS.items())): 2}
