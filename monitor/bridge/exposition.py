@@ -18,7 +18,7 @@ from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from . import native, protobuf
+from . import protobuf
 from .store import ARENA_BITS, sample_name
 
 SELF = "airflow_monitor_bridge_"
@@ -80,7 +80,7 @@ class FamilyView:
     render caches each group and renders it again only when it changed; monitor/bridge/render.py)."""
 
     __slots__ = ("name", "kind", "help", "header", "chunks", "versions", "pieces", "nb", "line", "buckets",
-                 "native", "native_at", "count", "cache", "sample")
+                 "native", "native_at", "count", "cache", "sample", "encoder")
 
     def __init__(self, name: str, kind: str, help: str, buckets: tuple[float, ...], native=None):
         self.name, self.kind, self.help, self.buckets, self.native = name, kind, help, tuple(buckets), native
@@ -90,6 +90,7 @@ class FamilyView:
         self.versions: dict[int, int] = {}  # arena -> bumped whenever its series come or go
         self.count = 0
         self.cache: dict = {}  # format -> {arena: cached rendering} (render.py)
+        self.encoder = None  # protobuf.HistogramEncoder, made at the first protobuf rendering
         self.nb = len(buckets) + 1
         self.native_at = 3 + self.nb
         if kind == "histogram":
@@ -209,25 +210,17 @@ class StoreView:
         """The Metric fields of some of a family's series (protobuf): items are (base, labels)."""
         V = self.vals
         pb = self.pairs.pb
-        out = []
         if fam.kind == "histogram":
-            bounds, nb, nat = fam.buckets, fam.nb, fam.native
-            for b, labels in items:
-                lab = b"".join(map(pb, labels))
-                row = V[b + 1 : b + 3 + nb].tolist()
-                cum = list(accumulate(row[2:]))
-                snap = None
-                if nat is not None:
-                    snap = native.read(V, b + fam.native_at, nat[1], nat[2])
-                # the count is the +Inf bucket's: ingest writes a classic bucket before the native one,
-                # so it is never below the native buckets' sum, even mid-update
-                count = cum[-1]
-                out.append(protobuf.histogram_metric(lab, count, row[0], list(zip(bounds, cum, strict=False)), snap))
-        else:
-            kind = fam.kind
-            for b, labels in items:
-                out.append(protobuf.scalar_metric(b"".join(map(pb, labels)), kind, V[b + 1]))
-        return b"".join(out)
+            enc = fam.encoder
+            if enc is None:
+                nat = fam.native
+                enc = fam.encoder = protobuf.HistogramEncoder(fam.buckets, fam.native_at if nat else None,
+                                                              *(nat[1:] if nat else (0, 0)))
+            # the count is the +Inf bucket's: ingest writes a classic bucket before the native one, so it
+            # is never below the native buckets' sum, even mid-update
+            return b"".join([enc.encode(V, b, b"".join(map(pb, labels))) for b, labels in items])
+        kind = fam.kind
+        return b"".join([protobuf.scalar_metric(b"".join(map(pb, labels)), kind, V[b + 1]) for b, labels in items])
 
     def render(self):
         """The store as text format, in str pieces of up to CHUNK series (uncached: tests and tools;
@@ -289,7 +282,8 @@ class SelfCollector(Collector):
                 [({}, st.lines - st.parse_errors.get("malformed_line", 0))])
         yield f("mapper_cache_misses", "counter", "Mapper cache misses (line keys parsed and mapped).",
                 [({}, st.cache_misses)])
-        yield f("mapper_cache_length", "gauge", "Entries in the mapper cache.", [({}, len(b.ingest.cache))])
+        yield f("mapper_cache_length", "gauge", "Entries in the mapper cache.",
+                [({}, len(b.ingest.cache) + len(b.ingest.legacy))])
         yield f("mapper_cache_bytes", "gauge", "Estimated bytes held by the mapper cache (bounded by cache_bytes).",
                 [({}, b.ingest.cache_used)])
         yield f("socket_errors", "counter", "Statsd connections refused or not accepted, by reason.",
@@ -311,6 +305,11 @@ class SelfCollector(Collector):
                 "descriptor left); each is tried again a second later.",
                 [({"reason": r}, v) for r, v in list(b.web.start_failures.items())] if b.web is not None else [])
         yield f("series", "gauge", "Series in the store.", [({}, b.store.count())])
+        yield f("cap", "gauge", "The caps in force (series, series per family, label bytes, mapper cache bytes): "
+                "what is new beyond one is dropped, or for the cache parsed again; a warning is logged at half.",
+                [({"cap": "series"}, b.store.max_total), ({"cap": "series_per_family"}, b.store.max_series),
+                 ({"cap": "label_bytes"}, b.store.max_label_bytes),
+                 ({"cap": "mapper_cache_bytes"}, b.ingest.cache_bytes)])
         yield f("families", "gauge", "Metric families in the store (a family goes when its last series expires).",
                 [({}, len(b.store.families))])
         yield f("label_bytes", "gauge", "Label text of all series in the store, bytes (bounded by max_label_bytes).",

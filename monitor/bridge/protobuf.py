@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import struct
+from itertools import accumulate
 
 CONTENT_TYPE = "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited"
 TYPES = {"counter": 0, "gauge": 1, "summary": 2, "untyped": 3, "histogram": 4, "gaugehistogram": 5}
@@ -22,9 +23,7 @@ _D = struct.Struct("<d")
 _VARINT1 = [bytes([i]) for i in range(128)]
 
 
-def varint(n: int) -> bytes:
-    if 0 <= n < 128:
-        return _VARINT1[n]
+def _varint(n: int) -> bytes:
     if n < 0:
         n += 1 << 64
     out = bytearray()
@@ -33,6 +32,15 @@ def varint(n: int) -> bytes:
         n >>= 7
     out.append(n)
     return bytes(out)
+
+
+_VARINTS = [_varint(i) for i in range(1 << 14)]  # lengths and counts are mostly small: a lookup
+
+
+def varint(n: int) -> bytes:
+    if 0 <= n < 16384:
+        return _VARINTS[n]
+    return _varint(n)
 
 
 def zigzag(n: int) -> int:
@@ -78,25 +86,91 @@ def histogram_metric(labels: bytes, count: int, total: float, classic: list[tupl
         h += varint(len(b))
         h += b
     if native is not None:
-        from monitor.bridge.native import spans
-
-        h += b"\x28" + varint(zigzag(native.schema))
-        h += b"\x31" + _D.pack(native.zero_threshold)
-        h += b"\x38" + varint(int(native.zero_count))
-        pos_spans, pos_deltas = spans(native.pos_offset, native.pos)
-        neg_spans, neg_deltas = spans(native.neg_offset, native.neg)
-        if not pos_spans and not neg_spans and not native.zero_count and not native.zero_threshold:
-            pos_spans = [(0, 0)]  # an empty native histogram: a no-op span says it is one (as client_golang)
-        for tag_span, tag_delta, sp, deltas in ((b"\x4a", b"\x52", neg_spans, neg_deltas),
-                                                 (b"\x62", b"\x6a", pos_spans, pos_deltas)):
-            for off, length in sp:
-                s = b"\x08" + varint(zigzag(off)) + b"\x10" + varint(length)
-                h += tag_span + varint(len(s)) + s
-            if deltas:
-                packed = b"".join(varint(zigzag(d)) for d in deltas)
-                h += tag_delta + varint(len(packed)) + packed
+        h += native_fields(native)
     inner = labels + b"\x3a" + varint(len(h)) + bytes(h)
     return b"\x22" + varint(len(inner)) + inner
+
+
+class HistogramEncoder:
+    """A family's histogram series as Metric fields, fast: a series' run of slots is read in one call,
+    and the encodings of its classic buckets (by their cumulative counts) and of its native block (by
+    its contents) are remembered, for many series share them (a task run once, in one bucket)."""
+
+    def __init__(self, bounds: tuple[float, ...], native_at: int | None, w: int = 0, wn: int = 0):
+        self.bounds = bounds
+        self.nb = len(bounds) + 1
+        self.native_at, self.w, self.wn = native_at, w, wn
+        self.width = 3 + self.nb + (6 + w + wn if native_at is not None else 0)
+        self.tails = [b"\x11" + _D.pack(ub) for ub in bounds]  # each bucket's upper bound field
+        self.classic: dict[tuple, bytes] = {}
+        self.natives: dict[tuple, bytes] = {}
+
+    def _classic(self, cum: tuple) -> bytes:
+        b = self.classic.get(cum)
+        if b is None:
+            if len(self.classic) > 50_000:
+                self.classic.clear()
+            parts = []
+            for c, tail in zip(cum, self.tails, strict=False):
+                v = varint(int(c))
+                parts.append(b"\x1a" + _VARINTS[10 + len(v)] + b"\x08" + v + tail)
+            b = self.classic[cum] = b"".join(parts)
+        return b
+
+    def _native(self, block: tuple) -> bytes:
+        b = self.natives.get(block)
+        if b is None:
+            from monitor.bridge.native import HEAD, Snapshot
+
+            if len(self.natives) > 50_000:
+                self.natives.clear()
+            s = Snapshot()
+            s.schema, s.zero_threshold, s.zero_count = int(block[1]), block[2], block[3]
+            s.pos_offset, s.neg_offset = int(block[4]), int(block[5])
+            s.pos, s.neg = block[HEAD : HEAD + self.w], block[HEAD + self.w :]
+            b = self.natives[block] = native_fields(s)
+        return b
+
+    def encode(self, V, b: int, labels: bytes) -> bytes:
+        row = V[b : b + self.width].tolist()
+        nb = self.nb
+        cum = tuple(accumulate(row[3 : 3 + nb]))
+        h = b"\x08" + varint(int(cum[-1])) + b"\x11" + _D.pack(row[1]) + self._classic(cum[:-1])
+        n0 = self.native_at
+        if n0 is not None:
+            block = tuple(row[n0:])
+            if int(block[0]) & 1 or V[b + n0] != block[0]:  # the writer was rewriting it: read it again
+                from monitor.bridge.native import read
+
+                snap = read(V, b + n0, self.w, self.wn)
+                h += native_fields(snap) if snap is not None else b""
+            else:
+                h += self._native(block)
+        inner = labels + b"\x3a" + varint(len(h)) + h
+        return b"\x22" + varint(len(inner)) + inner
+
+
+def native_fields(native) -> bytes:
+    """A native.Snapshot as the Histogram's native fields: schema, zero bucket, spans and deltas."""
+    from monitor.bridge.native import spans
+
+    h = bytearray()
+    h += b"\x28" + varint(zigzag(native.schema))
+    h += b"\x31" + _D.pack(native.zero_threshold)
+    h += b"\x38" + varint(int(native.zero_count))
+    pos_spans, pos_deltas = spans(native.pos_offset, native.pos)
+    neg_spans, neg_deltas = spans(native.neg_offset, native.neg)
+    if not pos_spans and not neg_spans and not native.zero_count and not native.zero_threshold:
+        pos_spans = [(0, 0)]  # an empty native histogram: a no-op span says it is one (as client_golang)
+    for tag_span, tag_delta, sp, deltas in ((b"\x4a", b"\x52", neg_spans, neg_deltas),
+                                             (b"\x62", b"\x6a", pos_spans, pos_deltas)):
+        for off, length in sp:
+            s = b"\x08" + varint(zigzag(off)) + b"\x10" + varint(length)
+            h += tag_span + varint(len(s)) + s
+        if deltas:
+            packed = b"".join(varint(zigzag(d)) for d in deltas)
+            h += tag_delta + varint(len(packed)) + packed
+    return bytes(h)
 
 
 def from_text(text: str) -> bytes:

@@ -25,7 +25,14 @@ from __future__ import annotations
 import struct
 import time
 import zlib
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+
+try:  # Intel's ISA-L deflate: the same format, 3x faster at level 1, better compressed (`isal`)
+    from isal import isal_zlib as _deflate
+except ImportError:  # pragma: no cover - the dependency is declared; this keeps a bare checkout going
+    _deflate = zlib
 
 from monitor.bridge import protobuf
 from monitor.bridge.exposition import FamilyView, StoreView
@@ -47,8 +54,8 @@ class Piece:
 
     @classmethod
     def of(cls, raw: bytes, level: int = 1) -> Piece:
-        c = zlib.compressobj(level, zlib.DEFLATED, -15, 9)
-        return cls(raw, c.compress(raw) + c.flush(zlib.Z_FULL_FLUSH), zlib.crc32(raw), len(raw))
+        c = _deflate.compressobj(level, _deflate.DEFLATED, -15)
+        return cls(raw, c.compress(raw) + c.flush(_deflate.Z_FULL_FLUSH), _deflate.crc32(raw), len(raw))
 
     def text(self) -> bytes:
         return self.raw if self.raw is not None else zlib.decompressobj(-15).decompress(self.z)
@@ -62,12 +69,17 @@ class _Cached:
 
 
 class Renderer:
-    """Renders a StoreView in one format, reusing what did not change since the last rendering."""
+    """Renders a StoreView in one format, reusing what did not change since the last rendering. The
+    groups rendered afresh are compressed in a thread of their own (deflate lets go of the GIL), so
+    that compressing one overlaps rendering the next."""
+
+    AHEAD = 8  # groups rendered and waiting for the compressor at most
 
     def __init__(self, view: StoreView, fmt: str = TEXT, clock=time.monotonic, margin: float = MARGIN):
         self.view, self.fmt, self.clock, self.margin = view, fmt, clock, margin
         self.rendered = 0  # groups rendered afresh (for the self-metrics and the tests)
         self.reused = 0
+        self.compressor = ThreadPoolExecutor(1, thread_name_prefix=f"deflate-{fmt}")
 
     def pieces(self, extra: bytes = b"") -> Iterator[Piece]:
         """The store's families then `extra` (the bridge's own series, in this format)."""
@@ -75,21 +87,34 @@ class Renderer:
         for fam in list(self.view.families.values()):
             if not fam.count:
                 continue
-            parts = list(self._family(fam, start))
-            if not parts:
-                continue
             if self.fmt == TEXT:
-                head = fam.cache.setdefault("head", Piece.of(fam.header.encode()))
+                head = fam.cache.get("head")
+                if head is None:
+                    head = fam.cache["head"] = Piece.of(fam.header.encode())
                 yield head
-                yield from parts
-            else:
-                head = protobuf.family_head(fam.sample, fam.help, fam.kind)
-                yield Piece.of(protobuf.delimited(head, sum(p.n for p in parts)))
-                yield from parts
+                yield from self._family(fam, start)
+            else:  # a MetricFamily's length comes first: its groups wait, compressed only
+                parts = [Piece(None, p.z, p.crc, p.n) for p in self._family(fam, start)]
+                if parts:
+                    head = protobuf.family_head(fam.sample, fam.help, fam.kind)
+                    yield Piece.of(protobuf.delimited(head, sum(p.n for p in parts)))
+                    yield from parts
         if extra:
             yield Piece.of(extra)
 
     def _family(self, fam: FamilyView, start: float) -> Iterator[Piece]:
+        """The family's groups in order: kept pieces, and fresh ones as the compressor finishes them
+        (up to AHEAD rendered ahead of it)."""
+        waiting: deque = deque()
+        for x in self._groups(fam, start):
+            waiting.append(x)
+            while waiting and (len(waiting) > self.AHEAD or not isinstance(waiting[0], Future) or waiting[0].done()):
+                p = waiting.popleft()
+                yield p.result() if isinstance(p, Future) else p
+        for p in waiting:
+            yield p.result() if isinstance(p, Future) else p
+
+    def _groups(self, fam: FamilyView, start: float) -> Iterator[Piece | Future]:
         V = self.view.vals
         get = V.__getitem__
         cache = fam.cache.setdefault(self.fmt, {})
@@ -108,11 +133,15 @@ class Renderer:
                 raw = self.view.render_text(fam, items).encode()
             else:
                 raw = self.view.render_proto(fam, items)
-            piece = Piece.of(raw)
-            piece.raw = None  # kept compressed only: the text of 670k series would take ~600 MB
-            cache[arena] = _Cached(version, start, piece)
             self.rendered += 1
-            yield Piece(raw, piece.z, piece.crc, piece.n)
+            yield self.compressor.submit(_keep, cache, arena, version, start, raw)
+
+
+def _keep(cache: dict, arena: int, version: int, start: float, raw: bytes) -> Piece:
+    """Compress a fresh group and keep it (compressed only: the text of 670k series would take ~600 MB)."""
+    piece = Piece.of(raw)
+    cache[arena] = _Cached(version, start, Piece(None, piece.z, piece.crc, piece.n))
+    return piece
 
 
 # ---------------------------------------------------------------- gzip framing
