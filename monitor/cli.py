@@ -32,11 +32,11 @@ def _add_bridge_flags(p: argparse.ArgumentParser) -> None:
         "dogstatsd_timer_unit": "unit of Airflow's timer() metrics in DogStatsD mode: auto (seconds once DogStatsD "
                                 "tags are seen; Airflow 3.x sends seconds labelled ms), s, or ms (a fixed Airflow)",
         "ttl": "expire series not updated for this long (default 24h; 0 = never)",
-        "max_series_per_family": "cardinality cap per metric family (default 10000)",
-        "max_series": "cap on all series together (default 500000)",
-        "max_label_bytes": "cap on the label text of all series together, bytes (default 134217728)",
+        "max_series_per_family": "cardinality cap per metric family (default 500000)",
+        "max_series": "cap on all series together (default 1000000: 10,000 DAGs x 10 tasks make ~670k)",
+        "max_label_bytes": "cap on the label text of all series together, bytes (default 268435456)",
         "max_series_label_bytes": "cap on the label text of one series, bytes (default 4096)",
-        "cache_bytes": "memory budget of the mapper cache in bytes (default 100663296)",
+        "cache_bytes": "memory budget of the mapper cache in bytes (default 268435456)",
         "buckets": "histogram buckets in seconds, comma separated",
         "classic_histograms": "on (default) or off: the classic buckets (le) beside a native histogram; off "
                               "leaves only _sum, _count and the +Inf bucket in the text format",

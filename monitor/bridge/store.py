@@ -210,6 +210,7 @@ class Store:
         self.clash_logged = float("-inf")
         self.families_freed = 0
         self._scan = iter(())  # expiry walks the store a slice at a time
+        self.warned: dict[tuple, float] = {}  # (cap, family or "") -> the last share of it said (see usage)
 
     def series(self, family: str, kind: str, labels: tuple, help: str, buckets: tuple, ttl, now: float,
                native: tuple[int, int, int] | None = None) -> int:
@@ -346,6 +347,31 @@ class Store:
         self._unadmit(fam)
         self.journal.append(("forget", fam.name))
         self.families_freed += 1
+
+    def usage(self, extra: tuple = ()) -> list[str]:
+        """Warnings, each said once, as a cap fills: at half, 80 % and 95 % of it (said again after it
+        went back under half), naming the flag that raises it. extra: more (name, used, cap, flag)."""
+        dropped = "new series are dropped (reason={})"
+        caps = [("series", self.total, self.max_total, "--max-series", dropped.format("series_cap")),
+                ("label bytes", self.label_bytes, self.max_label_bytes, "--max-label-bytes",
+                 dropped.format("label_bytes_cap")), *extra]
+        big = self.max_series // 2
+        caps += [(f"series of family {f.name}", len(f.series), self.max_series, "--max-series-per-family",
+                  dropped.format("cardinality_cap")) for f in list(self.families.values()) if len(f.series) >= big]
+        out = []
+        for name, used, cap, flag, then in caps:
+            share = used / cap if cap else 0.0
+            said = self.warned.get((name, flag), 0.0)
+            if share < 0.5:
+                self.warned.pop((name, flag), None)
+                continue
+            level = 0.95 if share >= 0.95 else 0.8 if share >= 0.8 else 0.5
+            if level > said:
+                self.warned[(name, flag)] = level
+                env = "AIRFLOW_MONITOR_" + flag[2:].upper().replace("-", "_")
+                out.append(f"{name}: {used:,} of the {cap:,} allowed ({share:.0%}); at the cap {then}: raise "
+                           f"{flag} ({env})")
+        return out
 
     def items(self):
         """(family, labels, base) for every series; for readers in this process (Datadog)."""
