@@ -25,6 +25,7 @@ import socket
 import struct
 import sys
 import threading
+from collections import Counter
 
 from monitor.bridge import protobuf
 from monitor.bridge.exposition import StoreView
@@ -104,6 +105,7 @@ class Web:
         self.fanout = self.fanouts[TEXT]
         self.server = None  # the HTTP server (monitor.http), for its refusal counts
         self.otlp = None  # the OTLP receiver (monitor/bridge/otlp.py), for its counts
+        self.otlp_server = None  # the OTLP port's HTTP server
         self.web = None  # TLS and basic auth (monitor.http.webconfig.Watched)
 
     def _rendered(self, scrapes: int, seconds: float, sent: int) -> None:
@@ -129,7 +131,9 @@ class Web:
 
     def own_metrics(self) -> str:
         p = "airflow_monitor_bridge_"
-        refused = dict(self.server.stats.refused) if self.server is not None else {}
+        refused = Counter(self.server.stats.refused) if self.server is not None else Counter()
+        if self.otlp_server is not None:  # the OTLP port's, counted with the metrics port's
+            refused.update(self.otlp_server.stats.refused)
         lines = [f"# HELP {p}scrape_duration_seconds Time the last rendering of /metrics took to send (one "
                  f"rendering serves every scrape waiting).",
                  f"# TYPE {p}scrape_duration_seconds gauge", f"{p}scrape_duration_seconds {self.last_duration!r}",
@@ -257,8 +261,9 @@ def main(argv: list[str] | None = None) -> int:
         channel = otlp.Channel(socket.socket(fileno=args.otlp_data_fd), on_broken=lambda: os._exit(3))
         web.otlp = otlp.Receiver(channel.submit, limits)
         # the same TLS and basic auth as /metrics; no probe paths: every request needs credentials
-        HttpServer(socket.socket(fileno=args.otlp_http_fd), web.otlp, web=web.web, name="otlp",
-                   probe_paths=frozenset(), max_body=limits.max_body, workers=4, per_client_busy=4).start()
+        web.otlp_server = HttpServer(socket.socket(fileno=args.otlp_http_fd), web.otlp, web=web.web, name="otlp",
+                                     probe_paths=frozenset(), max_body=limits.max_body,
+                                     max_body_total=2 * limits.max_body, workers=4, per_client_busy=4).start()
     threading.Event().wait()
     return 0
 
