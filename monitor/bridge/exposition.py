@@ -80,7 +80,7 @@ class FamilyView:
     render caches each group and renders it again only when it changed; monitor/bridge/render.py)."""
 
     __slots__ = ("name", "kind", "help", "header", "chunks", "versions", "pieces", "nb", "line", "buckets",
-                 "native", "native_at", "count", "cache", "sample", "encoder")
+                 "native", "native_at", "count", "cache", "sample", "encoder", "head")
 
     def __init__(self, name: str, kind: str, help: str, buckets: tuple[float, ...], native=None):
         self.name, self.kind, self.help, self.buckets, self.native = name, kind, help, tuple(buckets), native
@@ -91,6 +91,7 @@ class FamilyView:
         self.count = 0
         self.cache: dict = {}  # format -> {arena: cached rendering} (render.py)
         self.encoder = None  # protobuf.HistogramEncoder, made at the first protobuf rendering
+        self.head = None  # the text format's HELP and TYPE lines as a render.Piece, made at the first rendering
         self.nb = len(buckets) + 1
         self.native_at = 3 + self.nb
         if kind == "histogram":

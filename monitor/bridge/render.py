@@ -88,9 +88,9 @@ class Renderer:
             if not fam.count:
                 continue
             if self.fmt == TEXT:
-                head = fam.cache.get("head")
+                head = fam.head
                 if head is None:
-                    head = fam.cache["head"] = Piece.of(fam.header.encode())
+                    head = fam.head = Piece.of(fam.header.encode())
                 yield head
                 yield from self._family(fam, start)
             else:  # a MetricFamily's length comes first: its groups wait, compressed only
@@ -123,7 +123,9 @@ class Renderer:
                 continue
             version = fam.versions.get(arena, 0)
             kept = cache.get(arena)
-            bases = list(chunk)
+            bases = list(chunk)  # a copy: the journal thread changes the view meanwhile
+            if not bases:
+                continue
             if kept is not None and kept.version == version and max(map(get, bases)) < kept.at - self.margin:
                 self.reused += 1
                 yield kept.piece

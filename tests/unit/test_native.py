@@ -211,3 +211,20 @@ mappings:
     h.send("app.fine.x:1500|ms", "app.coarse.x:1500|ms", "app.classic.x:1500|ms")
     assert h.store.families["fine_seconds"].native == (3, 40, 5)
     assert h.store.families["classic_seconds"].native is None
+
+
+def test_series_that_go_and_families_that_go_while_rendered_in_both_formats(harness):
+    """The web process applies the journal while it renders: drops and forgotten families meanwhile."""
+    h = harness(default_ttl=5)
+    load(h, dags=50)
+    renderers = [Renderer(h.view, fmt, clock=lambda: h.now) for fmt in (TEXT, PROTO)]
+    for r in renderers:
+        assert list(r.pieces())
+    h.now += 100
+    h.send("airflow.pool.open_slots:1|g|#pool_name:kept")
+    for _ in range(200):
+        h.ingest.housekeeping(h.now)
+    h.view.apply(h.store.take_journal())
+    for r in renderers:
+        body = b"".join(p.text() for p in r.pieces())
+        assert b"dag_1" not in body and (b"kept" in body)
