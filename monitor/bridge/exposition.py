@@ -19,7 +19,13 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from . import protobuf
-from .store import ARENA_BITS, sample_name
+from .store import sample_name
+
+# a family's series are rendered, kept and rendered again in groups of this many slots of the store's
+# array (8 KiB: ~18 histograms, 512 counters, ~40 KB of text either way), inside a family's own arenas: at
+# 10,000 DAGs x 10 tasks a scrape 15 s after the last renders 5 % of the groups again (the whole arenas of
+# 8,192 slots were all touched), and the gzip'ed answer is 10 % larger (each group compressed alone)
+GROUP_BITS = 10
 
 SELF = "airflow_monitor_bridge_"
 CHUNK = 2000  # series rendered per yielded piece
@@ -112,7 +118,7 @@ class FamilyView:
         return out
 
     def add(self, base: int, labels: tuple) -> None:
-        a = base >> ARENA_BITS
+        a = base >> GROUP_BITS
         chunk = self.chunks.get(a)
         if chunk is None:
             chunk = self.chunks[a] = {}
@@ -122,7 +128,7 @@ class FamilyView:
         self.versions[a] = self.versions.get(a, 0) + 1
 
     def drop(self, base: int) -> None:
-        a = base >> ARENA_BITS
+        a = base >> GROUP_BITS
         chunk = self.chunks.get(a)
         if chunk is not None and chunk.pop(base, None) is not None:
             self.count -= 1

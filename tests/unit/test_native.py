@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from monitor.bridge import native
+from monitor.bridge.exposition import GROUP_BITS
 from monitor.bridge.render import PROTO, TEXT, GzipStream, Renderer, choose, crc32_combine
 from monitor.bridge.store import ARENA_BITS
 from testkit import expfmt
@@ -184,7 +185,7 @@ def test_arena_chunks_follow_the_store(h):
     load(h, dags=100)
     for fam in h.view.families.values():
         for arena, chunk in fam.chunks.items():
-            assert all(b >> ARENA_BITS == arena for b in chunk)
+            assert all(b >> GROUP_BITS == arena for b in chunk)
     assert h.store.slots.top % (1 << ARENA_BITS) == 0
 
 
