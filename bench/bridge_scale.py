@@ -307,6 +307,7 @@ def run(tool: Tool, sender: Path, tmp: Path, dags: int, tasks: int, args) -> dic
     r["rss_peak"] = mem(tool.pids, "VmHWM")
     r["rss_end"] = mem(tool.pids, "VmRSS")
     r["pss_end"] = pss(tool.pids)
+    r["rss_each"] = [(mem([p], "VmHWM"), pss([p])) for p in tool.pids]
     r["load_avg"] = os.getloadavg()
     return r
 
@@ -355,6 +356,10 @@ def report(r: dict) -> None:
     per = (r["rss_loaded"] - r["rss0"]) / max(1, r["series"])
     print(f"  RSS: peak {r['rss_peak'] / mib:.0f} MiB, loaded {r['rss_loaded'] / mib:.0f} MiB "
           f"(~{per:.0f} bytes per series over the empty process); PSS at the end {r['pss_end'] / mib:.0f} MiB")
+    if len(r.get("rss_each", [])) > 1:
+        each = zip(("ingest", "web"), r["rss_each"], strict=False)
+        print("  per process (peak RSS / PSS at the end): " + ", ".join(
+            f"{name} {hwm / mib:.0f} / {p / mib:.0f} MiB" for name, (hwm, p) in each))
     print(f"  load average at the end: {', '.join(f'{x:.2f}' for x in r['load_avg'])}")
 
 

@@ -105,10 +105,12 @@ class HistogramEncoder:
         self.classic: dict[tuple, bytes] = {}
         self.natives: dict[tuple, bytes] = {}
 
+    KEEP = 4096  # encodings remembered per family and kind, at most (~1 KB each)
+
     def _classic(self, cum: tuple) -> bytes:
         b = self.classic.get(cum)
         if b is None:
-            if len(self.classic) > 50_000:
+            if len(self.classic) >= self.KEEP:
                 self.classic.clear()
             parts = []
             for c, tail in zip(cum, self.tails, strict=False):
@@ -122,7 +124,7 @@ class HistogramEncoder:
         if b is None:
             from monitor.bridge.native import HEAD, Snapshot
 
-            if len(self.natives) > 50_000:
+            if len(self.natives) >= self.KEEP:
                 self.natives.clear()
             s = Snapshot()
             s.schema, s.zero_threshold, s.zero_count = int(block[1]), block[2], block[3]

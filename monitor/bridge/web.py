@@ -183,7 +183,7 @@ class Web:
                 while data is not None:
                     if isinstance(data, Failed):
                         raise RuntimeError(data.why)
-                    yield data
+                    yield data if isinstance(data, bytes) else data.text()  # a render.Piece: its text now
                     data = _next(scrape)
             finally:
                 scrape.dead = True
