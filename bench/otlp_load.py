@@ -292,11 +292,12 @@ def run_otlp(gen: Path, tmp: Path, args) -> None:
         wall, cpu = time.perf_counter() - t0, b.cpu() - c0
         points = b.value("airflow_monitor_bridge_otlp_points_total")
         n = points - p0
-        ingest_cpu = "?"
         print(f"  saturated {wall:.0f} s: {n / wall:,.0f} points/s, {n / cpu:,.0f} points per CPU-s "
-              f"({cpu / n * 1e6:.1f} CPU-µs a point, both processes){ingest_cpu and ''}  [{load_avg()}]")
+              f"({cpu / n * 1e6:.1f} CPU-µs a point, both processes)  [{load_avg()}]")
         print(f"  RSS: peak {bs.mem(b.pids, 'VmHWM') / mib:.0f} MiB (both processes; PSS now "
-              f"{pss(b.pids) / mib:.0f} MiB)")
+              f"{pss(b.pids) / mib:.0f} MiB); " + ", ".join(
+                  f"{name} {bs.mem([p], 'VmHWM') / mib:.0f} MiB" for name, p in zip(("ingest", "web"), b.pids,
+                                                                                     strict=False)))
         print(f"  scrape while loaded: {b.tool.scrape(gz=True)[0]:.2f} s gzip text")
     finally:
         b.stop()
