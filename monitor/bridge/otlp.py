@@ -16,6 +16,12 @@ Answers, as OTLP/HTTP specifies (opentelemetry-proto docs/specification.md):
   503  the ingest process did not take the data in time (retried by the client, Retry-After)
 Every refusal is counted by reason (airflow_monitor_bridge_otlp_requests_total{outcome} and
 ..._otlp_rejected_points_total{reason}).
+
+Every answer closes its connection (`Connection: close`). The OpenTelemetry SDK restarts its exporting
+thread in a forked child, and the child then writes into the keep-alive connection its parent left in
+its pool: Airflow's LocalExecutor forks its workers from the scheduler, and two processes' requests
+came interleaved on one connection (a body cut short, then a request line behind its tail: 400 and
+405 in the scheduler's log). A connection per export costs a handshake every export interval.
 """
 
 from __future__ import annotations
@@ -428,7 +434,7 @@ class Receiver:
         self.rejected.update(rejected)
         self.requests["partial" if n else "ok"] += 1
         body, ctype = success_body(n, explain(rejected), media)
-        return Response(200, body, content_type=ctype)
+        return Response(200, body, content_type=ctype, close=True)
 
     def metrics_lines(self, prefix: str) -> list[str]:
         """The receiver's self-metrics in the text format."""
