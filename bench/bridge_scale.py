@@ -43,6 +43,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 CLK = os.sysconf("SC_CLK_TCK")
 CAPTURE = HERE / "data" / "airflow-3.3.2-datadog.statsd"
+PROTO_ACCEPT = ("application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.7,"
+                "text/plain;version=0.0.4;q=0.3,*/*;q=0.2")
 
 
 # ---------------------------------------------------------------- the stream
@@ -146,14 +148,21 @@ class Tool:
         time.sleep(0.5)
         self.pids = tree(self.proc.pid)
 
-    def scrape(self, gz: bool = True, timeout: float = 60) -> tuple[float, int, str]:
-        req = urllib.request.Request(f"http://127.0.0.1:{self.http}/metrics",
-                                     headers={"Accept-Encoding": "gzip"} if gz else {})
+    def scrape(self, gz: bool = True, timeout: float = 60, proto: bool = False) -> tuple[float, int, str]:
+        """(seconds, bytes received, text); proto: ask for the protobuf format as Prometheus with native
+        histograms does (the text returned is then empty: the figures are what matter)."""
+        headers = {"Accept-Encoding": "gzip"} if gz else {}
+        if proto:
+            headers["Accept"] = PROTO_ACCEPT
+        req = urllib.request.Request(f"http://127.0.0.1:{self.http}/metrics", headers=headers)
         t0 = time.perf_counter()
         with urllib.request.urlopen(req, timeout=timeout) as r:
             body = r.read()
             enc = r.headers.get("Content-Encoding", "")
+            ctype = r.headers.get("Content-Type", "")
         took = time.perf_counter() - t0
+        if ctype.startswith("application/vnd.google.protobuf"):
+            return took, len(body), ""
         text = gzip.decompress(body).decode() if enc == "gzip" else body.decode()
         return took, len(body), text
 
@@ -172,11 +181,12 @@ class Tool:
             self.proc.kill()
 
 
-def bridge(rcvbuf: int) -> Tool:
+def bridge(rcvbuf: int, extra: list[str] | None = None) -> Tool:
+    """The bridge on its default settings (caps, cache), with a pod's receive buffer."""
     udp, http = free_port(socket.SOCK_DGRAM), free_port()
     cmd = [sys.executable, "-m", "monitor.cli", "serve", "--statsd-udp", f"127.0.0.1:{udp}", "--statsd-tcp", "",
-           "--web-listen", f"127.0.0.1:{http}", "--log-level", "WARNING", "--max-series-per-family", "1000000",
-           "--udp-rcvbuf", str(rcvbuf)]
+           "--web-listen", f"127.0.0.1:{http}", "--otlp-listen", "", "--log-level", "WARNING",
+           "--udp-rcvbuf", str(rcvbuf), *(extra or [])]
     return Tool("airflow-monitor", cmd, http, udp, "airflow_monitor_bridge_lines_total")
 
 
@@ -236,29 +246,42 @@ def run(tool: Tool, sender: Path, tmp: Path, dags: int, tasks: int, args) -> dic
     idle_gz = [tool.scrape(gz=True) for _ in range(2)]
     r["idle"] = (min(x[0] for x in idle), idle[0][1])
     r["idle_gz"] = (min(x[0] for x in idle_gz), idle_gz[0][1])
+    r["proto"] = tool.name == "airflow-monitor" and "proto" in args.formats
+    if r["proto"]:
+        first = tool.scrape(gz=False, proto=True)  # every arena rendered
+        idle_pb = [tool.scrape(gz=False, proto=True) for _ in range(2)]
+        idle_pb_gz = [tool.scrape(gz=True, proto=True) for _ in range(2)]
+        r["first_pb"] = first[:2]
+        r["idle_pb"] = (min(x[0] for x in idle_pb), idle_pb[0][1])
+        r["idle_pb_gz"] = (min(x[0] for x in idle_pb_gz), idle_pb_gz[0][1])
     r["rss_loaded"] = mem(tool.pids, "VmRSS")
     r["rss0"] = rss0
 
     mix = tmp / f"mix-{dags}x{tasks}.txt"
     mix.write_text("\n".join(mix_lines(dags, tasks)) + "\n")
     scrapes: list[tuple[float, int]] = []
+    pb_scrapes: list[tuple[float, int]] = []
     stop = threading.Event()
 
-    def one_scrape():
+    def one_scrape(proto: bool = False):
         try:
-            took, size, _ = tool.scrape(gz=True)
-            scrapes.append((took, size))
+            took, size, _ = tool.scrape(gz=True, proto=proto)
+            (pb_scrapes if proto else scrapes).append((took, size))
         except OSError as e:
-            scrapes.append((float("nan"), 0))
+            (pb_scrapes if proto else scrapes).append((float("nan"), 0))
             print(f"    scrape failed: {e}", file=sys.stderr)
 
     def scraper():
-        while not stop.wait(args.scrape_every):  # --parallel scrapers at once (Prometheus replicas, a storm)
+        # every --scrape-every: --parallel scrapers at once (Prometheus replicas, a storm) in the text
+        # format with gzip; half-way between, a Prometheus with native histograms on protobuf
+        while not stop.wait(args.scrape_every / 2 if r["proto"] else args.scrape_every):
             at_once = [threading.Thread(target=one_scrape) for _ in range(args.parallel)]
             for t in at_once:
                 t.start()
             for t in at_once:
                 t.join()
+            if r["proto"] and not stop.wait(args.scrape_every / 2):
+                one_scrape(True)
 
     before = tool.lines()
     c0 = cpu(tool.pids)
@@ -270,7 +293,7 @@ def run(tool: Tool, sender: Path, tmp: Path, dags: int, tasks: int, args) -> dic
     time.sleep(1)
     counted = tool.lines() - before
     r["loaded_run"] = dict(sent=sent, achieved=achieved, counted=counted, loss=max(0.0, 1 - counted / sent) * 100,
-                           cpu_per_m=(cpu(tool.pids) - c0) / counted * 1e6, scrapes=scrapes)
+                           cpu_per_m=(cpu(tool.pids) - c0) / counted * 1e6, scrapes=scrapes, pb_scrapes=pb_scrapes)
 
     before = tool.lines()
     c0, m0 = cpu(tool.pids), cpu(tool.pids[:1])
@@ -283,7 +306,23 @@ def run(tool: Tool, sender: Path, tmp: Path, dags: int, tasks: int, args) -> dic
     r["pids"] = tool.pids
     r["rss_peak"] = mem(tool.pids, "VmHWM")
     r["rss_end"] = mem(tool.pids, "VmRSS")
+    r["pss_end"] = pss(tool.pids)
+    r["rss_each"] = [(mem([p], "VmHWM"), pss([p])) for p in tool.pids]
+    r["load_avg"] = os.getloadavg()
     return r
+
+
+def pss(pids: list[int]) -> int:
+    """Proportional set size: shared pages (the store's array) counted once over both processes, as a
+    pod's memory cgroup counts them."""
+    total = 0
+    for pid in pids:
+        try:
+            m = re.search(r"^Pss:\s+(\d+) kB", Path(f"/proc/{pid}/smaps_rollup").read_text(), re.M)
+            total += int(m.group(1)) * 1024 if m else 0
+        except OSError:
+            pass
+    return total
 
 
 def report(r: dict) -> None:
@@ -293,6 +332,10 @@ def report(r: dict) -> None:
           f"(load lines lost: {r['load_lost']:,.0f})")
     print(f"  idle /metrics: {r['idle'][0]:.2f} s, {r['idle'][1] / mib:.1f} MiB plain; "
           f"{r['idle_gz'][0]:.2f} s, {r['idle_gz'][1] / mib:.1f} MiB gzip")
+    if r.get("proto"):
+        print(f"  idle /metrics protobuf: first {r['first_pb'][0]:.2f} s ({r['first_pb'][1] / mib:.1f} MiB), then "
+              f"{r['idle_pb'][0]:.2f} s, {r['idle_pb'][1] / mib:.1f} MiB plain; {r['idle_pb_gz'][0]:.2f} s, "
+              f"{r['idle_pb_gz'][1] / mib:.1f} MiB gzip")
     lr = r["loaded_run"]
     print(f"  mix at {lr['achieved']:,.0f} lines/s while scraped: sent {lr['sent']:,}, counted {lr['counted']:,.0f}, "
           f"loss {lr['loss']:.3f} %, {lr['cpu_per_m']:.2f} CPU-s per million lines")
@@ -304,13 +347,20 @@ def report(r: dict) -> None:
     else:
         for i, (took, size) in enumerate(lr["scrapes"], 1):
             print(f"    scrape {i}: {took:.2f} s, {size / mib:.1f} MiB gzip")
+        for i, (took, size) in enumerate(lr.get("pb_scrapes", []), 1):
+            print(f"    protobuf scrape {i}: {took:.2f} s, {size / mib:.1f} MiB gzip")
     fr = r["fast_run"]
     split = f" ({fr['ingest_cpu_per_m']:.2f} in the ingest process)" if len(r["pids"]) > 1 else ""
     print(f"  mix at {fr['achieved']:,.0f} lines/s, no scrapes: loss {fr['loss']:.3f} %, "
           f"{fr['cpu_per_m']:.2f} CPU-s per million lines{split}")
     per = (r["rss_loaded"] - r["rss0"]) / max(1, r["series"])
     print(f"  RSS: peak {r['rss_peak'] / mib:.0f} MiB, loaded {r['rss_loaded'] / mib:.0f} MiB "
-          f"(~{per:.0f} bytes per series over the empty process)")
+          f"(~{per:.0f} bytes per series over the empty process); PSS at the end {r['pss_end'] / mib:.0f} MiB")
+    if len(r.get("rss_each", [])) > 1:
+        each = zip(("ingest", "web"), r["rss_each"], strict=False)
+        print("  per process (peak RSS / PSS at the end): " + ", ".join(
+            f"{name} {hwm / mib:.0f} / {p / mib:.0f} MiB" for name, (hwm, p) in each))
+    print(f"  load average at the end: {', '.join(f'{x:.2f}' for x in r['load_avg'])}")
 
 
 def main() -> None:
@@ -324,6 +374,9 @@ def main() -> None:
     ap.add_argument("--fast-seconds", type=float, default=20)
     ap.add_argument("--rcvbuf", type=int, default=212992, help="UDP receive buffer (a pod's default rmem_max)")
     ap.add_argument("--statsd-exporter", help="path to a statsd_exporter binary to run side by side")
+    ap.add_argument("--formats", default="text,proto", help="scrape formats: text (gzip) and proto (protobuf, "
+                    "as Prometheus with native histograms asks), each every --scrape-every")
+    ap.add_argument("--bridge-args", default="", help="extra flags for airflow-monitor serve (space separated)")
     args = ap.parse_args()
     if not shutil.which("cc"):
         sys.exit("bench/bridge_scale.py needs a C compiler (cc) for its sender")
@@ -333,7 +386,7 @@ def main() -> None:
         sender = build_sender(tmp)
         for size in args.sizes.split(","):
             dags, tasks = (int(x) for x in size.split("x"))
-            makers = [lambda: bridge(args.rcvbuf)]
+            makers = [lambda: bridge(args.rcvbuf, args.bridge_args.split())]
             if args.statsd_exporter:
                 makers.append(lambda: statsd_exporter(args.statsd_exporter, args.rcvbuf))
             for make in makers:

@@ -32,12 +32,24 @@ def _add_bridge_flags(p: argparse.ArgumentParser) -> None:
         "dogstatsd_timer_unit": "unit of Airflow's timer() metrics in DogStatsD mode: auto (seconds once DogStatsD "
                                 "tags are seen; Airflow 3.x sends seconds labelled ms), s, or ms (a fixed Airflow)",
         "ttl": "expire series not updated for this long (default 24h; 0 = never)",
-        "max_series_per_family": "cardinality cap per metric family (default 10000)",
-        "max_series": "cap on all series together (default 500000)",
-        "max_label_bytes": "cap on the label text of all series together, bytes (default 134217728)",
+        "max_series_per_family": "cardinality cap per metric family (default 500000)",
+        "max_series": "cap on all series together (default 1000000: 10,000 DAGs x 10 tasks make ~670k)",
+        "max_label_bytes": "cap on the label text of all series together, bytes (default 268435456)",
         "max_series_label_bytes": "cap on the label text of one series, bytes (default 4096)",
-        "cache_bytes": "memory budget of the mapper cache in bytes (default 100663296)",
+        "cache_bytes": "memory budget of the mapper cache in bytes (default 268435456)",
         "buckets": "histogram buckets in seconds, comma separated",
+        "classic_histograms": "on (default) or off: the classic buckets (le) beside a native histogram; off "
+                              "leaves only _sum, _count and the +Inf bucket in the text format",
+        "native_histograms": "on (default) or off: timers are also native histograms, served in the protobuf "
+                             "exposition (Prometheus with native histograms asks for it)",
+        "native_histogram_schema": "schema of statsd timers' native histograms, -4..8 (default 3: buckets 9 %% wide)",
+        "native_histogram_max_buckets": "consecutive buckets a native histogram keeps (default 20); wider, its "
+                                        "schema goes down (each step halves the resolution)",
+        "otlp_listen": "OTLP/HTTP metrics address, POST /v1/metrics ([host]:port, '' to disable; default :4318)",
+        "otlp_max_body": "largest OTLP request body, bytes, before and after gzip (default 67108864)",
+        "otlp_max_points": "data points in one OTLP request at most; more are rejected (default 1000000)",
+        "otlp_max_attributes": "attributes on one OTLP data point at most; a point with more is rejected (default 64)",
+        "otlp_stream_ttl": "forget a cumulative OTLP stream without a point for this long (default 15m)",
         "unmapped": "what to do with non-Airflow metrics: export (default) or drop",
         "relay": "forward raw statsd packets to host:port",
         "datadog": "forward to Datadog: none (default), agent (DogStatsD) or api (agentless)",

@@ -31,12 +31,22 @@ class BridgeConfig:
     airflow_tags: str = "auto"  # auto | on | off
     dogstatsd_timer_unit: str = "auto"  # auto | s | ms: the unit of Airflow's timer() metrics sent with DogStatsD
     ttl: str = "24h"
-    max_series_per_family: int = 10000
-    max_series: int = 500_000  # all families together
-    max_label_bytes: int = 128 << 20  # label text of all series together (`name="value",` each)
+    # sized for 10,000 DAGs x 10 tasks (~670k series, ti.finish ~200k of them), with a warning at half
+    max_series_per_family: int = 500_000
+    max_series: int = 1_000_000  # all families together
+    max_label_bytes: int = 256 << 20  # label text of all series together (`name="value",` each)
     max_series_label_bytes: int = 4096  # label text of one series
-    cache_bytes: int = 96 << 20  # the mapper cache's memory budget (~230 bytes a distinct line key)
+    cache_bytes: int = 256 << 20  # the mapper cache's memory budget (~260 bytes a distinct line key)
     buckets: list[float] = field(default_factory=list)  # empty: the built-in Airflow buckets
+    classic_histograms: str = "on"  # on | off: the classic buckets beside a native histogram
+    native_histograms: str = "on"  # on | off: timers are native histograms too (protobuf exposition)
+    native_histogram_schema: int = 3  # -4..8; 3: buckets 9 % wide (client_golang's bucket factor 1.1)
+    native_histogram_max_buckets: int = 20  # consecutive buckets a native histogram keeps; then its schema goes down
+    otlp_listen: str = ":4318"  # OTLP/HTTP metrics (POST /v1/metrics); '' disables
+    otlp_max_body: int = 64 << 20  # bytes of an OTLP request, before and after decompression
+    otlp_max_points: int = 1_000_000  # data points in one OTLP request; more are rejected (partial success)
+    otlp_max_attributes: int = 64  # attributes on one OTLP data point; a point with more is rejected
+    otlp_stream_ttl: str = "15m"  # a cumulative OTLP stream without a point for this long is forgotten
     unmapped: str = "export"  # export | drop
     max_packet: int = 65535
     udp_rcvbuf: int = 8 << 20

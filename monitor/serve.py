@@ -90,8 +90,10 @@ def serve(args) -> int:
     for schedule in schedules:
         schedule.start()
     addrs = bridge.listeners.addresses
-    log.info("statsd on %s; metrics on http://%s:%d/metrics", ", ".join(
-        f"{k} {v}" for k, v in addrs.items()), cfg.web_listen.rpartition(":")[0] or "0.0.0.0", bridge.web_port)
+    log.info("statsd on %s; metrics on http://%s:%d/metrics%s", ", ".join(
+        f"{k} {v}" for k, v in addrs.items()), cfg.web_listen.rpartition(":")[0] or "0.0.0.0", bridge.web_port,
+        f"; OTLP/HTTP on {cfg.otlp_listen.rpartition(':')[0] or '0.0.0.0'}:{bridge.otlp_port}/v1/metrics"
+        if bridge.otlp_port else "")
     try:
         bridge.run()
     finally:

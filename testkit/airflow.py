@@ -220,3 +220,18 @@ def statsd_env(port: int, mode: str) -> dict[str, str]:
     elif mode != "plain":
         raise ValueError(f"unknown emission mode {mode!r}")
     return env
+
+
+def otel_env(port: int, instance: str = "", interval_ms: int = 2000) -> dict[str, str]:
+    """Airflow's OpenTelemetry metrics pointed at the bridge's OTLP port, the way Airflow 3.2+ wants it
+    configured: `[metrics] otel_on` and the standard OTEL_* variables (its otel_host/otel_port settings
+    are deprecated); statsd off, which would win over OpenTelemetry."""
+    env = {
+        "AIRFLOW__METRICS__STATSD_ON": "False",
+        "AIRFLOW__METRICS__OTEL_ON": "True",
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": f"http://127.0.0.1:{port}/v1/metrics",
+        "OTEL_METRIC_EXPORT_INTERVAL": str(interval_ms),
+    }
+    if instance:
+        env["OTEL_RESOURCE_ATTRIBUTES"] = f"service.instance.id={instance}"
+    return env

@@ -29,16 +29,19 @@ class BridgeProcess:
         self.udp = free_port(socket.SOCK_DGRAM)
         self.tcp = free_port()
         self.http = free_port()
+        self.otlp = free_port()  # OTLP/HTTP (POST /v1/metrics)
         self.unix = str(tmp / f"statsd-{self.http}.sock")  # its own: a live socket is never taken over
+        tmp.mkdir(parents=True, exist_ok=True)
         self._start(tmp, ["serve", "--statsd-udp", f"127.0.0.1:{self.udp}", "--statsd-tcp", f"127.0.0.1:{self.tcp}",
-                          "--statsd-unix", self.unix, "--web-listen", f"127.0.0.1:{self.http}", *args], env)
+                          "--statsd-unix", self.unix, "--web-listen", f"127.0.0.1:{self.http}",
+                          "--otlp-listen", f"127.0.0.1:{self.otlp}", *args], env)
 
     @classmethod
     def command(cls, tmp: Path, argv: list[str], *, udp: int, http: int, env: dict | None = None,
                 ready: str = "/-/ready") -> BridgeProcess:
         """`airflow-monitor <argv>` exactly as given (say, a rendered container's args)."""
         self = cls.__new__(cls)
-        self.udp, self.tcp, self.http, self.unix = udp, None, http, None
+        self.udp, self.tcp, self.http, self.unix, self.otlp = udp, None, http, None, None
         self.max_files, self.ca = None, None
         self._start(tmp, argv, env, ready)
         return self

@@ -3,7 +3,8 @@ HELP/TYPE per family, each sample under its own family's TYPE, no duplicate seri
 buckets), read with prometheus-client's parser. parse: Prometheus' own Go text parser (expfmt),
 testkit/tools/expfmtcheck, built once with Debian's Go and Go Prometheus libraries
 (scripts/system-deps.sh installs them); missing under CI is a failure, elsewhere a skip that
-says how to get it. bench/fuzz_bridge.py uses both."""
+says how to get it. bench/fuzz_bridge.py uses both. decode_proto: the protobuf exposition read by
+Prometheus' Go decoder (testkit/tools/protocheck), each family as client_model's Go type in JSON."""
 
 from __future__ import annotations
 
@@ -19,37 +20,48 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 SOURCE = Path(__file__).resolve().parent / "tools" / "expfmtcheck" / "main.go"
+PROTO_SOURCE = Path(__file__).resolve().parent / "tools" / "protocheck" / "main.go"
 GOPATH = "/usr/share/gocode"  # where Debian's golang-*-dev packages put their sources
 CACHE_BIN = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "airflow-monitor" / "bin"
 
 
 @cache
-def _build() -> str | None:
+def _build(source: Path = SOURCE) -> str | None:
     go = shutil.which("go")
     if go is None or not (Path(GOPATH) / "src/github.com/prometheus/common/expfmt").is_dir():
         return None
-    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
-    exe = CACHE_BIN / f"expfmtcheck-{digest}"
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
+    exe = CACHE_BIN / f"{source.parent.name}-{digest}"
     if not exe.exists():
         CACHE_BIN.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "GO111MODULE": "off", "GOPATH": GOPATH, "GOFLAGS": "",
                "GOCACHE": str(CACHE_BIN.parent / "go-build")}
-        r = subprocess.run([go, "build", "-o", str(exe) + ".part", "."], cwd=SOURCE.parent, env=env,
+        r = subprocess.run([go, "build", "-o", str(exe) + ".part", "."], cwd=source.parent, env=env,
                            capture_output=True, text=True, timeout=600)
         if r.returncode != 0:
-            raise RuntimeError(f"building {SOURCE.parent}: {r.stderr.strip()}")
+            raise RuntimeError(f"building {source.parent}: {r.stderr.strip()}")
         os.replace(str(exe) + ".part", exe)
     return str(exe)
 
 
-def checker() -> str:
-    exe = _build()
+def checker(source: Path = SOURCE) -> str:
+    exe = _build(source)
     if exe is None:
         msg = "Go or Debian's golang-github-prometheus-common-dev is missing (scripts/system-deps.sh installs them)"
         if os.environ.get("CI"):
             pytest.fail(msg)
         pytest.skip(msg)
     return exe
+
+
+def decode_proto(data: bytes) -> list[dict]:
+    """Prometheus' Go decoder on a delimited protobuf exposition: its families (client_model's JSON);
+    AssertionError with the decoder's message if it refuses."""
+    import json
+
+    r = subprocess.run([checker(PROTO_SOURCE)], input=data, capture_output=True, timeout=60)
+    assert r.returncode == 0, f"Prometheus' decoder refuses the exposition: {r.stderr.decode().strip()}"
+    return [json.loads(line) for line in r.stdout.decode().splitlines() if line]
 
 
 def parse(text: str) -> str:

@@ -1,1 +1,2 @@
-"""The statsd bridge: listener -> parse -> map -> store -> exposition / Datadog / relay."""
+"""The metrics bridge: statsd (listener -> parse -> map) and OTLP (otlp -> otlpmap) -> store -> exposition
+(render, protobuf, native) / Datadog / relay."""

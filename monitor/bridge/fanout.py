@@ -1,10 +1,11 @@
 """One rendering of /metrics for every scraper waiting: concurrent scrapes cost one render.
 
-A render thread takes every scrape that is waiting, renders the exposition once, and hands each
-piece to each of them; the gzip'ed ones share one compressor, in a thread of its own (zlib lets go
-of the GIL, so compression overlaps rendering). A scrape that arrives while a rendering is under
-way waits for the next one, which serves all that came meanwhile. So 50 Prometheus replicas or a
-scrape storm cost one render at a time, not 50, and ingest (another process) keeps its core.
+A render thread takes every scrape that is waiting, renders the exposition once (monitor/bridge/
+render.py: pieces, each with its text and its deflate block), and hands each piece to each of
+them: the gzip'ed ones get the pieces' deflate blocks framed as one gzip member, the others their
+text. A scrape that arrives while a rendering is under way waits for the next one, which serves
+all that came meanwhile. So 50 Prometheus replicas or a scrape storm cost one render at a time,
+not 50, and ingest (another process) keeps its core.
 
 The renderer never waits for a scraper: each has its own queue of the (shared) pieces, and the
 HTTP layer writes them out under its own deadline, so a client that stops reading costs only
@@ -19,12 +20,11 @@ import logging
 import queue
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterable
 
-log = logging.getLogger("airflow_monitor.web")
+from monitor.bridge.render import GzipStream
 
-QUEUE = 4  # pieces waiting for the gzip thread
+log = logging.getLogger("airflow_monitor.web")
 
 
 class Failed:
@@ -51,39 +51,9 @@ class Scrape:
         self.q.put(data)
 
 
-class _Gzip:
-    """One compressor for all gzip scrapers of a rendering, in its own thread."""
-
-    def __init__(self, scrapes: list[Scrape]):
-        self.scrapes = scrapes
-        self.q: queue.Queue = queue.Queue(maxsize=QUEUE)
-        self.sent = 0
-        self.thread = threading.Thread(target=self._run, name="gzip", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        z = zlib.compressobj(1, zlib.DEFLATED, 31)
-        while (data := self.q.get()) is not None:
-            self._out(z.compress(data))
-        self._out(z.flush())
-
-    def _out(self, data: bytes) -> None:
-        if data:
-            self.sent += len(data)
-            for s in self.scrapes:
-                s.put(data)
-
-    def write(self, data: bytes) -> None:
-        self.q.put(data)
-
-    def close(self) -> None:
-        self.q.put(None)
-        self.thread.join()
-
-
 class Fanout:
-    def __init__(self, pieces: Callable[[], Iterable[bytes]], done: Callable[[int, float, int], None]):
-        """pieces: the exposition, rendered afresh at each call; done(scrapes, seconds, bytes)."""
+    def __init__(self, pieces: Callable[[], Iterable], done: Callable[[int, float, int], None]):
+        """pieces: the exposition (render.Piece), rendered afresh at each call; done(scrapes, seconds, bytes)."""
         self.pieces, self.done = pieces, done
         self.cond = threading.Condition()
         self.waiting: list[Scrape] = []
@@ -114,21 +84,31 @@ class Fanout:
         start = time.perf_counter()
         plain = [s for s in scrapes if not s.gz]
         zipped = [s for s in scrapes if s.gz]
-        gz = _Gzip(zipped) if zipped else None
-        sent = 0
-        try:
-            for data in self.pieces():
-                sent += len(data)
-                for s in plain:
+        gz = GzipStream() if zipped else None
+        sent = {True: 0, False: 0}  # bytes one scraper gets, gzip'ed or not
+
+        def put(group: list[Scrape], data: bytes) -> None:
+            if data:
+                sent[group is zipped] += len(data)
+                for s in group:
                     s.put(data)
-                if gz is not None:
-                    gz.write(data)
-                if all(s.dead for s in scrapes):
-                    break
-        finally:
+
+        if gz is not None:
+            put(zipped, gz.head())
+        for piece in self.pieces():
+            if plain and not all(s.dead for s in plain):
+                # the piece itself: its text is made (inflated) as the scraper's writer takes it, so that a
+                # slow plain scraper holds compressed pieces, not the text (576 MiB at 10,000 DAGs x 10 tasks)
+                sent[False] += piece.n
+                for s in plain:
+                    s.put(piece)
             if gz is not None:
-                gz.close()
+                put(zipped, gz.add(piece))
+            if all(s.dead for s in scrapes):
+                break
+        if gz is not None:
+            put(zipped, gz.tail())
         for s in scrapes:
             s.end(None)
         self.renders += 1
-        self.done(len(scrapes), time.perf_counter() - start, gz.sent if gz is not None else sent)
+        self.done(len(scrapes), time.perf_counter() - start, sent[bool(zipped)])

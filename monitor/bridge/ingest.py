@@ -32,6 +32,7 @@ from collections import Counter, deque
 from itertools import islice
 
 from monitor.bridge.mapper import Mapper, Target
+from monitor.bridge.native import observe
 from monitor.bridge.parse import Key, ParseError, parse_key, parse_values
 from monitor.bridge.store import Drop, Store, label_problem
 
@@ -40,12 +41,15 @@ log = logging.getLogger(__name__)
 # Cache entries are tuples, so that the hot path indexes instead of calling. `base` is where the
 # series' slots start in the store's shared array (see store.py for the layout):
 #   (COUNTER, base, scale/rate, None, None, statsd type)
-#   (HIST,    base, unit scale x scale, 1/rate (weight), buckets, statsd type)
+#   (HIST,    base, unit scale x scale, 1/rate (weight), buckets, statsd type, native)
+#             native: None, or (slot of its native block, positive slots, negative slots)
 #   (GAUGE,   base, scale, None, None, statsd type)       (scale: a mapping rule's `scale`)
 #   (SET, base) | (DROP, reason) | (ERROR, reason) | (PENDING, target, key, metric name)
 #   (WATCH, entry, metric name, family, labels): a tagless sample in "tagged" mode, applied as
 #   `entry`, and a sign that Airflow's tags may have been turned off
-#   (LEGACY, metric name): a legacy sample in "tagged" mode, dropped (legacy_twin), its time noted
+#   (LEGACY, metric name): a legacy sample in "tagged" mode, dropped (legacy_twin), its time noted; such
+#   keys are not in `cache` but in `legacy` (the key's 64-bit hash -> the metric's name), at a quarter of
+#   the memory: at 10,000 DAGs x 10 tasks they are 600k keys of the 1.2M
 #   (TAGLESS, metric name): a tagless sample in "plain" mode, dropped (tagless_twin), counted as evidence
 #   (CANDIDATE, target, key, metric name): a tagged sample in "plain" mode, held as evidence (see _candidate)
 #   (TIMER, HIST entry in milliseconds, HIST entry in seconds, DogStatsD-tagged): a line of an Airflow
@@ -66,6 +70,7 @@ MAX_SET_MEMBERS = 10_000  # distinct values a statsd set counts; more are droppe
 NOTE_KEEP, NOTE_BYTES, NOTE_EVERY = 20, 300, 1.0
 WHOLE_MAX = 50_000  # whole lines remembered (~12 MiB); when full it starts afresh
 ENTRY_BYTES = 160  # what a cache entry costs beside its key's bytes (dict slot, tuple, float), measured
+LEGACY_BYTES = 80  # what a legacy twin's key costs in `legacy` (an int and a dict slot)
 INF = float("inf")
 # Increments the whole-line cache repeats without a check: a series would need 2^971 of them to
 # overflow, so only a first, checked add can make it non-finite (refused, reason "overflow")
@@ -144,6 +149,11 @@ class Ingest:
         self.gain: dict[str, tuple] = {}  # metric -> (since, tagless then, held samples, family): to tagged
         # raw line minus its value -> entry; a line's key is `name[tags]` + `|type...`
         self.cache: dict[bytes, tuple] = {}
+        # hash of the key of a legacy twin dropped in "tagged" mode -> its catalog metric's name. A hash
+        # and not the key: two keys alike in their 64-bit hash are not to be met (a line whose hash were
+        # a legacy twin's would be dropped as one)
+        self.legacy: dict[int, str] = {}
+        self._shared: dict = {}  # one copy of the numbers and tuples many entries hold
         # whole counter and gauge lines -> (base, increment or value, is increment, type): Airflow
         # repeats them to the byte (`...open_slots:32|g`, `...:1|c`); cleared whenever `cache` is
         self.whole: dict[bytes, tuple] = {}
@@ -174,6 +184,7 @@ class Ingest:
         lines = (b"\n".join(packets) if len(packets) > 1 else packets[0] if packets else b"").split(b"\n")
         st.lines += len(lines)
         whole = self.whole
+        legacy = self.legacy
         samples = st.samples
         legacy_seen = self.legacy_seen
         tagless_seen = self.tagless_seen
@@ -208,6 +219,11 @@ class Ingest:
             e = cache.get(key)
             vals = line[i + 1 : j]
             if e is None:
+                m = legacy.get(hash(key))
+                if m is not None:  # a legacy twin in "tagged" mode
+                    st.dropped["legacy_twin"] += 1
+                    legacy_seen[m] = now
+                    continue
                 try:
                     self._miss(line[:i], line[j + 1 :], key, vals, now)
                 except Exception as err:  # a bug must cost one line, never the process
@@ -239,6 +255,9 @@ class Ingest:
                     V[b + 1] = x
                     V[b + 2] += w
                     V[b + 3 + bisect_left(e[4], v)] += w
+                    if e[6] is not None:
+                        n = e[6]
+                        observe(V, b + n[0], n[1], n[2], v, w)
                     V[b] = now
                     if timers is not None:
                         timers.append((b, v, w))
@@ -472,6 +491,8 @@ class Ingest:
                 V[b + 1] = x
                 V[b + 2] += e[3]
                 V[b + 3 + bisect_left(e[4], v)] += e[3]
+                if e[6] is not None:
+                    observe(V, b + e[6][0], e[6][1], e[6][2], v, e[3])
                 if self.timer_samples is not None:
                     self.timer_samples.append((b, v, e[3]))
             V[b] = now
@@ -502,7 +523,7 @@ class Ingest:
                     mode = "plain"
                 if mode == "tagged":
                     self.legacy_seen[m.name] = now
-                    return self._cache(ckey, (LEGACY, m.name))
+                    return self._cache_legacy(ckey, m.name)
                 if mode is None:
                     return (PENDING, target, key, m.name)  # not cached: decided by its twin
             elif target.form == "twin":
@@ -615,7 +636,7 @@ class Ingest:
             self.stats.labels_dropped["reserved_label"] += 1
         try:
             base = self.store.series(target.family, target.kind, labels, target.help,
-                                     target.buckets, target.ttl, now)
+                                     target.buckets, target.ttl, now, target.native)
         except Drop as d:
             return _const(DROP, d.reason)
         if key.type == "s":
@@ -626,14 +647,26 @@ class Ingest:
         tag = self._sample_tags.setdefault(tag, tag)
         self.stats.samples.setdefault(tag, 0)
         kind = _KIND[target.kind]
+        one = self._shared.setdefault
         if kind is COUNTER:
-            return (COUNTER, base, target.mult / key.rate, None, None, tag)
+            x = target.mult / key.rate
+            return (COUNTER, base, one(x, x), None, None, tag)
         if kind is HIST:
             m = target.metric
+            nat = target.native
+            if nat is not None:
+                nat = (3 + len(target.buckets) + 1, nat[1], nat[2])
+                nat = one(nat, nat)
+            w = 1.0 / key.rate
+            w = one(w, w)
+
+            def hist(scale: float) -> tuple:
+                x = scale * target.mult
+                return (HIST, base, one(x, x), w, target.buckets, tag, nat)
+
             if key.type != "ms" or m is None or not (m.timer_call or m.sent_in_seconds):
-                return (HIST, base, target.scale * target.mult, 1.0 / key.rate, target.buckets, tag)
-            ms = (HIST, base, 0.001 * target.mult, 1.0 / key.rate, target.buckets, tag)
-            s = (HIST, base, target.mult, 1.0 / key.rate, target.buckets, tag)
+                return hist(target.scale)
+            ms, s = hist(0.001), hist(1.0)
             if m.sent_in_seconds or (self.timer_unit == "s"):  # Stats.timing() of seconds: every mode
                 return s
             if self.timer_unit == "ms" or key.style not in ("", "dogstatsd"):  # InfluxDB: the statsd client
@@ -644,17 +677,34 @@ class Ingest:
     def _cache(self, ckey: bytes, entry: tuple) -> tuple:
         """Cache an entry within the byte budget; when full, the oldest tenth goes."""
         self.cache_used += len(ckey) + ENTRY_BYTES
-        if self.cache_used > self.cache_bytes and self.cache:
-            cache = self.cache
-            for k in list(islice(cache, max(1, len(cache) // 10))):
-                del cache[k]
-                self.cache_used -= len(k) + ENTRY_BYTES
-            self.whole.clear()
+        if self.cache_used > self.cache_bytes:
+            self._evict()
         self.cache[ckey] = entry
         return entry
 
+    def _cache_legacy(self, ckey: bytes, mname: str, _memo: dict = {}) -> tuple:  # noqa: B006 - a memo
+        """A legacy twin's key, remembered by its hash (see `legacy`)."""
+        self.cache_used += LEGACY_BYTES
+        if self.cache_used > self.cache_bytes:
+            self._evict()
+        self.legacy[hash(ckey)] = mname
+        return _memo.setdefault(mname, (LEGACY, mname))
+
+    def _evict(self) -> None:
+        """The budget is spent: the oldest tenth of the cache (and of the legacy keys) goes."""
+        cache = self.cache
+        for k in list(islice(cache, max(1, len(cache) // 10))):
+            del cache[k]
+            self.cache_used -= len(k) + ENTRY_BYTES
+        legacy = self.legacy
+        for h in list(islice(legacy, len(legacy) // 10)):
+            del legacy[h]
+            self.cache_used -= LEGACY_BYTES
+        self.whole.clear()
+
     def _clear_cache(self) -> None:
         self.cache.clear()
+        self.legacy.clear()
         self.whole.clear()
         self.cache_used = 0
 
@@ -709,8 +759,9 @@ class Ingest:
             self.pending.pop(mname, None)
             self.held_forms.pop(mname, None)
 
-    def housekeeping(self, now: float | None = None) -> None:
-        """Release held samples whose twin never came, and expire idle series."""
+    def housekeeping(self, now: float | None = None) -> set[int]:
+        """Release held samples whose twin never came, and expire idle series; returns the bases
+        of the series freed (for other caches that point at them: OTLP's)."""
         if now is None:
             now = time.monotonic()
         for mname in list(self.pending):
@@ -723,6 +774,9 @@ class Ingest:
             except Exception as err:
                 self.gain.pop(mname, None)
                 self._internal(err)
+        for line in self.store.usage((("mapper cache bytes", self.cache_used, self.cache_bytes, "--cache-bytes",
+                                        "its oldest tenth is forgotten, and parsed again as it comes (CPU)"),)):
+            log.warning("%s", line)
         freed = self.store.expire(now)
         if freed:
             self.stats.series_expired += len(freed)
@@ -732,6 +786,7 @@ class Ingest:
                 del self.cache[k]
                 self.cache_used -= len(k) + ENTRY_BYTES
             self.whole.clear()
+        return freed
 
     def reload(self, mapper: Mapper) -> None:
         self.mapper = mapper

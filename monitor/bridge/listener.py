@@ -141,11 +141,25 @@ class Listeners:
         self.sockets.append(s)
         self.addresses[kind] = s.getsockname()
 
+    def watch(self, fd: int, ready) -> None:
+        """Also wake for another descriptor (the OTLP channel from the web process): `ready()` is called
+        when it is readable; None stops watching it (by number: it may be closed already)."""
+        if ready is None:
+            try:
+                self.sel.unregister(fd)
+            except (KeyError, ValueError, OSError):
+                pass
+            return
+        self.sel.register(fd, selectors.EVENT_READ, ready)
+
     def poll(self, timeout: float) -> None:
         """Wait up to `timeout` and handle whatever arrived."""
         handle = self.ingest.handle_many
         for key, _ in self.sel.select(timeout):
             kind, s = key.data, key.fileobj
+            if callable(kind):  # a watched socket (see watch)
+                kind()
+                continue
             now = time.monotonic()
             if kind == "udp" or kind == "unix":
                 read = self.receivers[s].read

@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 # Airflow durations span milliseconds (scheduler loop) to hours (DAG runs).
 DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600,
                    1800, 3600, 7200, 14400, 43200, 86400)
+# native histograms of timers: (schema, positive window, negative window) of the native block
+# (monitor/bridge/native.py); schema 3 is client_golang's bucket factor 1.1 (buckets 9 % wide)
+DEFAULT_NATIVE_SCHEMA, DEFAULT_NATIVE_MAX_BUCKETS = 3, 20
 KIND = {"c": "counter", "g": "gauge", "ms": "histogram", "h": "histogram", "d": "histogram", "s": "gauge"}
 _NAME_BAD = re.compile(r"[^a-zA-Z0-9_:]")
 _DASHES = re.compile(r"-{2,}")
@@ -43,6 +46,20 @@ class MappingError(ValueError):
     """An invalid mapping file; the message is one line a person can act on."""
 
 
+def native_spec(schema: int, max_buckets: int) -> tuple[int, int, int]:
+    """(schema, positive slots, negative slots) of a native histogram of at most `max_buckets`
+    consecutive positive buckets (negative ones, rare for durations, get an eighth of them)."""
+    return (max(-4, min(8, int(schema))), max(2, int(max_buckets)), max(2, int(max_buckets) // 8))
+
+
+def schema_of_factor(factor: float) -> int:
+    """client_golang's schema for a bucket factor: the largest growth per bucket at most `factor`."""
+    return max(-4, min(8, -math.floor(math.log2(math.log2(factor)))))
+
+
+DEFAULT_NATIVE = native_spec(DEFAULT_NATIVE_SCHEMA, DEFAULT_NATIVE_MAX_BUCKETS)
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
     family: str  # Prometheus family (counters exposed with _total)
@@ -56,6 +73,7 @@ class Target:
     metric: catalog.Metric | None = None
     form: str = "plain"  # plain | modern | legacy | twin | user | unmapped
     reason: str = ""  # why a drop target drops
+    native: tuple[int, int, int] | None = None  # a histogram's native block (native_spec), or None
 
 
 def sanitize_name(name: str) -> str:
@@ -76,9 +94,11 @@ def parse_duration(v) -> float:
 class AirflowMapping:
     """The catalog as a matcher: exact names, legacy dotted names, names with variables."""
 
-    def __init__(self, prefix: str = "airflow", buckets: tuple[float, ...] = DEFAULT_BUCKETS):
+    def __init__(self, prefix: str = "airflow", buckets: tuple[float, ...] = DEFAULT_BUCKETS,
+                 native: tuple[int, int, int] | None = DEFAULT_NATIVE):
         self.prefix = prefix + "." if prefix else ""
         self.buckets = buckets
+        self.native = native
         self.exact: dict[str, catalog.Metric] = {}
         self.patterns: list[tuple[re.Pattern, catalog.Metric, str]] = []
         for m in catalog.load():
@@ -131,6 +151,7 @@ class AirflowMapping:
             scale=0.001 if key.type == "ms" else 1.0,
             metric=m,
             form=form,
+            native=self.native if kind == "histogram" else None,
         )
 
 
@@ -155,6 +176,7 @@ class Rule:
     specificity: tuple = ()  # for glob_disable_ordering: literal segments before wildcards
     index: int = 0  # its place in the file (mapping #index), for `bridge explain`
     match: str = ""  # its match as written
+    native: tuple[int, int, int] | None = None  # native histogram (native_spec), None: classic only
 
 
 def _literal(c: str) -> str:
@@ -305,9 +327,8 @@ RULE_KEYS = {"match", "name", "labels", "action", "match_type", "match_metric_ty
 DEFAULT_KEYS = {"match_type", "glob_disable_ordering", "ttl", "observer_type", "histogram_options",
                 "summary_options", "buckets", "quantiles"}
 IGNORED = {"quantiles": "quantiles apply to summaries; timers are histograms here",
-           "summary_options": "timers are histograms here (aggregatable across pods)",
-           "native_histogram_bucket_factor": "native histograms are not exposed yet",
-           "native_histogram_max_buckets": "native histograms are not exposed yet"}
+           "summary_options": "timers are histograms here (aggregatable across pods)"}
+HISTOGRAM_OPTIONS = {"buckets", "native_histogram_bucket_factor", "native_histogram_max_buckets"}
 
 
 MAX_WARNINGS = 20  # warning lines one load may log; the rest are counted in one more line
@@ -369,7 +390,27 @@ def _read(path) -> object:
         raise MappingError(f"mapping file {path} is not valid YAML{at}") from None
 
 
-def load_rules(path: str | Path, default_buckets: tuple[float, ...] = DEFAULT_BUCKETS) -> list[Rule]:
+def _native(where: str, r: dict, default: tuple[int, int, int] | None) -> tuple[int, int, int] | None:
+    """statsd_exporter's `histogram_options.native_histogram_bucket_factor` (over 1: a native
+    histogram of that growth per bucket; 1 or less: none) and `native_histogram_max_buckets`."""
+    opts = r.get("histogram_options") or {}
+    factor, most = opts.get("native_histogram_bucket_factor"), opts.get("native_histogram_max_buckets")
+    most = most or None  # 0: the default, as in statsd_exporter
+    for what, v in (("native_histogram_bucket_factor", factor), ("native_histogram_max_buckets", most)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0):
+            raise MappingError(f"{where}: {what} must be a number of at least 0, not {_show.repr(v)}")
+    if factor is None and most is None:
+        return default
+    if factor is not None and factor <= 1:
+        return None
+    if most is not None and not 2 <= most <= 1000:
+        raise MappingError(f"{where}: native_histogram_max_buckets must be within 2..1000, not {most}")
+    schema = schema_of_factor(factor) if factor is not None else (default or DEFAULT_NATIVE)[0]
+    return native_spec(schema, most if most is not None else (default or DEFAULT_NATIVE)[1])
+
+
+def load_rules(path: str | Path, default_buckets: tuple[float, ...] = DEFAULT_BUCKETS,
+               default_native: tuple[int, int, int] | None = DEFAULT_NATIVE) -> list[Rule]:
     """Read a statsd_exporter mapping file; raises MappingError with a one-line reason, whatever
     is wrong with the file (RecursionError, MemoryError and the like included).
 
@@ -378,7 +419,7 @@ def load_rules(path: str | Path, default_buckets: tuple[float, ...] = DEFAULT_BU
     """
     warn = _Warnings()
     try:
-        return _load_rules(path, default_buckets, warn)
+        return _load_rules(path, default_buckets, warn, default_native)
     except MappingError:
         raise
     except Exception as e:  # RecursionError, MemoryError, a defect: it must not stop the bridge
@@ -388,7 +429,7 @@ def load_rules(path: str | Path, default_buckets: tuple[float, ...] = DEFAULT_BU
         warn.close(path)
 
 
-def _load_rules(path, default_buckets, warn) -> list[Rule]:
+def _load_rules(path, default_buckets, warn, default_native=DEFAULT_NATIVE) -> list[Rule]:
     doc = _read(path) or {}
     if not isinstance(doc, dict):
         raise MappingError(f"mapping file {path}: top level must be a mapping with 'mappings:'")
@@ -403,6 +444,7 @@ def _load_rules(path, default_buckets, warn) -> list[Rule]:
     d_ttl = parse_duration(d.get("ttl", 0))
     d_obs = d.get("observer_type", "histogram")
     d_buckets = _buckets(f"mapping file {path}, defaults", d) or tuple(default_buckets)
+    d_native = _native(f"mapping file {path}, defaults", d, default_native)
     unordered = bool(d.get("glob_disable_ordering", False))
     mappings = doc.get("mappings") or []
     if not isinstance(mappings, list):
@@ -413,7 +455,7 @@ def _load_rules(path, default_buckets, warn) -> list[Rule]:
         if not isinstance(r, dict) or "match" not in r:
             raise MappingError(f"{where}: needs a 'match'")
         _warn_keys(where, r, RULE_KEYS, warn)
-        for key, sub in (("histogram_options", {"buckets"}), ("summary_options", None)):
+        for key, sub in (("histogram_options", HISTOGRAM_OPTIONS), ("summary_options", None)):
             if isinstance(r.get(key), dict) and sub is not None:
                 _warn_keys(f"{where}, {key}", r[key], sub, warn)
         action = r.get("action", "map")
@@ -440,6 +482,7 @@ def _load_rules(path, default_buckets, warn) -> list[Rule]:
         if obs not in ("histogram", "summary", "default", ""):
             raise MappingError(f"{where}: observer_type must be histogram or summary")
         buckets = _buckets(where, r) or d_buckets
+        native = _native(where, r, d_native)
         labels = r.get("labels") or {}
         if not isinstance(labels, dict):
             raise MappingError(f"{where}: labels must be a mapping")
@@ -472,6 +515,7 @@ def _load_rules(path, default_buckets, warn) -> list[Rule]:
                 specificity=tuple(seg == "*" for seg in str(r["match"]).split(".")) if unordered else (),
                 index=i,
                 match=str(r["match"]),
+                native=native,
             )
         )
     globs = [x for x in rules if x.glob]
@@ -498,6 +542,7 @@ def _user_target(rule: Rule, m, key: Key) -> Target:
         scale=0.001 if key.type == "ms" else 1.0,
         mult=rule.scale,
         form="user",
+        native=rule.native if KIND[key.type] == "histogram" else None,
     )
 
 
@@ -602,4 +647,5 @@ class Mapper:
             buckets=self.airflow.buckets,
             scale=0.001 if key.type == "ms" else 1.0,
             form="unmapped",
+            native=self.airflow.native if KIND[key.type] == "histogram" else None,
         )

@@ -29,7 +29,13 @@ BATCH = 20_000  # journal records per pickled frame
 
 class WebProcess:
     def __init__(self, store, http_sock: socket.socket, *, metrics, ready, reload, sla_ready=lambda: None,
-                 log_level: str = "INFO", lifecycle: bool = False, web_config: str = "", dropped=lambda: "[]"):
+                 log_level: str = "INFO", lifecycle: bool = False, web_config: str = "",
+                 otlp_sock: socket.socket | None = None, otlp=None, otlp_args: tuple[str, ...] = (),
+                 dropped=lambda: "[]"):
+        """otlp_sock: the OTLP port's listening socket (served by the web process); otlp: the
+        OtlpIngest that applies what it receives (monitor/bridge/otlpmap.py); otlp_args: its limits."""
+        self.otlp_sock, self.otlp, self.otlp_args = otlp_sock, otlp, otlp_args
+        self.otlp_pump = None  # the OTLP channel's ingest end (otlpmap.Pump), one per web process
         self.lifecycle = lifecycle
         self.web_config = web_config
         self.store = store
@@ -62,20 +68,34 @@ class WebProcess:
             os.set_blocking(w, False)
             mine, theirs = socket.socketpair()
             opened += [mine, theirs]
+            fds = [theirs.fileno(), self.http_sock.fileno()]
+            otlp_args: list[str] = []
+            if self.otlp_sock is not None:
+                data_mine, data_theirs = socket.socketpair()
+                opened += [data_mine, data_theirs]
+                fds += [self.otlp_sock.fileno(), data_theirs.fileno()]
+                otlp_args = ["--otlp-http-fd", str(self.otlp_sock.fileno()), "--otlp-data-fd",
+                             str(data_theirs.fileno()), *self.otlp_args]
             slots = self.store.slots
             cmd = [sys.executable, "-m", "monitor.bridge.web", "--slots-fd", str(slots.fd),
                    "--slots-bytes", str(len(slots.map)), "--journal-fd", str(r), "--control-fd",
                    str(theirs.fileno()), "--http-fd", str(self.http_sock.fileno()), "--log-level", self.log_level,
                    *(["--enable-lifecycle"] if self.lifecycle else []),
-                   *(["--web-config-file", self.web_config] if self.web_config else [])]
-            self.proc = subprocess.Popen(cmd, pass_fds=(slots.fd, r, theirs.fileno(), self.http_sock.fileno()),
-                                         stdin=subprocess.DEVNULL)
+                   *(["--web-config-file", self.web_config] if self.web_config else []), *otlp_args]
+            self.proc = subprocess.Popen(cmd, pass_fds=(slots.fd, r, *fds), stdin=subprocess.DEVNULL)
         except BaseException:
             for x in opened:
                 x.close() if isinstance(x, socket.socket) else os.close(x)
             raise
         os.close(r)
         theirs.close()
+        if self.otlp_sock is not None:
+            from monitor.bridge.otlpmap import Pump
+
+            data_theirs.close()
+            if self.otlp_pump is not None:
+                self.otlp_pump.sock.close()
+            self.otlp_pump = Pump(data_mine, self.otlp)
         if self.journal_w >= 0:
             os.close(self.journal_w)
         self.journal_w = w
@@ -139,6 +159,10 @@ class WebProcess:
             except OSError:  # the web process is gone; check() starts a new one
                 return
             del self.backlog[:n]
+
+    def otlp_step(self) -> bool:
+        """Apply what the web process received on the OTLP port (one frame); True if more is waiting."""
+        return self.otlp_pump.step() if self.otlp_pump is not None else False
 
     # ------------------------------------------------------------------ control
     def _reload(self) -> bytes:

@@ -23,6 +23,8 @@ DROPPED = {
     "labels_too_long": "a new series whose label text is over max_series_label_bytes",
     "label_bytes_cap": "a new series beyond max_label_bytes of label text in all",
     "set_cap": "a statsd set member beyond 10,000 (or over 256 bytes)",
+    "negative_counter": "an OTLP up-down counter the catalog calls a counter, when it went down (its rises count)",
+    "otel_overflow": "an OTLP point the OpenTelemetry SDK folded past its cardinality limit (it has no ids)",
 }
 
 # airflow_monitor_bridge_parse_errors_total{reason}: a line (or packet) that could not be read

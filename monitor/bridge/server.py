@@ -1,7 +1,8 @@
 """The bridge process: listeners -> ingest -> store -> /metrics (web process), Datadog and relay.
 
 This process reads the sockets and writes the store; a separate web process (web.py, fed by
-publisher.py) serves HTTP: /metrics, /-/healthy, /-/ready, POST /-/reload. SIGHUP reloads the
+publisher.py) serves HTTP: /metrics, /-/healthy, /-/ready, POST /-/reload, and the OTLP port
+(POST /v1/metrics, decoded there and applied here: otlp.py, otlpmap.py). SIGHUP reloads the
 mapping file too; an invalid file is reported and the old mapping stays in force.
 """
 
@@ -28,6 +29,7 @@ from monitor.bridge.mapper import (
     Mapper,
     MappingError,
     load_rules,
+    native_spec,
     parse_duration,
 )
 from monitor.bridge.publisher import WebProcess
@@ -64,6 +66,20 @@ class Bridge:
         except ValueError:
             raise ConfigError(f"statsd_unix_mode must be octal permissions like 755, not {cfg.statsd_unix_mode!r}")\
                 from None
+        self.native, self.classic = _histogram_settings(cfg)
+        if not self.classic:
+            self.buckets = ()
+        self.otlp_args: tuple[str, ...] = ()
+        if cfg.otlp_listen:
+            try:
+                self.otlp_stream_ttl = parse_duration(cfg.otlp_stream_ttl)
+            except MappingError as e:
+                raise ConfigError(f"otlp_stream_ttl: {e}") from None
+            for name in ("otlp_max_body", "otlp_max_points", "otlp_max_attributes"):
+                if getattr(cfg, name) < 1:
+                    raise ConfigError(f"{name} must be at least 1, not {getattr(cfg, name)}")
+            self.otlp_args = ("--otlp-max-body", str(cfg.otlp_max_body), "--otlp-max-points",
+                              str(cfg.otlp_max_points), "--otlp-max-attributes", str(cfg.otlp_max_attributes))
         self.store = Store(default_ttl=ttl, max_series_per_family=cfg.max_series_per_family,
                            max_series=cfg.max_series, max_label_bytes=cfg.max_label_bytes,
                            max_series_label_bytes=cfg.max_series_label_bytes)
@@ -81,6 +97,11 @@ class Bridge:
         self.ingest = Ingest(self._mapper(), self.store, airflow_tags=cfg.airflow_tags,
                              dogstatsd_timer_unit=cfg.dogstatsd_timer_unit,
                              max_packet=cfg.max_packet, cache_bytes=cfg.cache_bytes, relay=relay)
+        self.otlp = None
+        if cfg.otlp_listen:
+            from monitor.bridge.otlpmap import OtlpIngest
+
+            self.otlp = OtlpIngest(self.ingest, stream_ttl=self.otlp_stream_ttl)
         if cfg.datadog != "none":
             sink = self._datadog()
             sink.attach(self.ingest)
@@ -92,6 +113,7 @@ class Bridge:
         self.listeners: Listeners | None = None
         self.web: WebProcess | None = None
         self.http_sock: socket.socket | None = None
+        self.otlp_sock: socket.socket | None = None
         self._stop = threading.Event()
         self._reload_requested = threading.Event()
         self._reload_lock = threading.Lock()
@@ -103,8 +125,8 @@ class Bridge:
         self.sla_ready = lambda: None  # the SLA watcher beside the bridge sets it: "" ready, else why not
 
     def _mapper(self) -> Mapper:
-        rules = load_rules(self.cfg.mapping_file, self.buckets) if self.cfg.mapping_file else []
-        return Mapper(rules, AirflowMapping(self.cfg.statsd_prefix, self.buckets), self.cfg.unmapped)
+        rules = load_rules(self.cfg.mapping_file, self.buckets, self.native) if self.cfg.mapping_file else []
+        return Mapper(rules, AirflowMapping(self.cfg.statsd_prefix, self.buckets, self.native), self.cfg.unmapped)
 
     def _datadog(self):
         from monitor.bridge.datadog import DatadogSink
@@ -163,10 +185,17 @@ class Bridge:
     def start(self, log_level: str = "INFO") -> None:
         cfg = self.cfg
         self.http_sock = _listen_http(cfg.web_listen)
+        if cfg.otlp_listen:
+            try:
+                self.otlp_sock = _listen_http(cfg.otlp_listen, "otlp")
+            except OSError:
+                self.http_sock.close()
+                raise
         self.web = WebProcess(self.store, self.http_sock, metrics=lambda: generate_latest(self.registry).decode(),
                               ready=lambda: self.ready, reload=self.reload, sla_ready=lambda: self.sla_ready(),
                               log_level=log_level, lifecycle=cfg.web_enable_lifecycle,
-                              web_config=cfg.web_config_file,
+                              web_config=cfg.web_config_file, otlp_sock=self.otlp_sock, otlp=self.otlp,
+                              otlp_args=self.otlp_args,
                               dropped=lambda: json.dumps(self.ingest.recent_dropped()))
         try:
             self.listeners = Listeners(self.ingest, udp=cfg.statsd_udp or None, tcp=cfg.statsd_tcp or None,
@@ -174,6 +203,8 @@ class Bridge:
                                        idle_timeout=self.tcp_idle_timeout)
         except OSError:
             self.http_sock.close()
+            if self.otlp_sock is not None:
+                self.otlp_sock.close()
             raise
         self.web.start()
         for sink in self.sinks:
@@ -192,6 +223,10 @@ class Bridge:
     def web_port(self) -> int:
         return self.http_sock.getsockname()[1]
 
+    @property
+    def otlp_port(self) -> int | None:
+        return self.otlp_sock.getsockname()[1] if self.otlp_sock is not None else None
+
     def run(self) -> None:
         """Serve until stop() or SIGTERM/SIGINT; SIGHUP reloads the mapping."""
         if threading.current_thread() is threading.main_thread():
@@ -199,17 +234,31 @@ class Bridge:
             signal.signal(signal.SIGINT, lambda *_: self._stop.set())
             signal.signal(signal.SIGHUP, lambda *_: self._reload_requested.set())
         last = time.monotonic()
-        poll, pump = self.listeners.poll, self.web.pump
+        poll, pump, otlp_step = self.listeners.poll, self.web.pump, self.web.otlp_step
+        watched = None  # the OTLP channel the poll wakes for (a new one with each web process)
+        more = False
         self._loop, self._running = threading.current_thread(), True
         try:
             while not self._stop.is_set():
                 try:
-                    poll(0.2)
+                    channel = self.web.otlp_pump
+                    if channel is not None and channel.closed:  # the web process is gone: check() restarts it
+                        channel = None
+                    if channel is not watched:
+                        if watched is not None:
+                            self.listeners.watch(watched.fd, None)
+                        if channel is not None:
+                            self.listeners.watch(channel.fd, lambda: None)  # wakes the poll; read below
+                        watched = channel
+                    poll(0.0 if more else 0.2)
                     pump()
+                    more = otlp_step()
                     now = time.monotonic()
                     if now - last >= 1.0:
                         last = now
-                        self.ingest.housekeeping(now)
+                        freed = self.ingest.housekeeping(now)
+                        if self.otlp is not None:
+                            self.otlp.housekeeping(now, freed)
                         self.web.check()
                     if self._next_mapper is not None:  # built by reload() in another thread
                         (mapper, done), self._next_mapper = self._next_mapper, None
@@ -243,11 +292,34 @@ class Bridge:
             self.web.close()
         if self.http_sock:
             self.http_sock.close()
+        if self.otlp_sock:
+            self.otlp_sock.close()
         if self.listeners:
             self.listeners.close()
 
 
-def _listen_http(addr: str) -> socket.socket:
-    s = bind(socket.SOCK_STREAM, addr, "http")
+def _listen_http(addr: str, what: str = "http") -> socket.socket:
+    s = bind(socket.SOCK_STREAM, addr, what)
     s.listen(128)
     return s
+
+
+def _histogram_settings(cfg: BridgeConfig) -> tuple[tuple[int, int, int] | None, bool]:
+    """(native spec or None, classic buckets on) from the config's histogram settings."""
+    onoff = {"on": True, "true": True, "1": True, "yes": True, "off": False, "false": False, "0": False, "no": False}
+    flags = {}
+    for name in ("native_histograms", "classic_histograms"):
+        v = onoff.get(str(getattr(cfg, name)).strip().lower())
+        if v is None:
+            raise ConfigError(f"{name} must be on or off, not {getattr(cfg, name)!r}")
+        flags[name] = v
+    if not -4 <= cfg.native_histogram_schema <= 8:
+        raise ConfigError(f"native_histogram_schema must be within -4..8, not {cfg.native_histogram_schema}")
+    if not 2 <= cfg.native_histogram_max_buckets <= 1000:
+        raise ConfigError("native_histogram_max_buckets must be within 2..1000, not "
+                          f"{cfg.native_histogram_max_buckets}")
+    if not flags["native_histograms"] and not flags["classic_histograms"]:
+        raise ConfigError("native_histograms and classic_histograms cannot both be off: timers need buckets")
+    native = native_spec(cfg.native_histogram_schema, cfg.native_histogram_max_buckets) \
+        if flags["native_histograms"] else None
+    return native, flags["classic_histograms"]

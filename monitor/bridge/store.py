@@ -5,8 +5,13 @@ a scrape reads them without the ingest process doing any work (no GIL shared wit
 is a run of slots at `base`:
   counter / gauge:  [last_seen, value]
   histogram:        [last_seen, sum, count, bucket_0 .. bucket_n]   (per-bucket, last is +Inf)
+                    then, for a native histogram, its native block (monitor/bridge/native.py)
 8-byte aligned doubles are written atomically on the platforms we run on; a reader may see a
 histogram mid-update (one bucket ahead of _count), so readers derive _count from the buckets.
+
+Each family takes its slots from arenas of its own (ARENA slots, aligned), so that a family's
+series sit together: the web process renders and caches a family arena by arena, and re-renders
+only the arenas whose series changed (monitor/bridge/render.py).
 
 What the series are (family, labels, where their slots start) is told to readers through a
 journal: a list of records that the store appends and the bridge ships to the exposition
@@ -32,6 +37,9 @@ from itertools import islice
 
 LAST_SEEN, VALUE, COUNT, BUCKETS = 0, 1, 2, 3  # offsets inside a series' run of slots
 QUARANTINE = 30.0  # seconds a freed run waits before reuse
+ARENA_BITS = 13
+ARENA = 1 << ARENA_BITS  # slots of one arena (64 KiB); a family's series are allocated arena by arena
+SMALL = 32  # series of a family allocated in the shared arenas before it gets arenas of its own
 CLASH_LOG_EVERY = 60.0  # seconds between two warnings about clashing family names
 log = logging.getLogger(__name__)
 
@@ -44,46 +52,107 @@ class Drop(Exception):
 class Slots:
     """A fixed-capacity array of doubles in shared memory (a memfd: no file system needed).
 
-    Capacity is reserved, not committed: pages count against memory only once written.
+    Capacity is reserved, not committed: pages count against memory only once written. Runs of
+    slots are handed out from per-family arenas (see the module's docstring).
     """
 
     def __init__(self, capacity: int):
+        capacity = max(ARENA, -(-capacity // ARENA) * ARENA)
         self.capacity = capacity
-        size = max(mmap.PAGESIZE, capacity * 8)
+        size = capacity * 8
         self.fd = os.memfd_create("airflow-monitor-series", 0)
         os.ftruncate(self.fd, size)
         self.map = mmap.mmap(self.fd, size)
         self.vals = memoryview(self.map).cast("d")
-        self.top = 0  # next never-used slot
-        self.free: dict[int, deque[tuple[float, int]]] = {}  # run length -> [(freed at, base)], oldest first
+        self.top = 0  # next never-used arena's first slot
+        self.shared = Family("", "gauge", "")  # the owner of the arenas small families share
+        self.shared_free: dict[int, deque[tuple[float, int]]] = {}  # run length -> freed runs of shared arenas
+        self.free_arenas: deque[tuple[float, int]] = deque()  # (freed at, base) of arenas of freed families
 
-    def alloc(self, n: int, now: float) -> int:
-        runs = self.free.get(n)
+    def alloc(self, n: int, now: float, owner: Family | None = None) -> int:
+        """A run of n zeroed slots for `owner`'s next series; raises Drop("series_cap") when none is
+        left. A family's first SMALL series come from arenas all small families share; from then
+        on from arenas of its own (its freed runs after QUARANTINE, else its current arena, else a
+        new one), so that a large family's series sit together."""
+        if owner is None or len(owner.series) < SMALL:
+            runs = self.shared_free.get(n)
+            owner = self.shared
+        else:
+            runs = owner.free
         if runs and now - runs[0][0] >= QUARANTINE:
             base = runs.popleft()[1]
-        elif self.top + n <= self.capacity:
-            base, self.top = self.top, self.top + n
+        elif owner.arena_top + n <= owner.arena_end:
+            base = owner.arena_top
+            owner.arena_top += n
         else:
-            raise Drop("series_cap")
+            if n > ARENA:
+                raise Drop("series_cap")
+            start = self._arena(now)
+            owner.arenas.append(start)
+            base, owner.arena_top, owner.arena_end = start, start + n, start + ARENA
         self.vals[base : base + n] = memoryview(bytes(8 * n)).cast("d")
         return base
 
-    def release(self, base: int, n: int, now: float) -> None:
-        self.free.setdefault(n, deque()).append((now, base))
+    def _arena(self, now: float) -> int:
+        if self.free_arenas and now - self.free_arenas[0][0] >= QUARANTINE:
+            return self.free_arenas.popleft()[1]
+        if self.top + ARENA > self.capacity:
+            raise Drop("series_cap")
+        base, self.top = self.top, self.top + ARENA
+        return base
+
+    def release(self, base: int, n: int, now: float, owner: Family | None = None) -> None:
+        if owner is not None and (base >> ARENA_BITS) << ARENA_BITS in owner.arenas:
+            owner.free.append((now, base))
+        else:
+            self.shared_free.setdefault(n, deque()).append((now, base))
+
+    def release_arenas(self, owner: Family, now: float) -> None:
+        """A family freed with its last series: its arenas serve other families after QUARANTINE."""
+        self.free_arenas.extend((now, base) for base in owner.arenas)
+        owner.arenas = []
+        owner.free.clear()
+        owner.arena_top = owner.arena_end = 0
 
 
-@dataclass
+@dataclass(eq=False)
 class Family:
     name: str
     kind: str  # counter | gauge | histogram
     help: str
     buckets: tuple[float, ...] = ()
+    # a native histogram: (schema, positive slots, negative slots) of its native block; None: classic only
+    native: tuple[int, int, int] | None = None
     series: dict[tuple[tuple[str, str], ...], int] = field(default_factory=dict)  # labels -> base
     ttl: dict[int, float] = field(default_factory=dict)  # base -> per-series TTL override
+    # slots: the arenas it owns, where its current one ends, its freed runs (freed at, base)
+    arenas: list[int] = field(default_factory=list)
+    arena_top: int = 0
+    arena_end: int = 0
+    free: deque = field(default_factory=deque)
 
     @property
     def width(self) -> int:
-        return 3 + len(self.buckets) + 1 if self.kind == "histogram" else 2
+        return width(self.kind, self.buckets, self.native)
+
+    @property
+    def native_at(self) -> int:
+        """Where the native block starts, from the series' base."""
+        return 3 + len(self.buckets) + 1
+
+
+def width(kind: str, buckets: tuple, native: tuple[int, int, int] | None) -> int:
+    if kind != "histogram":
+        return 2
+    return 3 + len(buckets) + 1 + (native_block_width(native) if native else 0)
+
+
+def native_block_width(native: tuple[int, int, int]) -> int:
+    from monitor.bridge.native import HEAD
+
+    return HEAD + native[1] + native[2]
+
+
 
 
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
@@ -129,7 +198,7 @@ class Store:
         self.max_series_label_bytes = max_series_label_bytes
         self.label_bytes = 0  # label text of every series, against max_label_bytes (given back on expiry)
         # room for max_series histograms of up to 28 buckets; reserved, not committed
-        self.slots = slots or Slots(max_series * 32)
+        self.slots = slots or Slots(max_series * 32 + 1024 * ARENA)
         self.vals = self.slots.vals
         self.families: dict[str, Family] = {}
         self.sets: dict[int, set] = {}  # base -> members, for statsd sets (value = member count)
@@ -141,12 +210,18 @@ class Store:
         self.clash_logged = float("-inf")
         self.families_freed = 0
         self._scan = iter(())  # expiry walks the store a slice at a time
+        self.warned: dict[tuple, float] = {}  # (cap, family or "") -> the last share of it said (see usage)
 
-    def series(self, family: str, kind: str, labels: tuple, help: str, buckets: tuple, ttl, now: float) -> int:
+    def series(self, family: str, kind: str, labels: tuple, help: str, buckets: tuple, ttl, now: float,
+               native: tuple[int, int, int] | None = None) -> int:
         """The base slot of (family, labels), created if new; raises Drop when it may not exist.
-        Nothing is kept of a series that is refused, not even its family."""
+        Nothing is kept of a series that is refused, not even its family. `native`: a histogram's
+        native block, (schema, positive slots, negative slots)."""
         fam = self.families.get(family)
-        if fam is not None and (fam.kind != kind or (kind == "histogram" and fam.buckets != tuple(buckets))):
+        if kind != "histogram":
+            native = None
+        if fam is not None and (fam.kind != kind or (kind == "histogram" and (
+                fam.buckets != tuple(buckets) or fam.native != native))):
             raise Drop("conflict")
         if any(not v for _, v in labels):  # an empty label value is no label in Prometheus
             labels = tuple(p for p in labels if p[1])
@@ -169,18 +244,22 @@ class Store:
         new = fam is None
         if new:
             self._admit(family, kind, now)
-            fam = Family(family, kind, help or family, tuple(buckets) if kind == "histogram" else ())
+            fam = Family(family, kind, help or family, tuple(buckets) if kind == "histogram" else (), native)
         try:
-            base = self.slots.alloc(fam.width, now)
+            base = self.slots.alloc(fam.width, now, fam)
         except Drop:
             if new:
                 self._unadmit(fam)
             raise
         if new:
             self.families[family] = fam
-            self.journal.append(("family", family, kind, fam.help, fam.buckets))
+            self.journal.append(("family", family, kind, fam.help, fam.buckets, fam.native))
         self.label_bytes += size
         self.vals[base] = now
+        if fam.native:
+            from monitor.bridge.native import init
+
+            init(self.vals, base + fam.native_at, fam.native[0])
         if len(self.pairs) > 2 * self.total + 10_000:  # values of expired series: start afresh
             self.pairs.clear()
         labels = tuple([self.pairs.setdefault(p, p) for p in labels])  # one copy of each (name, value)
@@ -213,7 +292,7 @@ class Store:
         """Records that rebuild every family and series from nothing (for a new reader)."""
         out: list[tuple] = []
         for fam in self.families.values():
-            out.append(("family", fam.name, fam.kind, fam.help, fam.buckets))
+            out.append(("family", fam.name, fam.kind, fam.help, fam.buckets, fam.native))
             out.extend(("series", fam.name, base, labels) for labels, base in fam.series.items())
         return out
 
@@ -248,12 +327,12 @@ class Store:
                 fam.ttl.pop(base, None)
                 self.sets.pop(base, None)
                 self.label_bytes -= label_bytes(labels)
-                self.slots.release(base, fam.width, now)
+                self.slots.release(base, fam.width, now, fam)
                 self.total -= 1
                 self.journal.append(("drop", fam.name, base))
                 freed.add(base)
                 if not fam.series:
-                    self._forget(fam)
+                    self._forget(fam, now)
         return freed
 
     def _unadmit(self, fam: Family) -> None:
@@ -261,12 +340,38 @@ class Store:
             if self.exposed.get(n) == fam.name:
                 del self.exposed[n]
 
-    def _forget(self, fam: Family) -> None:
+    def _forget(self, fam: Family, now: float) -> None:
         """Free a family whose last series expired: its names on /metrics, and the readers' view."""
         del self.families[fam.name]
+        self.slots.release_arenas(fam, now)
         self._unadmit(fam)
         self.journal.append(("forget", fam.name))
         self.families_freed += 1
+
+    def usage(self, extra: tuple = ()) -> list[str]:
+        """Warnings, each said once, as a cap fills: at half, 80 % and 95 % of it (said again after it
+        went back under half), naming the flag that raises it. extra: more (name, used, cap, flag)."""
+        dropped = "new series are dropped (reason={})"
+        caps = [("series", self.total, self.max_total, "--max-series", dropped.format("series_cap")),
+                ("label bytes", self.label_bytes, self.max_label_bytes, "--max-label-bytes",
+                 dropped.format("label_bytes_cap")), *extra]
+        big = self.max_series // 2
+        caps += [(f"series of family {f.name}", len(f.series), self.max_series, "--max-series-per-family",
+                  dropped.format("cardinality_cap")) for f in list(self.families.values()) if len(f.series) >= big]
+        out = []
+        for name, used, cap, flag, then in caps:
+            share = used / cap if cap else 0.0
+            said = self.warned.get((name, flag), 0.0)
+            if share < 0.5:
+                self.warned.pop((name, flag), None)
+                continue
+            level = 0.95 if share >= 0.95 else 0.8 if share >= 0.8 else 0.5
+            if level > said:
+                self.warned[(name, flag)] = level
+                env = "AIRFLOW_MONITOR_" + flag[2:].upper().replace("-", "_")
+                out.append(f"{name}: {used:,} of the {cap:,} allowed ({share:.0%}); at the cap {then}: raise "
+                           f"{flag} ({env})")
+        return out
 
     def items(self):
         """(family, labels, base) for every series; for readers in this process (Datadog)."""

@@ -8,6 +8,8 @@ reads the statsd sockets. It gets, as inherited file descriptors:
   --control-fd  a socket to ask the bridge for what only it knows: its own metrics and the SLA
                 watcher's (small), readiness, and a mapping reload
   --http-fd     the listening HTTP socket, bound by the bridge so that its errors are the bridge's
+  --otlp-http-fd, --otlp-data-fd  the OTLP port's listening socket, and the channel that carries
+                what it receives to the ingest process (monitor/bridge/otlp.py)
 When the bridge goes away the journal pipe closes and this process exits.
 """
 
@@ -23,9 +25,12 @@ import socket
 import struct
 import sys
 import threading
+from collections import Counter
 
+from monitor.bridge import protobuf
 from monitor.bridge.exposition import StoreView
 from monitor.bridge.fanout import Failed, Fanout
+from monitor.bridge.render import PROTO, TEXT, Renderer, choose
 from monitor.http import webconfig
 from monitor.http.app import Service
 from monitor.http.server import REFUSALS as HTTP_REASONS
@@ -93,8 +98,14 @@ class Web:
         self.scrapes = 0
         self.last_duration = 0.0
         self.last_bytes = 0
-        self.fanout = Fanout(self.pieces, self._rendered)
+        # one renderer (and its kept renderings) and one fan-out per format: text, and protobuf for
+        # scrapers that take native histograms
+        self.renderers = {fmt: Renderer(self.view, fmt) for fmt in (TEXT, PROTO)}
+        self.fanouts = {fmt: Fanout(lambda fmt=fmt: self.pieces(fmt), self._rendered) for fmt in (TEXT, PROTO)}
+        self.fanout = self.fanouts[TEXT]
         self.server = None  # the HTTP server (monitor.http), for its refusal counts
+        self.otlp = None  # the OTLP receiver (monitor/bridge/otlp.py), for its counts
+        self.otlp_server = None  # the OTLP port's HTTP server
         self.web = None  # TLS and basic auth (monitor.http.webconfig.Watched)
 
     def _rendered(self, scrapes: int, seconds: float, sent: int) -> None:
@@ -120,7 +131,9 @@ class Web:
 
     def own_metrics(self) -> str:
         p = "airflow_monitor_bridge_"
-        refused = dict(self.server.stats.refused) if self.server is not None else {}
+        refused = Counter(self.server.stats.refused) if self.server is not None else Counter()
+        if self.otlp_server is not None:  # the OTLP port's, counted with the metrics port's
+            refused.update(self.otlp_server.stats.refused)
         lines = [f"# HELP {p}scrape_duration_seconds Time the last rendering of /metrics took to send (one "
                  f"rendering serves every scrape waiting).",
                  f"# TYPE {p}scrape_duration_seconds gauge", f"{p}scrape_duration_seconds {self.last_duration!r}",
@@ -129,32 +142,36 @@ class Web:
                  f"# HELP {p}scrapes_total Scrapes of /metrics served.",
                  f"# TYPE {p}scrapes_total counter", f"{p}scrapes_total {self.scrapes}",
                  f"# HELP {p}renders_total Renderings of /metrics; each serves every scrape waiting for it.",
-                 f"# TYPE {p}renders_total counter", f"{p}renders_total {self.fanout.renders}",
+                 f"# TYPE {p}renders_total counter",
+                 f"{p}renders_total {sum(f.renders for f in self.fanouts.values())}",
                  *http_refused_lines(f"{p}http_refused_total", refused),
                  f"# HELP {p}web_config_refused_total Changes of the web config file refused (invalid, or "
                  f"turning TLS or basic auth off); the last config stays.",
                  f"# TYPE {p}web_config_refused_total counter",
                  f"{p}web_config_refused_total {self.web.refused if self.web is not None else 0}",
                  f"# HELP {p}exposed_series Series the web process knows of.",
-                 f"# TYPE {p}exposed_series gauge", f"{p}exposed_series {self.view.series_count()}"]
+                 f"# TYPE {p}exposed_series gauge", f"{p}exposed_series {self.view.series_count()}",
+                 *(self.otlp.metrics_lines(p) if self.otlp is not None else [])]
         return "\n".join(lines) + "\n"
 
-    def pieces(self):
-        """The whole exposition as byte pieces; raises (a 503, or a cut answer) rather than render a part."""
+    def pieces(self, fmt: str = TEXT):
+        """The whole exposition as render.Piece's; raises (a 503, or a cut answer) rather than render a part."""
         if not self.synced.is_set():
             raise RuntimeError("the bridge's series are still being loaded (the web process just started)")
         extra = self.control.ask(b"m")
         if extra is None:
             raise RuntimeError(f"the bridge process did not answer within {self.control.timeout:.0f}s, so its "
                                "own series and the SLA watcher's and healer's cannot be served")
-        for part in self.view.render():
-            yield part.encode()
-        yield extra + self.own_metrics().encode()
+        extra += self.own_metrics().encode()
+        if fmt == PROTO:
+            extra = protobuf.from_text(extra.decode())
+        yield from self.renderers[fmt].pieces(extra)
 
     # ------------------------------------------------------------------ HTTP
     def metrics(self, req: Request) -> Response:
         gz = "gzip" in req.header("accept-encoding")
-        scrape = self.fanout.scrape(gz)  # served by the next rendering, with every scrape waiting
+        fmt = choose(req.header("accept"))
+        scrape = self.fanouts[fmt].scrape(gz)  # served by the next rendering, with every scrape waiting
         first = _next(scrape)
         if isinstance(first, Failed):
             scrape.dead = True
@@ -166,12 +183,12 @@ class Web:
                 while data is not None:
                     if isinstance(data, Failed):
                         raise RuntimeError(data.why)
-                    yield data
+                    yield data if isinstance(data, bytes) else data.text()  # a render.Piece: its text now
                     data = _next(scrape)
             finally:
                 scrape.dead = True
 
-        return Response(200, body(), content_type=CONTENT_TYPE,
+        return Response(200, body(), content_type=protobuf.CONTENT_TYPE if fmt == PROTO else CONTENT_TYPE,
                         headers=[("Content-Encoding", "gzip")] if gz else [])
 
     def ready(self) -> str:
@@ -242,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="airflow-monitor-web")
     for name in ("slots-fd", "slots-bytes", "journal-fd", "control-fd", "http-fd"):
         ap.add_argument("--" + name, type=int, required=True)
+    for name in ("otlp-http-fd", "otlp-data-fd", "otlp-max-body", "otlp-max-points", "otlp-max-attributes"):
+        ap.add_argument("--" + name, type=int)
     ap.add_argument("--log-level", default="INFO")
     ap.add_argument("--enable-lifecycle", action="store_true")
     ap.add_argument("--web-config-file", default="")
@@ -259,6 +278,17 @@ def main(argv: list[str] | None = None) -> int:
                             "POST /-/reload")
     web.server = HttpServer(socket.socket(fileno=args.http_fd), service, web=web.web, name="bridge-web",
                             probe_paths=service.probe_paths).start()
+    if args.otlp_http_fd is not None:
+        from monitor.bridge import otlp
+
+        limits = otlp.Limits(max_body=args.otlp_max_body, max_points=args.otlp_max_points,
+                             max_attributes=args.otlp_max_attributes)
+        channel = otlp.Channel(socket.socket(fileno=args.otlp_data_fd), on_broken=lambda: os._exit(3))
+        web.otlp = otlp.Receiver(channel.submit, limits)
+        # the same TLS and basic auth as /metrics; no probe paths: every request needs credentials
+        web.otlp_server = HttpServer(socket.socket(fileno=args.otlp_http_fd), web.otlp, web=web.web, name="otlp",
+                                     probe_paths=frozenset(), max_body=limits.max_body,
+                                     max_body_total=2 * limits.max_body, workers=4, per_client_busy=4).start()
     threading.Event().wait()
     return 0
 

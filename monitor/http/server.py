@@ -52,7 +52,7 @@ MAX_HEAD = 16 << 10
 FD_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 # why a connection is closed unserved (or cut), as counted in Stats.refused
 REFUSALS = ("too_many_connections", "per_client", "evicted", "head_timeout", "body_timeout", "tls_handshake",
-            "out_of_descriptors", "accept_error", "bad_request", "too_large", "slow_reader", "client_gone")
+            "out_of_descriptors", "accept_error", "bad_request", "too_large", "busy", "slow_reader", "client_gone")
 REASONS = {200: "OK", 202: "Accepted", 204: "No Content", 400: "Bad Request", 401: "Unauthorized",
            403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
            411: "Length Required", 413: "Content Too Large", 415: "Unsupported Media Type",
@@ -114,7 +114,7 @@ def text(status: int, body: str, **kw) -> Response:
 
 
 class _Conn:
-    __slots__ = ("sock", "client", "buf", "deadline", "phase", "since", "need", "head", "events")
+    __slots__ = ("sock", "client", "buf", "deadline", "phase", "since", "need", "head", "events", "held")
 
     def __init__(self, sock, client: str, deadline: float):
         self.sock, self.client, self.deadline = sock, client, deadline
@@ -122,6 +122,7 @@ class _Conn:
         self.phase = "handshake" if isinstance(sock, ssl.SSLSocket) else "head"
         self.since = time.monotonic()
         self.need = 0  # body bytes still to read
+        self.held = 0  # body bytes counted against the server's max_body_total until served
         self.head: tuple | None = None
         self.events = selectors.EVENT_READ
 
@@ -135,11 +136,16 @@ class Stats:
 class HttpServer:
     def __init__(self, sock: socket.socket, app: Callable[[Request], Response], *, web: webconfig.Watched | None = None,
                  probe_paths: frozenset[str] = webconfig.PROBE_PATHS, name: str = "http", max_connections: int = 512,
-                 per_client: int = 64, workers: int = 48, per_client_busy: int = 24, max_body: int = 0):
+                 per_client: int = 64, workers: int = 48, per_client_busy: int = 24, max_body: int = 0,
+                 max_body_total: int = 0):
+        """max_body: bytes of one request body; max_body_total (0: no bound): of all bodies being read or
+        served at once, so that many large bodies together cannot take the memory (503, Retry-After)."""
         self.sock, self.app, self.web, self.name = sock, app, web, name
         self.probe_paths = probe_paths
         self.max_connections, self.per_client, self.per_client_busy = max_connections, per_client, per_client_busy
         self.max_body = max_body
+        self.max_body_total = max_body_total
+        self._bodies = 0  # bytes of the bodies held (see _Conn.held)
         self.stats = Stats()
         self.sock.setblocking(False)
         self._sel = selectors.DefaultSelector()
@@ -311,7 +317,14 @@ class HttpServer:
         except (KeyError, ValueError, OSError):
             pass
 
+    def _unhold(self, c: _Conn) -> None:
+        if c.held:
+            with self._lock:
+                self._bodies -= c.held
+            c.held = 0
+
     def _close(self, c: _Conn, reason: str = "") -> None:
+        self._unhold(c)
         if reason:
             self.stats.refused[reason] += 1
         self._release(c)
@@ -415,6 +428,18 @@ class HttpServer:
                 self._reply_now(c, 413, f"request body over {self.max_body} bytes")
                 self._close(c, "too_large")
                 return
+            if self.max_body_total and length:
+                with self._lock:
+                    if self._bodies + length > self.max_body_total:
+                        busy = True
+                    else:
+                        busy = False
+                        self._bodies += length
+                        c.held = length
+                if busy:
+                    self._reply_now(c, 503, "too many request bodies at once; retry later", retry_after=1)
+                    self._close(c, "busy")
+                    return
             c.head, c.need = (method, target, version, headers), length
             c.phase, c.deadline = "body", time.monotonic() + BODY_TIMEOUT
         if c.phase == "body":
@@ -441,11 +466,12 @@ class HttpServer:
             self._busy[c.client] += 1
         self._main.put((c, req))
 
-    def _reply_now(self, c: _Conn, status: int, message: str) -> None:
+    def _reply_now(self, c: _Conn, status: int, message: str, retry_after: int = 0) -> None:
         """A small answer from the reactor (best effort: never waits on the client)."""
         body = (message + "\n").encode()
+        extra = f"Retry-After: {retry_after}\r\n" if retry_after else ""
         data = (f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\nContent-Type: text/plain; charset=utf-8\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+                f"{extra}Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
         try:
             c.sock.send(data)
         except (OSError, ssl.SSLError, ValueError):
@@ -499,6 +525,7 @@ class HttpServer:
                 keep = self._serve(c, req)
             except Exception:  # a bug answers 500 where it can, never kills the worker
                 log.exception("%s: %s %s failed", self.name, req.method, req.path)
+            self._unhold(c)
             self._back.put((c, keep, jobs is self._main))
             self._wake()
 

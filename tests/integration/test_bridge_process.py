@@ -343,7 +343,8 @@ def test_tls_and_basic_auth_from_a_web_config_file(tmp_path):
     udp, http = free_port(socket.SOCK_DGRAM), free_port()
     log = tmp_path / "bridge.log"
     proc = subprocess.Popen([sys.executable, "-m", "monitor.cli", "serve", "--statsd-udp", f"127.0.0.1:{udp}",
-                             "--statsd-tcp", "", "--web-listen", f"127.0.0.1:{http}", "--web-config-file", str(web)],
+                             "--statsd-tcp", "", "--web-listen", f"127.0.0.1:{http}", "--web-config-file", str(web),
+                             "--otlp-listen", ""],
                             stdout=open(log, "wb"), stderr=subprocess.STDOUT)
     ctx = ssl.create_default_context(cafile=str(crt))
 

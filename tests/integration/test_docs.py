@@ -38,6 +38,8 @@ for section in conf.sections():
 print(json.dumps(out))
 """
     for text in ini:
+        if "otel_on" in text:
+            continue  # test_readme_opentelemetry_setup_points_airflow_at_the_bridge
         home = tmp_path / f"home{len(list(tmp_path.iterdir()))}"
         home.mkdir()
         (home / "airflow.cfg").write_text(text)
@@ -49,6 +51,40 @@ print(json.dumps(out))
         got = json.loads(r.stdout.strip().splitlines()[-1])
         assert got["statsd_host"] == "airflow-monitor" and got["statsd_prefix"] == "airflow", got
         assert not any("#" in str(v) for v in got.values()), got
+
+
+def test_readme_opentelemetry_setup_points_airflow_at_the_bridge(venv, tmp_path):
+    """The README's [metrics] block for OpenTelemetry and its OTEL_* variables, as a shell sets them,
+    through Airflow's own config parser and metrics factory: Airflow's OTLP exporter sends to the
+    bridge's port, every ten seconds, with the host name as service.instance.id."""
+    ini = [b for b in blocks("ini") if "otel_on" in b]
+    sh = [b for b in blocks("sh") if "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT" in b]
+    assert len(ini) == 1 and len(sh) == 1, "the README shows the OpenTelemetry variant once"
+    (tmp_path / "airflow.cfg").write_text(ini[0])
+    script = """
+import json
+from airflow.configuration import conf
+from airflow.observability.metrics import stats_utils
+factory = stats_utils.get_stats_factory()
+factory()
+from opentelemetry import metrics
+mp = metrics.get_meter_provider()
+reader = mp._metric_readers[0]
+print(json.dumps({"factory": factory.__module__, "endpoint": reader._exporter._endpoint,
+                  "interval": reader._export_interval_millis, "resource": dict(mp._sdk_config.resource.attributes),
+                  "prefix": conf.get("metrics", "otel_prefix")}))
+"""
+    (tmp_path / "check.py").write_text(script)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "AIRFLOW_HOME": str(tmp_path)}
+    r = subprocess.run(["bash", "-c", f"set -a\n{sh[0]}\nset +a\nexec {venv / 'bin' / 'python'} check.py"],
+                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["factory"].endswith("otel_logger"), got  # statsd is off: OpenTelemetry is used
+    assert got["endpoint"] == "http://airflow-monitor:4318/v1/metrics" and got["prefix"] == "airflow", got
+    assert got["interval"] == 10000, got
+    assert got["resource"]["service.instance.id"] == subprocess.run(["hostname"], capture_output=True,
+                                                                    text=True).stdout.strip(), got
 
 
 def test_readme_yaml_and_json_snippets_parse():

@@ -200,7 +200,7 @@ def test_the_rendered_pod_runs_the_bridge_and_the_watcher(airflow, opsgenie, tmp
     """Do what the kubelet does with the rendered Deployment: mount the ConfigMap, set env from the
     Secrets, run the container's args with our CLI; then send statsd, read /metrics, see the page."""
     statsd, metrics = free_port(socket.SOCK_DGRAM), free_port()
-    values = full_values(service={"statsdPort": statsd, "metricsPort": metrics})
+    values = full_values(service={"statsdPort": statsd, "metricsPort": metrics, "otlpPort": free_port()})
     values["sla"]["config"]["airflow"]["url"] = airflow.api_url
     values["sla"]["config"]["notify"]["opsgenie"]["url"] = opsgenie.url
     values["sla"]["config"]["watcher"] = {"interval": "2s"}
@@ -270,7 +270,7 @@ def test_tls_and_basic_auth_from_the_chart_scraped_as_the_operator_would(tmp_pat
     statsd, metrics = free_port(socket.SOCK_DGRAM), free_port()
     secrets = {("scrape-auth", "username"): "prometheus", ("scrape-auth", "password"): "scr4pe-pw"}
     hashed = bcrypt.hashpw(b"scr4pe-pw", bcrypt.gensalt(10)).decode().replace("$2b$", "$2y$", 1)
-    values = {"service": {"statsdPort": statsd, "metricsPort": metrics},
+    values = {"service": {"statsdPort": statsd, "metricsPort": metrics, "otlpPort": free_port()},
               "web": {"tls": {"secretName": "mon-tls"}, "basicAuthUsers": {"prometheus": hashed}},
               "serviceMonitor": {"enabled": True, "basicAuth": {"username": {"name": "scrape-auth", "key": "username"},
                                                                "password": {"name": "scrape-auth", "key": "password"}}}}

@@ -123,7 +123,7 @@ class Watcher:
         self.log = tmp / f"watcher-{self.http}.log"
         if serve:
             cmd = ["serve", "--sla-config", str(cfg), "--statsd-udp", f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}",
-                   "--statsd-tcp", "", "--web-listen", f"127.0.0.1:{self.http}"]
+                   "--statsd-tcp", "", "--web-listen", f"127.0.0.1:{self.http}", "--otlp-listen", ""]
         else:
             cmd = ["sla", "run", "--config", str(cfg), "--metrics-listen", f"127.0.0.1:{self.http}"]
         self.proc = subprocess.Popen([sys.executable, "-m", "monitor.cli", *cmd], env=env(),

@@ -42,7 +42,9 @@ class Prometheus:
     """A real Prometheus scraping one target every 2 s (`scrape` adds to its scrape config: scheme,
     basic_auth, tls_config...)."""
 
-    def __init__(self, tmp: Path, target: str, rules: Path | None = None, scrape: dict | None = None):
+    def __init__(self, tmp: Path, target: str, rules: Path | None = None, scrape: dict | None = None,
+                 flags: list[str] | None = None):
+        """flags: more command-line flags (--enable-feature=native-histograms: it scrapes protobuf)."""
         binary = tool("prometheus")
         tmp.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -56,7 +58,8 @@ class Prometheus:
         self.log = tmp / "prometheus.log"
         self.proc = subprocess.Popen(
             [binary, f"--config.file={cfg}", f"--storage.tsdb.path={tmp / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{self.port}"], stdout=open(self.log, "wb"), stderr=subprocess.STDOUT)
+             f"--web.listen-address=127.0.0.1:{self.port}", *(flags or [])], stdout=open(self.log, "wb"),
+            stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:

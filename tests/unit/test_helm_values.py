@@ -23,7 +23,7 @@ VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
 TEMPLATES = "\n".join(p.read_text() for p in sorted((CHART / "templates").iterdir()))
 # the chart sets these itself (web_config_file from web.tls and web.basicAuthUsers)
 CHART_OWNED = {"statsd_udp", "statsd_tcp", "statsd_unix", "web_listen", "mapping_file", "datadog_api_key_file",
-               "web_config_file"}
+               "web_config_file", "otlp_listen"}
 
 
 def errors(values) -> list[str]:

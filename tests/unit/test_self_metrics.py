@@ -19,7 +19,8 @@ def counted_in_code() -> dict[str, set[str]]:
     text = "\n".join(p.read_text() for p in BRIDGE.glob("*.py") if p.name not in ("reasons.py", "datadog.py"))
     word = "([a-z0-9_]+)"
     dropped = set(re.findall(rf'dropped\["{word}"\]', text)) | set(re.findall(rf'Drop\("{word}"', text))
-    dropped |= set(re.findall(rf'_const\(DROP, "{word}"\)', text)) | set(re.findall(rf'reason="{word}"', text))
+    dropped |= set(re.findall(rf'\(DROP, "{word}"', text)) | set(re.findall(rf'reason="{word}"', text))
+    dropped |= set(re.findall(rf'\(DROP, "{word}" if \w+ else "{word}"\)', text)[0])
     dropped |= set(re.findall(r'return "(reserved_label)"', text))
     parse = set(re.findall(rf'ParseError\("{word}"', text)) | set(re.findall(rf'parse_errors\["{word}"\]', text))
     labels = set(re.findall(rf'labels_dropped\["{word}"\]', text))

@@ -41,6 +41,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $_ := set $bridge "statsd_udp" (printf ":%d" (int .Values.service.statsdPort)) }}
 {{- $_ := set $bridge "statsd_tcp" (printf ":%d" (int .Values.service.statsdPort)) }}
 {{- $_ := set $bridge "web_listen" (printf ":%d" (int .Values.service.metricsPort)) }}
+{{- $_ := set $bridge "otlp_listen" (ternary (printf ":%d" (int .Values.service.otlpPort)) "" (gt (int .Values.service.otlpPort) 0)) }}
 {{- if .Values.bridge.mapping }}
 {{- $_ := set $bridge "mapping_file" "/etc/airflow-monitor/mapping.yaml" }}
 {{- end }}
