@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import os
 import sys
@@ -151,8 +152,8 @@ def _heal(sub) -> None:
     _level(heal)
     actions = heal.add_subparsers(dest="action", metavar="ACTION", required=True)
     codes = ("exit codes: 0 nothing diagnosed, 1 something diagnosed (check), 2 a mistake in the command or the "
-             "config, 3 blind (the Kubernetes API or the database cannot be read), 4 scheduler jobs and pods that "
-             "cannot be paired")
+             "config, 3 blind (the Kubernetes API, the database or the healer's state cannot be read), 4 "
+             "scheduler jobs and pods that cannot be paired")
 
     def common(p) -> None:
         p.add_argument("--config", help="healer YAML config (or $AIRFLOW_MONITOR_HEAL_CONFIG)")
@@ -174,9 +175,16 @@ def _heal(sub) -> None:
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, with its errors in one line (the usage is one --help away)."""
+    """argparse, with its errors in one line (the usage is one --help away); as JSON on stdout when the
+    command line asks for JSON (`heal check --json --bogus`), as a command's own mistakes are."""
+
+    JSON = {("heal", "check"), ("heal", "status"), ("sla", "check"), ("sla", "status")}  # they take --json
 
     def error(self, message: str):
+        args = sys.argv[1:]
+        if "--json" in args and any(pair in self.JSON for pair in zip(args, args[1:], strict=False)):
+            print(json.dumps({"error": f"{self.prog}: {message}", "exit": 2}))
+            self.exit(2)
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 

@@ -27,24 +27,28 @@ class Alerts:
         self._corrupt_seen = 0
         self._corrupt_at = 0.0
 
+    def clock(self) -> float:
+        """The store's clock (the healer's state: the API server's), this process's otherwise."""
+        return getattr(self.store, "clock", time.time)()
+
     @property
     def names(self) -> list[str]:
         return [n.name for n in self.notifiers]
 
     def open(self, notice: Notice, now: float | None = None) -> bool:
         """Open the alert of notice.key and queue its notice, unless it is open already (True if opened)."""
-        return self.store.open(notice.redacted(), self.names, time.time() if now is None else now)
+        return self.store.open(notice.redacted(), self.names, self.clock() if now is None else now)
 
     def update(self, notice: Notice) -> None:
         """An alert still open whose reason or message changed: recorded, nobody paged."""
         self.store.update(*notice.key, notice.reason, notice.line)
 
     def remind(self, notice: Notice, now: float | None = None) -> None:
-        self.store.remind(notice.redacted(), self.names, time.time() if now is None else now)
+        self.store.remind(notice.redacted(), self.names, self.clock() if now is None else now)
 
     def resolve(self, notice: Notice, now: float | None = None) -> bool:
         """Close the alert of notice.key if it is open, and queue the close (True if it was open)."""
-        return self.store.resolve(notice.redacted(), self.names, time.time() if now is None else now)
+        return self.store.resolve(notice.redacted(), self.names, self.clock() if now is None else now)
 
     def open_alerts(self) -> dict[tuple[str, str], AlertRow]:
         return self.store.alerts("open")
@@ -55,7 +59,7 @@ class Alerts:
         letter and the rest is delivered; it is paged once, P3, and closed an hour later."""
         done = self.delivery.drain()
         corrupted = getattr(self.store, "corrupted", 0)
-        now = time.time()
+        now = self.clock()
         if corrupted > self._corrupt_seen:
             self._corrupt_seen, self._corrupt_at = corrupted, now
             self.open(self._corrupt_notice(corrupted), now)

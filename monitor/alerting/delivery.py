@@ -55,7 +55,7 @@ class Delivery:
                     request_id = notifier.send(item.action, item.notice)
                 except Retry as e:
                     wait = backoff(item.attempts, e.after)
-                    self.state.failed(item.id, str(e), time.time() + wait)
+                    self.state.failed(item.id, str(e), getattr(self.state, "clock", time.time)() + wait)
                     self.errors[name] += 1
                     log.warning("%s: %s %s/%s not delivered (attempt %d), retry in %.0fs: %s", name, item.action,
                                 item.subject, item.rule, item.attempts + 1, wait, e)

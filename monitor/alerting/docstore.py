@@ -56,14 +56,31 @@ def _key(subject: str, rule: str) -> str:
     return f"{subject}\x00{rule}"
 
 
+# what each record of the document holds (a document edited by hand, or by another program, is refused
+# whole: StoreError, nothing read from it)
+ALERT_FIELDS = ("subject", "rule", "status", "reason", "message", "priority", "opened_at", "notified_at")
+OUTBOX_FIELDS = ("id", "notifier", "action", "subject", "rule", "payload", "created_at", "attempts", "next_at")
+
+
+def _records(doc: dict, key: str, kind: type, fields: tuple[str, ...]) -> None:
+    v = doc[key]
+    if not isinstance(v, kind):
+        raise ValueError(f"{key} is not a {'list' if kind is list else 'mapping'}")
+    for r in v.values() if isinstance(v, dict) else v:
+        if not isinstance(r, dict) or any(f not in r for f in fields):
+            lacks = [f for f in fields if not isinstance(r, dict) or f not in r] or ["its fields"]
+            raise ValueError(f"a record of {key} lacks {', '.join(lacks)}")
+
+
 class DocAlertStore:
     WHAT = "state"
+    clock = staticmethod(time.time)  # the clock of what it keeps (the healer's: the API server's)
 
     def __init__(self, backend, where: str = "", read_only: bool = False):
         self.backend, self.where, self.read_only = backend, where, read_only
         self.lock = threading.RLock()
         self.broken = ""
-        self.doc: dict = {}
+        self.doc: dict = self._shaped({})
         self.version = ""
         self.writes = 0
         self.refresh()
@@ -73,22 +90,37 @@ class DocAlertStore:
         """Read the document again (once a cycle, and before acting on it); False if it cannot be read."""
         try:
             doc, version = self.backend.read()
+            doc = self._shaped(doc)
+            self.check(doc)
         except StoreError as e:
             self.broken = f"{self.where}: {e}"
             return False
+        except (ValueError, TypeError, AttributeError, KeyError) as e:
+            self.broken = f"{self.where}: not the shape of a {self.WHAT} ({e}); fix it or delete it to start afresh"
+            return False
         with self.lock:
-            self.doc, self.version, self.broken = self._shaped(doc), version, ""
+            self.doc, self.version, self.broken = doc, version, ""
         return True
 
     retry = refresh
 
     @staticmethod
     def _shaped(doc: dict) -> dict:
-        doc = dict(doc or {})
+        if not isinstance(doc, dict):
+            raise ValueError("the document is not a mapping")
+        doc = dict(doc)
         doc.setdefault("format", FORMAT)
         for k, v in (("alerts", {}), ("outbox", []), ("dead", []), ("next_id", 1)):
             doc.setdefault(k, v)
         return doc
+
+    def check(self, doc: dict) -> None:
+        """ValueError when the document is not one this store wrote."""
+        _records(doc, "alerts", dict, ALERT_FIELDS)
+        _records(doc, "outbox", list, OUTBOX_FIELDS)
+        _records(doc, "dead", list, ())
+        if not isinstance(doc["next_id"], int) or isinstance(doc["next_id"], bool):
+            raise ValueError("next_id is not a number")
 
     def fail(self, err: Exception) -> None:
         self.broken = f"{self.where}: {err}"
@@ -144,7 +176,7 @@ class DocAlertStore:
         del doc["dead"][:-DEAD_MAX]
 
     def open(self, notice: Notice, notifiers: list[str], now: float | None = None) -> bool:
-        now = time.time() if now is None else now
+        now = self.clock() if now is None else now
 
         def fn(doc: dict) -> bool:
             k = _key(*notice.key)
@@ -177,7 +209,7 @@ class DocAlertStore:
             self.change(fn)
 
     def remind(self, notice: Notice, notifiers: list[str], now: float | None = None) -> None:
-        now = time.time() if now is None else now
+        now = self.clock() if now is None else now
 
         def fn(doc: dict) -> None:
             a = doc["alerts"].get(_key(*notice.key))
@@ -188,7 +220,7 @@ class DocAlertStore:
         self.change(fn)
 
     def resolve(self, notice: Notice, notifiers: list[str], now: float | None = None) -> bool:
-        now = time.time() if now is None else now
+        now = self.clock() if now is None else now
         with self.lock:
             cur = self.doc["alerts"].get(_key(*notice.key))
             if not cur or cur["status"] != "open":
@@ -206,7 +238,7 @@ class DocAlertStore:
 
     # ------------------------------------------------------------------ outbox
     def pending(self, notifier: str, now: float | None = None, limit: int = 100) -> list[OutboxItem]:
-        now = time.time() if now is None else now
+        now = self.clock() if now is None else now
         with self.lock:
             items = [i for i in self.doc["outbox"] if i["notifier"] == notifier][:limit]
         if not items or items[0]["next_at"] > now:

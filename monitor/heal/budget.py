@@ -20,11 +20,15 @@ class Budget:
     after_failed_check: str = "retry"  # retry: another restart while the budget lasts; stop: page at once
 
 
+# restarts the API server did not take: they restarted nothing, so they cost no budget and start no cooldown
+FREE = ("blocked", "refused")
+
+
 @dataclass(frozen=True)
 class Action:
     component: str
     at: float
-    outcome: str = "pending"  # pending | healed | failed | error | blocked (refused by a PDB: costs no budget)
+    outcome: str = "pending"  # pending | healed | failed | error | blocked | refused (FREE: nothing restarted)
 
 
 @dataclass(frozen=True)
@@ -36,14 +40,13 @@ class Allowance:
 
 
 def left(actions: list[Action], component: str, now: float, b: Budget) -> int:
-    mine = [a for a in actions if a.component == component and now - a.at < b.window and a.outcome != "blocked"]
+    mine = [a for a in actions if a.component == component and now - a.at < b.window and a.outcome not in FREE]
     return max(0, b.per_component - len(mine))
 
 
 def allowance(actions: list[Action], component: str, now: float, b: Budget, wait_until: float = 0.0) -> Allowance:
     """wait_until: a time before which nothing is tried again (a PodDisruptionBudget's Retry-After)."""
-    tried = [a for a in actions if now - a.at < b.window]
-    recent = [a for a in tried if a.outcome != "blocked"]  # a refused eviction restarted nothing
+    recent = [a for a in actions if now - a.at < b.window and a.outcome not in FREE]
     mine = [a for a in recent if a.component == component]
     n_left = max(0, b.per_component - len(mine))
     if n_left == 0:
@@ -55,7 +58,7 @@ def allowance(actions: list[Action], component: str, now: float, b: Budget, wait
     if b.after_failed_check == "stop" and mine and max(mine, key=lambda a: a.at).outcome == "failed":
         return Allowance(False, f"the last restart of {component} did not heal it (after_failed_check: stop)",
                          n_left, True)
-    last = max((a.at for a in tried if a.component == component), default=None)
+    last = max((a.at for a in mine), default=None)
     if last is not None and now - last < b.cooldown:
         return Allowance(False, f"cooldown: last restart of {component} tried {int(now - last)}s ago "
                                 f"(cooldown {int(b.cooldown)}s)", n_left, False)

@@ -35,11 +35,9 @@ def _ts(t: float | None) -> str:
 
 
 def rows(healer) -> dict:
-    import time
-
     from monitor.heal import budget as budgets
 
-    now = time.time()
+    now = healer.time()
     open_alerts = healer.state.alerts("open")
     actions = healer.state.actions(now - healer.cfg.budget.window - healer.cfg.budget.verify)
     diag = [{"rule": d.rule, "component": d.component, "subject": d.subject, "restartable": d.restartable,
@@ -47,7 +45,8 @@ def rows(healer) -> dict:
              "reason": d.reason} for d in healer.diagnoses]
     acts = [{"at": _ts(a.at), "component": a.component, "rule": a.rule, "action": a.what, "outcome": a.outcome,
              "detail": a.detail} for a in actions]
-    left = budgets.left([a.budget_action() for a in actions], "scheduler", now, healer.cfg.budget)
+    left = None if healer.state.broken else budgets.left([a.budget_action() for a in actions], "scheduler", now,
+                                                          healer.cfg.budget)
     alerts = [{"subject": s, "rule": r, "priority": a.priority, "since": _ts(a.opened_at), "message": a.message}
               for (s, r), a in sorted(open_alerts.items())]
     return {"release": healer.where, "mode": healer.cfg.mode, "blind": healer.stats.blind_reason,
@@ -55,14 +54,20 @@ def rows(healer) -> dict:
             "scheduler_restarts_left": left, "diagnoses": diag, "actions": acts, "alerts": alerts}
 
 
+def printable(text: str) -> str:
+    """For a terminal: no control character (an ESC sequence from a hand-edited state or the database)."""
+    return "".join(ch if ch.isprintable() else " " for ch in text)
+
+
 def _table(items: list[dict], columns: tuple[str, ...]) -> None:
     if not items:
         print("  (none)")
         return
-    widths = {c: max(len(c), *(len(str(r[c])) for r in items)) for c in columns}
+    items = [{c: printable(str(r[c])) for c in columns} for r in items]
+    widths = {c: max(len(c), *(len(r[c]) for r in items)) for c in columns}
     print("  " + "  ".join(c.upper().ljust(widths[c]) for c in columns).rstrip())
     for r in items:
-        print("  " + "  ".join(str(r[c]).ljust(widths[c]) for c in columns).rstrip())
+        print("  " + "  ".join(r[c].ljust(widths[c]) for c in columns).rstrip())
 
 
 def show(healer, as_json: bool) -> None:
@@ -70,10 +75,13 @@ def show(healer, as_json: bool) -> None:
     if as_json:
         print(json.dumps(r, indent=2, default=str))
         return
+    left = r["scheduler_restarts_left"]
     print(f"release {r['release']}, mode {r['mode']}, scheduler restarts left in the budget: "
-          f"{r['scheduler_restarts_left']}/{healer.cfg.budget.per_component}")
+          + (f"{left}/{healer.cfg.budget.per_component}" if left is not None else "unknown (the state cannot be read)"))
     if r["blind"]:
-        print(f"CANNOT SEE: {r['blind']}")
+        print(f"CANNOT SEE: {printable(r['blind'])}")
+    if healer.state.broken:
+        print(f"STATE UNUSABLE: {printable(healer.state.broken)}")
     print("diagnoses:")
     _table(r["diagnoses"], ("rule", "subject", "alert", "reason"))
     print("actions:")
@@ -87,7 +95,7 @@ EXIT = {"ok": 0, "diagnosed": 1, "mistake": 2, "blind": 3, "misconfigured": 4}
 
 def verdict(healer, check: bool) -> str:
     """What `heal check` exits with (EXIT); `heal status` exits 0 unless blind or misconfigured."""
-    if healer.stats.blind_reason:
+    if healer.stats.blind_reason or healer.state.broken:
         return "blind"
     if any(d.rule == "misconfigured" for d in healer.diagnoses):
         return "misconfigured"
@@ -97,7 +105,7 @@ def verdict(healer, check: bool) -> str:
 def run(args) -> int:
     """status and check (`heal run` is composed by monitor.serve). Exit codes: 0 nothing diagnosed
     (status: shown), 1 something diagnosed (check), 2 a mistake in the command or the config,
-    3 blind (the Kubernetes API or the database cannot be read), 4 scheduler jobs and pods that
+    3 blind (the Kubernetes API, the database or the healer's state cannot be read), 4 scheduler jobs and pods that
     cannot be paired (the healer would restart nothing: see the diagnosis)."""
     for noisy in ("urllib3", "kubernetes"):  # their retry and connection warnings are not the answer
         logging.getLogger(noisy).setLevel(logging.ERROR)

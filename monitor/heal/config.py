@@ -27,7 +27,7 @@ TOP_KEYS = {"kubernetes", "airflow", "healer", "budget", "thresholds", "probe", 
 KUBE_KEYS = {"namespace", "kubeconfig", "context", "timeout"}
 AIRFLOW_KEYS = {"release", "sql_alchemy_conn", "sql_alchemy_conn_file", "url"}
 HEALER_KEYS = {"mode", "interval", "restart", "state_file", "metrics_listen", "blind_after", "priority",
-               "exhausted_priority", "responders", "tags", "components", "runbook"}
+               "exhausted_priority", "responders", "tags", "components", "runbook", "resolve_after"}
 BUDGET_KEYS = {"per_component", "window", "global", "cooldown", "verify", "after_failed_check"}
 THRESHOLD_KEYS = {"startup_grace", "pending_grace", "storm_restarts", "storm_window", "oom_window", "ready_grace",
                   "queued_timeout_window"}
@@ -54,6 +54,7 @@ class HealConfig:
     state_file: str = ""  # 0.1.0's SQLite state, imported once into the cluster state (ConfigMap)
     metrics_listen: str = ":9104"
     blind_after: int = 3
+    resolve_after: float = 600.0  # a page closes once its diagnosis has been gone this long
     priority: str = "P2"
     exhausted_priority: str = "P1"
     responders: tuple = ()
@@ -198,6 +199,10 @@ def parse(doc, source: str = "config", notifiers: bool = True) -> HealConfig:
     thresholds = Thresholds(heartbeat=_seconds(p, "heartbeat", "30s", "probe"),
                             queued_grace=_seconds(p, "queued_grace", "5m", "probe"),
                             finished_window=_seconds(p, "finished_window", "5m", "probe"))
+    if settings.startup_grace < thresholds.heartbeat:
+        raise HealConfigError(f"thresholds.startup_grace: must be at least probe.heartbeat "
+                              f"({thresholds.heartbeat:g}s): a restarted scheduler's old job stays live that long, "
+                              "and a new pod judged before would be taken for one whose job cannot be paired")
     return HealConfig(
         namespace=_namespace(k), release=release, db_url=_db_url(a),
         kubeconfig=str(k.get("kubeconfig") or os.environ.get("KUBECONFIG") or ""),
@@ -209,6 +214,7 @@ def parse(doc, source: str = "config", notifiers: bool = True) -> HealConfig:
         state_file=str(h.get("state_file") or ""),
         metrics_listen=str(h.get("metrics_listen", ":9104")),
         blind_after=_count(h, "blind_after", 3, "healer"),
+        resolve_after=_seconds(h, "resolve_after", "10m", "healer", positive=False),
         priority=_choice({"priority": str(h.get("priority", "P2")).upper()}, "priority", PRIORITIES, "P2", "healer"),
         exhausted_priority=_choice({"exhausted_priority": str(h.get("exhausted_priority", "P1")).upper()},
                                    "exhausted_priority", PRIORITIES, "P1", "healer"),

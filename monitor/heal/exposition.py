@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sqlite3
-import time
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -12,7 +11,7 @@ from monitor.heal import budget as budgets
 from monitor.heal.rules import RULES
 
 RESTARTABLE_COMPONENTS = ("scheduler",)
-OUTCOMES = ("started", "healed", "failed", "error", "exhausted")
+OUTCOMES = ("started", "healed", "failed", "blocked", "error", "exhausted")
 
 
 class HealCollector:
@@ -34,15 +33,16 @@ class HealCollector:
         yield active
         yield one
         acts = CounterMetricFamily("airflow_monitor_heal_actions", "Healing steps by rule and outcome (started: a "
-                                   "restart made; healed/failed: its check; error: the restart was refused; "
-                                   "exhausted: paged a person)", labels=["rule", "outcome"])
+                                   "restart made; healed/failed: its check; blocked: refused until a person acts, "
+                                   "e.g. a PodDisruptionBudget; error: refused by a busy or failing API server, "
+                                   "tried again; exhausted: paged a person)", labels=["rule", "outcome"])
         for (rule, outcome), n in sorted(h.actions.items()):
             acts.add_metric([rule, outcome], n)
         yield acts
         left = GaugeMetricFamily("airflow_monitor_heal_budget_remaining", "Restarts the budget still allows per "
                                  "component within its window", labels=["component"])
         try:
-            now = time.time()
+            now = h.time()
             rows = [] if h.state.broken else h.state.actions(now - h.cfg.budget.window)
             for comp in RESTARTABLE_COMPONENTS:
                 left.add_metric([comp], budgets.left([r.budget_action() for r in rows], comp, now, h.cfg.budget))
@@ -51,7 +51,7 @@ class HealCollector:
         yield left
         s = h.stats
         yield GaugeMetricFamily("airflow_monitor_heal_leader", "1 while this replica holds the Lease (acts and pages)",
-                                value=1.0 if h.leader else 0.0)
+                                value=1.0 if h.is_leader else 0.0)
         yield GaugeMetricFamily("airflow_monitor_heal_blind", "1 while the healer cannot read Kubernetes or the "
                                 "database for blind_after cycles (no action is taken)", value=1.0 if h.blind else 0.0)
         yield GaugeMetricFamily("airflow_monitor_heal_acting", "1 in mode act, 0 in mode observe",
@@ -68,6 +68,7 @@ class HealCollector:
         yield ev
         yield GaugeMetricFamily("airflow_monitor_heal_cycle_duration_seconds", "Wall time of the latest cycle",
                                 value=s.last_duration)
-        yield GaugeMetricFamily("airflow_monitor_heal_state_broken", "1 while the healer cannot use its state file",
+        yield GaugeMetricFamily("airflow_monitor_heal_state_broken", "1 while the healer cannot use its state "
+                                "(the ConfigMap beside its Lease): it restarts nothing",
                                 value=1.0 if h.state.broken else 0.0)
         yield from delivery_families("airflow_monitor_heal", h.alerts)

@@ -14,6 +14,12 @@ Do no harm:
 
 When the healer cannot see (the API server or the database) for `blind_after` cycles it pages once,
 straight to the notifiers (its state may be out of reach too), and closes that page when it sees again.
+So does a state it cannot read (corrupted, edited by hand): it restarts nothing and pages nothing else
+until it can, since its budget and its open alerts are unknown.
+
+Time is the API server's clock (monitor.kube.client.ClusterClock): the times kept in the state are
+judged alike by every replica. A page closes once its diagnosis has been gone for `resolve_after`
+(a crash-looping container runs for a moment between back-offs; that is no recovery).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from monitor.alerting.alerts import Alerts, DirectPage
@@ -30,7 +36,7 @@ from monitor.alerting.notice import Notice
 from monitor.alerting.store import STORE_ERRORS
 from monitor.heal import budget as budgets
 from monitor.heal.config import HealConfig
-from monitor.heal.observe import DbView, read_db
+from monitor.heal.observe import DbView, HeartbeatWatch, read_db, watched
 from monitor.heal.rules import Diagnosis, Observation, diagnose, needs_events
 from monitor.kube.client import KubeError
 from monitor.kube.models import Pod, cluster_text
@@ -39,6 +45,7 @@ from monitor.probe.db import SourceError
 log = logging.getLogger(__name__)
 
 BLIND = ("_healer", "blind")
+STATE = ("_healer", "state")
 EXHAUSTED = "healing_exhausted"
 BLOCKED = "healing_blocked"
 EVENT_REASONS = {"stuck_scheduler": "StuckScheduler", "queue_blocked": "QueueBlocked", "restart_storm": "RestartStorm",
@@ -65,6 +72,8 @@ class Stats:
     events_created: int = 0
     events_failed: int = 0
     event_lists: int = 0  # cycles that had to list Events
+    internal_errors: int = 0  # cycles that failed on a bug (counted blind)
+    state_broken_cycles: int = 0
 
 
 class Healer:
@@ -80,6 +89,12 @@ class Healer:
         self.leader = False
         self._led = False  # leader when the current blind episode began
         self._blind_page = DirectPage(self.notifiers, "healer blind")  # past the state, which may be out of reach
+        self._state_page = DirectPage(self.notifiers, "healer state")
+        self.clock = getattr(kube, "clock", None)  # the API server's (ClusterClock); else this process's
+        self.watching = True  # heal run: heartbeats judged as watched (HeartbeatWatch); a one-time look: False
+        self._beats = HeartbeatWatch()
+        self._absent: dict[tuple[str, str], float] = {}  # open alert -> when its diagnosis was first gone
+        self._refusals: Counter[str] = Counter()  # component -> restarts refused in a row (transient errors)
         self._history: dict[tuple[str, str], deque] = {}
         self._unready_since: dict[str, datetime] = {}
         self._wait_until: dict[str, float] = {}  # component -> a PodDisruptionBudget's Retry-After
@@ -93,6 +108,17 @@ class Healer:
 
     def alias(self, subject: str, rule: str) -> str:
         return f"airflow-heal:{self.where}:{subject}:{rule}"
+
+    def time(self) -> float:
+        return self.clock.time() if self.clock is not None else time.time()
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.time(), UTC)
+
+    @property
+    def is_leader(self) -> bool:
+        """Now, not as of the cycle's start (a hung cycle's replica stops counting itself leader)."""
+        return self.lease.leader if self.lease is not None else True
 
     @property
     def blind(self) -> bool:
@@ -128,14 +154,24 @@ class Healer:
                 self._unready_since.setdefault(comp, now)
 
     def observe(self, now: datetime) -> tuple[Observation, str, str]:
-        """(observation, kubernetes error, database error)."""
+        """(observation, kubernetes error, database error); a failure of any other kind (a bug, a reply
+        no one foresaw) is counted and taken as not seeing: nothing is done on it."""
+        try:
+            return self._observe(now)
+        except Exception as e:  # noqa: BLE001
+            self.stats.internal_errors += 1
+            log.exception("healer: the observation failed")
+            return Observation(now=now), f"internal error: {type(e).__name__}: {cluster_text(str(e), 200)}", ""
+
+    def _observe(self, now: datetime) -> tuple[Observation, str, str]:
         db_err = ""
         try:
             pods = self.kube.pods()
         except KubeError as e:
             self.stats.kube_errors += 1
             return Observation(now=now), str(e), "not read (Kubernetes first)"
-        sched = [p for p in pods if p.component == "scheduler" and not p.deleting and p.phase == "Running"]
+        # Terminating scheduler pods are paired too (their jobs are known), and not judged
+        sched = [p for p in pods if p.component == "scheduler" and p.phase == "Running"]
         dbv: DbView | None = None
         pending = [a.at for a in self._pending_all()]
         try:
@@ -145,6 +181,8 @@ class Healer:
         except SourceError as e:
             self.stats.db_errors += 1
             db_err = f"metadata database: {e}"
+        if dbv is not None and self.watching:
+            watched(dbv, self._beats, time.monotonic(), self.cfg.thresholds)
         self._remember(pods, now)
         history = {(p.name, c.name): tuple(self._history.get((p.uid or p.name, c.name), ()))
                    for p in pods for c in p.containers}
@@ -173,7 +211,7 @@ class Healer:
         with self._lock:
             started = time.monotonic()
             try:
-                return self._cycle(now or datetime.now(UTC), apply)
+                return self._cycle(now or self.now(), apply)
             finally:
                 self.stats.cycles += 1
                 self.stats.last_duration = time.monotonic() - started
@@ -183,7 +221,9 @@ class Healer:
         if apply or not self.state.doc:
             self.state.refresh()
         obs, kube_err, db_err = self.observe(now)
-        self.diagnoses = diagnose(obs, self.cfg.settings)
+        # what is shown of a diagnosis is data from the cluster and the database: made safe once more here
+        self.diagnoses = [] if kube_err else [replace(d, reason=cluster_text(d.reason, 600))
+                                              for d in diagnose(obs, self.cfg.settings)]
         blind_why = kube_err or db_err
         if blind_why and not self.stats.consecutive_blind:
             self._led = self.leader
@@ -200,8 +240,7 @@ class Healer:
             self._page_blind(now)
         if not self.leader:
             return self.diagnoses
-        if self.state.broken:
-            log.error("healer state cannot be used, nothing is acted on or paged: %s", self.state.broken)
+        if self._state_unusable(now):
             return self.diagnoses
         try:
             self._apply(obs, now, kube_err, db_err)
@@ -212,6 +251,32 @@ class Healer:
             self.state.fail(e)
             log.error("healer state cannot be written: %s", self.state.broken)
         return self.diagnoses
+
+    def _state_unusable(self, now: datetime) -> bool:
+        """True while the state cannot be read or written: nothing is restarted (the budget is unknown) nor
+        paged through it (its open alerts are unknown); after blind_after cycles one page says so,
+        straight to the notifiers, with what is diagnosed meanwhile; closed when the state works again."""
+        if not self.state.broken:
+            self.stats.state_broken_cycles = 0
+            if self._state_page.paged:
+                self._state_page.send("close", self._state_notice(now, "resolved: the healer state works again"))
+            return False
+        self.stats.state_broken_cycles += 1
+        log.error("healer state cannot be used, nothing is restarted or paged through it: %s", self.state.broken)
+        if self.stats.state_broken_cycles >= self.cfg.blind_after and not self._state_page.paged:
+            self._state_page.send("open", self._state_notice(now))
+        return True
+
+    def _state_notice(self, now: datetime, note: str = "") -> Notice:
+        diag = [f"- {d.rule} {d.subject}: {d.reason}" for d in self.diagnoses[:10]]
+        return self._notice(*STATE, "state", f"healer state unusable: {self.state.broken}",
+                            "\n".join([f"airflow-monitor's healer for {self.where} cannot use its state "
+                                       f"({self.state.broken}). Its budget and its open alerts are unknown, so it "
+                                       "restarts nothing and pages nothing else until the state can be used. Fix "
+                                       "the ConfigMap, or delete it to start afresh (the restarts spent and the "
+                                       "open alerts are forgotten: an alert still open elsewhere is paged again).",
+                                       "Diagnosed meanwhile:" if diag else "Diagnosed meanwhile: nothing", *diag]),
+                            self.cfg.priority, now, note=note)
 
     def _apply(self, obs: Observation, now: datetime, kube_err: str, db_err: str) -> None:
         if kube_err:
@@ -241,28 +306,42 @@ class Healer:
             pageable.add(d.key)
             self._open(d.subject, d.rule, d.rule, d.reason, self._description(d), self.cfg.priority, now,
                        pods=d.pods, diagnosis=d)
-        # close what is no longer diagnosed (what cannot be seen without the database stays as it is)
+        # close what is no longer diagnosed, once it has stayed so for resolve_after (what cannot be seen
+        # without the database stays as it is)
         diagnosed = {d.component for d in self.diagnoses if d.restartable}
-        for key in self.alerts.open_alerts():
+        ts = now.timestamp()
+        still = set()
+        for key in (opened := self.alerts.open_alerts()):
             subject, rule = key
             if key == BLIND or key in pageable:
+                still.add(key)
                 continue
             if rule == EXHAUSTED:
-                if subject not in exhausted and not db_err and not self._pending(subject):
-                    self._resolve(key, f"{subject} is healthy again", now)
+                why = f"{subject} is healthy again"
+                gone = subject not in exhausted and not db_err and not self._pending(subject)
+            elif rule == BLOCKED:
+                why = f"{subject} is healthy again"
+                gone = subject not in diagnosed and not db_err
+            else:
+                why = "no longer diagnosed"
+                gone = not (db_err and rule in DB_RULES)
+            if not gone:
+                still.add(key)
                 continue
-            if rule == BLOCKED:
-                if subject not in diagnosed and not db_err:
-                    self._resolve(key, f"{subject} is healthy again", now)
-                continue
-            if db_err and rule in DB_RULES:
-                continue
-            self._resolve(key, "no longer diagnosed", now)
+            since = self._absent.setdefault(key, ts)
+            if ts - since >= self.cfg.resolve_after:
+                self._resolve(key, why if not self.cfg.resolve_after else
+                              f"{why} (for {int(ts - since)}s)", now)
+        for key in list(self._absent):
+            if key in still or key not in opened:
+                del self._absent[key]
+        for comp in set(self._refusals) - diagnosed:
+            del self._refusals[comp]
 
     # ------------------------------------------------------------------ healing
     def _pending_all(self) -> list:
         try:
-            return [a for a in self.state.actions(time.time() - self.cfg.budget.window - self.cfg.budget.verify)
+            return [a for a in self.state.actions(self.time() - self.cfg.budget.window - self.cfg.budget.verify)
                     if a.outcome == "pending"]
         except STORE_ERRORS:
             return []  # the cycle says so
@@ -294,7 +373,7 @@ class Healer:
             try:
                 workload = self.kube.workload(pod)
             except KubeError as e:
-                return self._failed_restart(d, pod, f"rollout restart of pod {pod.name}'s workload", e, now)
+                return self._refused(d, pod, f"rollout restart of pod {pod.name}'s workload", e, before, now)
             if workload.why_not:
                 self._blocked(d, pod, workload.why_not, now)
                 return True
@@ -312,34 +391,76 @@ class Healer:
             else:
                 self.kube.rollout_restart(workload)
         except KubeError as e:
-            if e.status == 429:  # a PodDisruptionBudget says no: a person decides, nothing is forced
-                budget = next((c.split("disruption budget ", 1)[1].split(" ", 1)[0] for c in e.causes
-                               if "disruption budget " in c), "")
-                if e.retry_after:
-                    self._wait_until[d.component] = ts + float(e.retry_after)
-                self.state.record(d.component, pod.name, d.rule, what, d.reason, ts, "blocked", str(e), now=ts,
-                                  uid=pod.uid, before=before)
-                self.actions[(d.rule, "blocked")] += 1
-                why = f"blocked by PodDisruptionBudget {budget}" if budget else "blocked by a PodDisruptionBudget"
-                self._blocked(d, pod, why, now, "; ".join(e.causes) or str(e))
-                return True
-            if e.status in (404, 409):  # gone, or already replaced (the uid precondition): nothing to spend
-                log.info("healer: %s: the pod was already replaced (%s)", what, e)
-                return True
-            return self._failed_restart(d, pod, what, e, now)
+            return self._refused(d, pod, what, e, before, now)
+        self._refusals.pop(d.component, None)
         self.state.record(d.component, pod.name, d.rule, what, d.reason, ts + self.cfg.budget.verify, now=ts,
                           uid=pod.uid, before=before)
         self.actions[(d.rule, "started")] += 1
         log.warning("healer: %s: %s (verify within %.0fs)", what, d.reason, self.cfg.budget.verify)
         return True
 
-    def _failed_restart(self, d: Diagnosis, pod: Pod, what: str, e: KubeError, now: datetime) -> bool:
+    def _refused(self, d: Diagnosis, pod: Pod, what: str, e: KubeError, before: tuple[str, ...],
+                 now: datetime) -> bool:
+        """A restart the API server did not take. Nothing restarted costs no budget and is never called
+        exhausted: a PodDisruptionBudget, an admission policy or RBAC (403), two PodDisruptionBudgets on
+        the pod (500) say no until a person changes something: paged, not forced; a busy or failing API
+        server (429 without a budget, 5xx, a timeout, a broken connection) is tried again next cycle,
+        and paged after three refusals in a row. Where the request may have gone through all the same
+        (a timeout, a 5xx), the pod is read: gone or replaced means it did, and it is checked as a restart."""
         ts = now.timestamp()
-        self.state.record(d.component, pod.name, d.rule, what, d.reason, ts, "error", str(e), now=ts, uid=pod.uid)
+        text = str(e)
+        pdb = next((c.split("disruption budget ", 1)[1].split(" ", 1)[0] for c in e.causes
+                    if "disruption budget " in c.lower()), None)
+        if e.status in (404, 409):  # gone, or already replaced (the uid precondition): nothing to spend
+            log.info("healer: %s: the pod was already replaced (%s)", what, e)
+            return True
+        if e.retry_after:
+            self._wait_until[d.component] = ts + float(e.retry_after)
+        permanent = ""
+        if e.status == 429 and (pdb is not None or "disruption budget" in text.lower()):
+            permanent = f"blocked by PodDisruptionBudget {pdb}" if pdb else "blocked by a PodDisruptionBudget"
+        elif e.status == 500 and "more than one poddisruptionbudget" in text.lower():
+            permanent = "more than one PodDisruptionBudget selects the pod, which the Eviction API refuses"
+        elif e.status == 403:
+            permanent = "refused by the API server (403: an admission policy or the healer's RBAC)"
+        elif e.status in (400, 422):
+            permanent = f"refused by the API server ({e.status})"
+        if permanent:
+            if (d.component, BLOCKED) not in self.alerts.open_alerts():
+                self.state.record(d.component, pod.name, d.rule, what, d.reason, ts, "blocked", text, now=ts,
+                                  uid=pod.uid, before=before)
+            self.actions[(d.rule, "blocked")] += 1
+            self._blocked(d, pod, permanent, now, "; ".join(e.causes) or text)
+            return True
+        if self._went_through(pod):
+            log.warning("healer: %s: %s, yet the pod was replaced: checked as a restart", what, e)
+            self._refusals.pop(d.component, None)
+            self.state.record(d.component, pod.name, d.rule, what, d.reason, ts + self.cfg.budget.verify, now=ts,
+                              uid=pod.uid, before=before)
+            self.actions[(d.rule, "started")] += 1
+            return True
+        self._refusals[d.component] += 1
+        n = self._refusals[d.component]
         self.actions[(d.rule, "error")] += 1
-        log.error("healer: %s failed: %s", what, e)
-        self._exhausted(d, self.state.actions(ts - self.cfg.budget.window), f"the restart failed: {e}", now)
-        return False
+        log.warning("healer: %s refused (%d in a row; tried again next cycle): %s", what, n, e)
+        if n == 1:
+            self.state.record(d.component, pod.name, d.rule, what, d.reason, ts, "refused", text, now=ts,
+                              uid=pod.uid, before=before)
+        if n >= 3:
+            self._blocked(d, pod, f"the API server refused {n} restarts in a row", now, text)
+        return True
+
+    def _went_through(self, pod: Pod) -> bool:
+        """Did a restart whose answer was an error happen all the same? The pod gone, replaced (another
+        uid) or Terminating says yes; a pod that cannot be read says nothing (no)."""
+        try:
+            cur = self.kube.pod(pod.name)
+        except KubeError:
+            return False
+        if cur is None:
+            return True
+        meta = cur.get("metadata") or {}
+        return meta.get("uid") != pod.uid or bool(meta.get("deletionTimestamp"))
 
     def _blocked(self, d: Diagnosis, pod: Pod, why: str, now: datetime, detail: str = "") -> None:
         message = f"cannot restart {d.component} pod {pod.name}, not forced: {why}"
@@ -369,8 +490,8 @@ class Healer:
             moved = f"{dbv.finished_since} task(s) ended since the restart"
         elif dbv.running:
             moved = f"{dbv.running} task(s) running"
-        elif final and dbv.queued == 0:
-            moved = "nothing queued at the end of the verify window"
+        elif final and dbv.queued == 0 and dbv.scheduled == 0:
+            moved = "nothing queued or scheduled at the end of the verify window"
         else:
             moved = ""
         stuck = any(d.rule == "stuck_scheduler" and d.component == a.component for d in self.diagnoses)
@@ -385,6 +506,9 @@ class Healer:
             return "", f"no new {a.component} pod appeared after the restart"
         if not healthy:
             return "", f"the new {a.component} pod {new[0].name} is not healthy"
+        if dbv.scheduled and not dbv.queued:
+            return "", (f"{dbv.scheduled} task(s) scheduled, none queued, running or ended since the restart "
+                        "(the new scheduler does not queue them)")
         return "", "the queue did not move within the verify window"
 
     def _verify(self, obs: Observation, now: datetime) -> None:

@@ -3,7 +3,8 @@
 
 Airflow records in `job.hostname` what `[core] hostname_callable` returns in the scheduler's pod:
 - the pod's name (the default, socket.getfqdn), or its FQDN `<pod>.<subdomain>.<namespace>.svc...`
-  for a StatefulSet's pods, cut to 63 characters when the name is longer (the kernel's limit);
+  for a StatefulSet's pods, cut to 63 characters when the name is longer, without a '-' or '.' it
+  would end on (as the kubelet cuts a pod's hostname);
 - the pod's IP (airflow.utils.net.get_host_ip_address, set so the API server can fetch logs by IP);
 - the node's name for a pod on the host's network.
 A job pairs with the one pod that any of these names; a job that would pair with two pods pairs with
@@ -38,8 +39,8 @@ def _matches(hostname: str, pod: Pod) -> bool:
     names = {pod.name.lower(), (pod.hostname or pod.name).lower()}
     if first in names:
         return True
-    if len(first) == HOSTNAME_MAX and any(n.startswith(first) for n in names):
-        return True  # a pod name over 63 characters, cut by the kernel
+    if any(len(n) > HOSTNAME_MAX and n[:HOSTNAME_MAX].rstrip("-.") == first for n in names):
+        return True  # a pod name over 63 characters, cut by the kubelet (and a '-' or '.' it ends on dropped)
     return pod.host_network and bool(pod.node) and first == pod.node.split(".", 1)[0].lower()
 
 
@@ -48,7 +49,8 @@ def _when(job: Job) -> float:
 
 
 def pair(jobs: list[Job], pods: list[Pod]) -> tuple[dict[str, Job], list[Job]]:
-    """(pod name -> the freshest job that pairs with it, the jobs that pair with no single pod)."""
+    """(pod name -> the freshest job that pairs with it, the jobs that pair with no single pod). Pods on
+    their way out (Terminating) are paired too: their jobs are known, not loose."""
     paired: dict[str, Job] = {}
     loose: list[Job] = []
     for job in jobs:

@@ -25,6 +25,8 @@ BLOCKED_WAITING = ("ImagePullBackOff", "ErrImagePull", "ErrImageNeverPull", "Inv
                    "CreatePodSandboxError")
 # the Warnings that say why a pod cannot start (kube-scheduler, kubelet, attachdetach-controller)
 BLOCKED_EVENTS = ("FailedScheduling", "FailedMount", "FailedAttachVolume", "FailedCreatePodSandBox", "Failed")
+# every Event reason a rule reads: the Event cache keeps these alone
+EVENT_REASONS = (*BLOCKED_EVENTS, "Unhealthy")
 RULES = ("misconfigured", "stuck_scheduler", "queue_blocked", "restart_storm", "oom_killed", "crash_loop",
          "no_ready_pod", "queued_timeout")
 
@@ -153,11 +155,22 @@ def _unpaired(obs: Observation, s: Settings) -> list[Pod]:
     out = []
     for pod in _live(obs, "scheduler"):
         v = obs.schedulers.get(pod.name)
-        age = _ago(obs.now, pod.created)
+        age = _ago(obs.now, pod.started)
         if v is not None and v.details.get("unpaired") and pod.phase == "Running" and (age is None
                                                                                         or age >= s.startup_grace):
             out.append(pod)
     return out
+
+
+def no_pods(obs: Observation) -> list[Diagnosis]:
+    """Not one pod of the release: the healer looks in the wrong place (namespace, release label), or
+    Airflow is gone; either way it sees nothing it could judge, and says so."""
+    if obs.pods:
+        return []
+    return [Diagnosis("misconfigured", "scheduler", "release",
+                      "no pod of the release at all (labels release=<airflow.release>, component=scheduler|"
+                      "api-server|...): check airflow.release and kubernetes.namespace, or Airflow is not running",
+                      False, (), {"pods": 0})]
 
 
 def misconfigured(obs: Observation, s: Settings) -> list[Diagnosis]:
@@ -177,20 +190,27 @@ def misconfigured(obs: Observation, s: Settings) -> list[Diagnosis]:
 
 def stuck_scheduler(obs: Observation, s: Settings, blocked: bool) -> list[Diagnosis]:
     out = []
-    guessing = bool(obs.unpaired_jobs)  # a live job we cannot place: an unpaired pod may be healthy
+    # a live job we cannot place: an unpaired pod may be healthy, and a paired one may be paired with a
+    # stale job of its name while its own is that one: no scheduler is restarted on such a guess
+    guessing = bool(obs.unpaired_jobs)
     for pod in _live(obs, "scheduler"):
         v = obs.schedulers.get(pod.name)
         if v is None or v.status != "unhealthy" or pod.phase != "Running":
             continue
         if v.details.get("unpaired") and guessing:
             continue  # misconfigured says why; never a restart
-        age = _ago(obs.now, pod.created)
+        age = _ago(obs.now, pod.started)
         if age is not None and age < s.startup_grace:
-            continue  # a new scheduler: its job and its queue are still starting
+            continue  # a new (or just restarted) scheduler: its job and its queue are still starting
         if blocked and v.check == "stuck_queue":
             continue  # the queue is blocked outside the scheduler: queue_blocked says why; no restart
-        out.append(Diagnosis("stuck_scheduler", "scheduler", pod.name, f"scheduler pod {pod.name}: {v.reason}",
-                             True, (pod.name,), {"check": v.check, **v.details}))
+        reason = f"scheduler pod {pod.name}: {v.reason}"
+        if guessing:
+            hosts = ", ".join(obs.unpaired_jobs[:3])
+            reason += (f"; not restarted: a live scheduler job pairs with no pod (hostnames {hosts}), so which job "
+                       "is this pod's is not certain")
+        out.append(Diagnosis("stuck_scheduler", "scheduler", pod.name, reason, not guessing, (pod.name,),
+                             {"check": v.check, **v.details}))
     return out
 
 
@@ -223,7 +243,7 @@ def restarts(obs: Observation, s: Settings) -> list[Diagnosis]:
                                                       else "")
             n = _restarts_within(obs, pod, c, s.storm_window)
             if n >= s.storm_restarts:
-                probe = _last_event(obs, pod, ("Unhealthy",))
+                probe = _last_event(obs, pod, ("Unhealthy",))  # in EVENT_REASONS
                 said = f"; last probe: {probe.message}" if probe else ""
                 out.append(Diagnosis("restart_storm", pod.component, pod.name,
                                      f"{where} restarted {n} times in {_dur(s.storm_window)}; last termination: "
@@ -255,7 +275,14 @@ def no_ready_pod(obs: Observation, s: Settings) -> list[Diagnosis]:
         age = _ago(obs.now, since)
         if age is None or age < s.ready_grace:
             continue
-        what = (f"{len(pods)} pod(s), none ready" if pods else "no pod at all")
+        if pods:
+            what = f"{len(pods)} pod(s), none ready"
+        else:  # what is left of it: pods on their way out, or evicted or completed ones
+            gone = [p for p in obs.pods if p.component == comp]
+            dying = [p for p in gone if p.deleting]
+            done = [p for p in gone if not p.deleting and p.finished]
+            what = (f"no live pod ({', '.join(_gone_why(p) for p in (dying + done)[:3])})" if gone
+                    else "no pod at all")
         why = ""
         for p in pods:
             waiting = next((c for c in p.containers if c.waiting_reason and c.waiting_reason != "PodInitializing"),
@@ -274,6 +301,12 @@ def no_ready_pod(obs: Observation, s: Settings) -> list[Diagnosis]:
     return out
 
 
+def _gone_why(p: Pod) -> str:
+    if p.deleting:
+        return f"{p.name} Terminating" + (f" since {p.deleted_at:%H:%M:%SZ}" if p.deleted_at else "")
+    return f"{p.name} {p.reason or p.phase}"
+
+
 # ---------------------------------------------------------------------- tasks failed by task_queued_timeout
 def queued_timeout(obs: Observation, s: Settings) -> list[Diagnosis]:
     if not obs.queued_timeouts:
@@ -288,6 +321,8 @@ def queued_timeout(obs: Observation, s: Settings) -> list[Diagnosis]:
 
 def diagnose(obs: Observation, s: Settings) -> list[Diagnosis]:
     """Every diagnosis of one observation, sorted by rule and subject."""
+    if not obs.pods:
+        return no_pods(obs)
     blocked = queue_blocked(obs, s)
     out = [*misconfigured(obs, s), *blocked, *stuck_scheduler(obs, s, bool(blocked)), *restarts(obs, s),
            *no_ready_pod(obs, s), *queued_timeout(obs, s)]

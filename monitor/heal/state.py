@@ -9,6 +9,7 @@ brings its open alerts, undelivered notices and recent actions over once, into a
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sqlite3
 import time
@@ -47,7 +48,7 @@ class HealState(DocAlertStore):
     def record(self, component: str, pod: str, rule: str, what: str, reason: str, verify_by: float,
                outcome: str = "pending", detail: str = "", now: float | None = None, uid: str = "",
                before: tuple[str, ...] = ()) -> int:
-        now = time.time() if now is None else now
+        now = self.clock() if now is None else now
 
         def fn(doc: dict) -> int:
             acts = doc.setdefault("actions", [])
@@ -60,7 +61,7 @@ class HealState(DocAlertStore):
         return self.change(fn)
 
     def settle(self, action_id: int, outcome: str, detail: str, now: float | None = None) -> None:
-        now = time.time() if now is None else now
+        now = self.clock() if now is None else now
 
         def fn(doc: dict) -> None:
             for a in doc.get("actions", []):
@@ -68,6 +69,18 @@ class HealState(DocAlertStore):
                     a.update(outcome=outcome, detail=detail, done_at=now)
 
         self.change(fn)
+
+    def check(self, doc: dict) -> None:
+        super().check(doc)
+        acts = doc.get("actions", [])
+        if not isinstance(acts, list):
+            raise ValueError("actions is not a list")
+        need = [f for f, d in ActionRow.__dataclass_fields__.items() if d.default is dataclasses.MISSING]
+        for a in acts:
+            if not isinstance(a, dict) or any(f not in a for f in need):
+                raise ValueError("an action lacks its fields")
+            if not isinstance(a["at"], int | float) or not isinstance(a["verify_by"], int | float):
+                raise ValueError("an action's times are not numbers")
 
     def actions(self, since: float = 0.0) -> list[ActionRow]:
         with self.lock:

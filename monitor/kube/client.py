@@ -9,18 +9,31 @@ never into the library's full object models.
 
 Every call ends within its timeout on every supported `kubernetes` version: a (connect, read)
 tuple (a float was ignored before 36.0), and urllib3's retries off (they made each timeout four
-times longer); reads are retried once on a connection error, writes never. Every failure is a
-KubeError of one line (status and the API's own message).
+times longer). A read timeout bounds each wait for bytes, not the whole answer, so an answer is read
+in pieces against a deadline (the socket's timeout is what is left of it): an API server, or a proxy
+in front of it, that trickles a reply ends the call at its timeout too. Reads are retried once on a
+connection error or an answer cut short, writes never. Every failure is a KubeError of one line
+(status and the API's own message).
+
+The API server's clock (the Date header of its answers) is the healer's clock for what it keeps
+in the cluster (`ClusterClock`): every replica judges the times in the shared state (a restart's
+time, a cooldown, a verify deadline) on the same clock, whatever its own node's says.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import secrets
+import statistics
+import time
+import zlib
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from sys import intern
 
 from monitor.kube.models import Container, Event, Pod, cluster_text
@@ -32,6 +45,7 @@ COMPONENTS = ("scheduler", "api-server", "triggerer", "dag-processor")
 SOURCE = "airflow-monitor"
 PAGE = 500  # items per list request
 EVENT_SELECTOR = "involvedObject.kind=Pod,type=Warning"  # every reason the rules read is a Warning
+EVENT_TEXT = 256  # characters kept of an Event's message (the recorder allows 1,024; the cache holds 50,000)
 
 
 class KubeError(Exception):
@@ -83,6 +97,36 @@ def api_error(what: str, e: Exception) -> KubeError:
     return KubeError(f"{what}: {type(e).__name__}: {cluster_text(str(e), 300)}")
 
 
+class ClusterClock:
+    """The API server's clock, from the Date header of its answers (whole seconds; the offset is the
+    median of the last samples, each taken at the middle of its request): `time()` is what the API
+    server's clock says now. Before any answer it is this process's own clock."""
+
+    SAMPLES = 15
+
+    def __init__(self):
+        self._samples: deque[float] = deque(maxlen=self.SAMPLES)
+        self.offset = 0.0
+
+    def saw(self, date: str | None, sent: float, received: float) -> None:
+        if not date:
+            return
+        try:
+            server = parsedate_to_datetime(date).timestamp() + 0.5  # the header's second, on average
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return
+        self._samples.append(server - (sent + received) / 2)
+        self.offset = statistics.median(self._samples)
+
+    def time(self) -> float:
+        return time.time() + self.offset
+
+    __call__ = time
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.time(), UTC)
+
+
 def load_api_client(kubeconfig: str = "", context: str = ""):
     """An ApiClient from a kubeconfig (file, context) or, with neither, the pod's service account,
     with urllib3's retries off (a retry per call is ours to decide)."""
@@ -104,6 +148,47 @@ def load_api_client(kubeconfig: str = "", context: str = ""):
     return client.ApiClient(cfg)
 
 
+def read_body(resp, deadline: float, timeout: float) -> bytes:
+    """An answer's body (urllib3, not preloaded), read in pieces of at most one wait for bytes each, the
+    socket's timeout set to what is left before `deadline` (monotonic) before each: TimeoutError past
+    it. The connection goes back to the pool when the body was read whole, and is closed otherwise."""
+    fp = getattr(resp, "_fp", None)  # http.client's response: read1() waits for bytes once
+    conn = getattr(resp, "_connection", None) or getattr(resp, "connection", None)
+    sock = getattr(conn, "sock", None)
+    if fp is None or not hasattr(fp, "read1"):  # not urllib3's: read it as it is
+        return resp.read()
+    chunks, whole = [], False
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("deadline")
+            if sock is not None:
+                sock.settimeout(min(left, timeout))
+            try:
+                piece = fp.read1(65536)
+            except OSError as e:  # socket.timeout included
+                if "timed out" in str(e) or isinstance(e, TimeoutError):
+                    raise TimeoutError("deadline") from None
+                raise
+            if not piece:
+                if getattr(fp, "length", None):  # the connection ended before Content-Length said it would
+                    raise http.client.IncompleteRead(b"".join(chunks), fp.length)
+                break
+            chunks.append(piece)
+        whole = True
+    finally:
+        if whole:
+            resp.release_conn()
+        else:
+            resp.close()
+    body = b"".join(chunks)
+    encoding = str(resp.headers.get("Content-Encoding") or "").lower()
+    if encoding in ("gzip", "deflate"):
+        body = zlib.decompress(body, 47 if encoding == "gzip" else 15)
+    return body
+
+
 # ---------------------------------------------------------------------- JSON -> models
 def _container(st: dict, spec: dict | None, kind: str) -> Container:
     state, last = st.get("state") or {}, st.get("lastState") or {}
@@ -116,7 +201,7 @@ def _container(st: dict, spec: dict | None, kind: str) -> Container:
         last_reason=str((term or {}).get("reason") or ""),
         last_exit_code=(term or {}).get("exitCode") if term else None,
         last_finished=parse_time((term or {}).get("finishedAt")), memory_limit=str(limits.get("memory") or ""),
-        kind=kind)
+        kind=kind, started=parse_time((state.get("running") or {}).get("startedAt")))
 
 
 def to_pod(p: dict) -> Pod:
@@ -159,7 +244,8 @@ def to_event(e: dict) -> Event:
     # interned: a pod's Events share its name and uid, and many pods share a message ("0/6 nodes are
     # available: ..." for every Pending worker), so a cache of 50,000 Events stays small
     return Event(object_name=intern(str(obj.get("name") or "")), object_uid=intern(str(obj.get("uid") or "")),
-                 reason=intern(str(e.get("reason") or "")), message=intern(cluster_text(e.get("message"))), last=when,
+                 reason=intern(str(e.get("reason") or "")), message=intern(cluster_text(e.get("message"), EVENT_TEXT)),
+                 last=when,
                  count=int(series.get("count") or e.get("count") or 1), type=intern(str(e.get("type") or "Normal")))
 
 
@@ -182,6 +268,7 @@ class Kube:
         self.namespace, self.release, self.timeout, self.identity = namespace, release, timeout, identity
         self.components = components
         self.requests = 0  # API calls made (for the bench and /metrics)
+        self.clock = ClusterClock()
 
     @property
     def _t(self) -> tuple[float, float]:
@@ -189,18 +276,48 @@ class Kube:
 
     # ------------------------------------------------------------------ reads
     def _call(self, what: str, fn, *args, retry: bool = True, **kw):
-        """One API call with our timeout; a read is tried once more on a connection error."""
+        """One API call with our timeout; a read is tried once more on a connection error. With
+        _preload_content=False the answer's body is not read yet: `json()` reads it."""
         from kubernetes.client.exceptions import ApiException
 
         for attempt in (0, 1):
             self.requests += 1
+            sent = time.time()
             try:
-                return fn(*args, _request_timeout=self._t, **kw)
+                resp = fn(*args, _request_timeout=self._t, **kw)
             except ApiException as e:
                 raise api_error(what, e) from None
             except Exception as e:  # noqa: BLE001 - urllib3 errors, timeouts, TLS
                 if not retry or attempt == 1 or "timeout" in type(e).__name__.lower():
                     raise api_error(what, e) from None
+                continue
+            headers = getattr(resp, "headers", None)
+            if headers is not None:
+                self.clock.saw(headers.get("Date"), sent, time.time())
+            return resp
+        raise AssertionError("unreachable")
+
+    def json(self, what: str, fn, *args, retry: bool = True, **kw) -> dict:
+        """One call, its answer read whole within the timeout and parsed; a read whose answer broke off
+        is tried once more."""
+        for attempt in (0, 1):
+            deadline = time.monotonic() + self.timeout
+            resp = self._call(what, fn, *args, retry=retry, _preload_content=False, **kw)
+            try:
+                body = read_body(resp, deadline, self.timeout)
+            except TimeoutError:
+                raise KubeError(f"{what}: no whole answer within {self.timeout:g}s (kubernetes.timeout)") from None
+            except Exception as e:  # noqa: BLE001 - the connection broke off mid-answer
+                if retry and attempt == 0:
+                    continue
+                raise api_error(what, e) from None
+            try:
+                doc = json.loads(body)
+            except ValueError:
+                raise KubeError(f"{what}: the API server's answer is not JSON") from None
+            if not isinstance(doc, dict):
+                raise KubeError(f"{what}: the API server's answer is not a JSON object")
+            return doc
         raise AssertionError("unreachable")
 
     def _list(self, what: str, fn, **kw) -> Iterator[dict]:
@@ -216,12 +333,7 @@ class Kube:
             token, seen, rv = None, 0, ""
             try:
                 while True:
-                    resp = self._call(what, fn, self.namespace, limit=PAGE, _continue=token, _preload_content=False,
-                                      **kw)
-                    try:
-                        page = json.loads(resp.data)
-                    except ValueError:
-                        raise KubeError(f"{what}: the API server's answer is not JSON") from None
+                    page = self.json(what, fn, self.namespace, limit=PAGE, _continue=token, **kw)
                     meta = page.get("metadata") or {}
                     rv = rv or str(meta.get("resourceVersion") or "")
                     for item in page.get("items") or []:
@@ -271,13 +383,11 @@ class Kube:
 
     def pod(self, name: str) -> dict | None:
         try:
-            resp = self._call(f"cannot read pod {name}", self.core.read_namespaced_pod, name, self.namespace,
-                              _preload_content=False)
+            return self.json(f"cannot read pod {name}", self.core.read_namespaced_pod, name, self.namespace)
         except KubeError as e:
             if e.status == 404:
                 return None
             raise
-        return json.loads(resp.data)
 
     # ------------------------------------------------------------------ restarts
     def evict(self, name: str, uid: str) -> None:

@@ -18,19 +18,20 @@ class ConfigMapDoc:
 
     def read(self) -> tuple[dict, str]:
         try:
-            resp = self.kube._call(f"cannot read ConfigMap {self.name}", self.kube.core.read_namespaced_config_map,
-                                   self.name, self.kube.namespace, _preload_content=False)
+            cm = self.kube.json(f"cannot read ConfigMap {self.name}", self.kube.core.read_namespaced_config_map,
+                                self.name, self.kube.namespace)
         except KubeError as e:
             if e.status == 404:
                 return {}, ""
             raise StoreError(str(e)) from None
-        cm = json.loads(resp.data)
         raw = (cm.get("data") or {}).get(KEY) or "{}"
         try:
             doc = json.loads(raw)
         except ValueError:
             raise StoreError(f"ConfigMap {self.name}: {KEY} is not JSON (edited by hand?); fix or delete it") from None
-        return (doc if isinstance(doc, dict) else {}), str(cm["metadata"]["resourceVersion"])
+        if not isinstance(doc, dict):
+            raise StoreError(f"ConfigMap {self.name}: {KEY} is not a JSON object (edited by hand?); fix or delete it")
+        return doc, str((cm.get("metadata") or {}).get("resourceVersion") or "")
 
     def write(self, doc: dict, version: str) -> str:
         data = json.dumps(doc, separators=(",", ":"))
@@ -43,14 +44,14 @@ class ConfigMapDoc:
         k = self.kube
         try:
             if not version:
-                resp = k._call(f"cannot create ConfigMap {self.name}", k.core.create_namespaced_config_map,
-                               k.namespace, body, retry=False, _preload_content=False)
+                resp = k.json(f"cannot create ConfigMap {self.name}", k.core.create_namespaced_config_map,
+                              k.namespace, body, retry=False)
             else:
                 meta["resourceVersion"] = version
-                resp = k._call(f"cannot write ConfigMap {self.name}", k.core.replace_namespaced_config_map, self.name,
-                               k.namespace, body, retry=False, _preload_content=False)
+                resp = k.json(f"cannot write ConfigMap {self.name}", k.core.replace_namespaced_config_map, self.name,
+                              k.namespace, body, retry=False)
         except KubeError as e:
             if e.status == 409:
                 raise WriteConflict(str(e)) from None
             raise StoreError(str(e)) from None
-        return str(json.loads(resp.data)["metadata"]["resourceVersion"])
+        return str((resp.get("metadata") or {}).get("resourceVersion") or "")

@@ -3,8 +3,10 @@ one paginated list, then a watch from its resourceVersion that applies each chan
 fell out of the server's window) means a fresh list. A cycle then reads Events from memory instead of
 listing 50,000 of them every 30 s.
 
-Only what the rules read is kept (monitor.kube.models.Event, by the Event's own name), indexed by the
-pod they are about. The cache is `fresh` while its watch has been (re)established within
+Only what the rules read is kept (monitor.kube.models.Event): the reasons they read, and of those only
+the newest Event per pod and reason (a rule reads the last one; the kubelet writes a new Event for each
+volume or secret that fails, so a pod in trouble may have many), so 50,000 Events of 10,000 pods stay
+a few megabytes. The cache is `fresh` while its watch has been (re)established within
 three watch periods; a cache that is not fresh is not used (the cycle lists instead), so a watch that hangs
 silently cannot serve stale Events for long.
 """
@@ -25,9 +27,11 @@ WATCH_SECONDS = 60  # the server ends each watch after this long; reconnecting p
 
 
 class EventWatch:
-    def __init__(self, kube: Kube, watch_seconds: int = WATCH_SECONDS):
-        self.kube, self.watch_seconds = kube, watch_seconds
+    def __init__(self, kube: Kube, watch_seconds: int = WATCH_SECONDS, reasons: tuple[str, ...] | None = None):
+        """reasons: the Event reasons kept (None: every Warning)."""
+        self.kube, self.watch_seconds, self.reasons = kube, watch_seconds, reasons
         self._events: dict[str, Event] = {}  # Event name -> Event
+        self._newest: dict[tuple[str, str], str] = {}  # (pod uid or name, reason) -> the name of its newest Event
         self._lock = threading.Lock()
         self._rv = ""
         self._alive_at = 0.0  # monotonic: the last (re)list or watch start
@@ -66,17 +70,41 @@ class EventWatch:
         return len(self._events)
 
     # ------------------------------------------------------------------ list, then watch
+    def _keep(self, events: dict[str, Event], newest: dict[tuple[str, str], str], item: dict) -> None:
+        """Add an Event (or its new version) if it is the newest of its pod and reason."""
+        if self.reasons is not None and item.get("reason") not in self.reasons:
+            return
+        name = (item.get("metadata") or {}).get("name", "")
+        ev = to_event(item)
+        key = (ev.object_uid or f"name:{ev.object_name}", ev.reason)
+        cur = newest.get(key)
+        if cur is not None and cur != name:
+            old = events.get(cur)
+            if old is not None and old.last and ev.last and old.last > ev.last:
+                return  # an older one of the pod's: the rules never read it
+            events.pop(cur, None)
+        events[name] = ev
+        newest[key] = name
+
+    def _drop(self, name: str) -> None:
+        ev = self._events.pop(name, None)
+        if ev is not None:
+            key = (ev.object_uid or f"name:{ev.object_name}", ev.reason)
+            if self._newest.get(key) == name:
+                del self._newest[key]
+
     def relist(self) -> None:
         fresh: dict[str, Event] = {}
+        newest: dict[tuple[str, str], str] = {}
         rv = ""
         for item, list_rv in self.kube.list_with_version(f"cannot list events in {self.kube.namespace}",
                                                          self.kube.core.list_namespaced_event,
                                                          field_selector=EVENT_SELECTOR):
             if item is not None:
-                fresh[(item.get("metadata") or {}).get("name", "")] = to_event(item)
+                self._keep(fresh, newest, item)
             rv = list_rv
         with self._lock:
-            self._events, self._rv = fresh, rv
+            self._events, self._newest, self._rv = fresh, newest, rv
         self._alive_at = time.monotonic()
         self.relists += 1
         self.synced.set()
@@ -124,9 +152,9 @@ class EventWatch:
             return
         with self._lock:
             if typ == "DELETED":
-                self._events.pop(meta.get("name", ""), None)
+                self._drop(meta.get("name", ""))
             elif typ in ("ADDED", "MODIFIED"):
-                self._events[meta.get("name", "")] = to_event(obj)
+                self._keep(self._events, self._newest, obj)
 
     def _run(self) -> None:
         backoff = 1.0

@@ -11,26 +11,31 @@ slip a link into a page.
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 
 TEXT_MAX = 400  # characters kept of one message from the cluster
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200b-\u200f\u202a-\u202e\u2066-\u2069]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]+")
 _MENTION = re.compile(r"@(channel|here|everyone|all|group)\b", re.IGNORECASE)
+_SCHEME = re.compile(r"\b(https?|ftp|file|javascript|data|vbscript|mailto|slack|tel)\s*:", re.IGNORECASE)
 
 
 def cluster_text(text: str | None, limit: int = TEXT_MAX) -> str:
-    """A message from the cluster made safe to log, page and write back: control characters and line
-    breaks become spaces, chat markup (<!channel>, <@U123>, <http://x|y>) loses its brackets, @here-style
-    mentions and URL schemes are defanged, and it is cut to `limit` characters."""
+    """A message from the cluster (or the database) made safe to log, page and write back: the lookalikes
+    Unicode folds to ASCII (＠here, ＜!channel＞) folded first, control characters, invisible ones and
+    line breaks become spaces, chat markup (<!channel>, <@U123>, <http://x|y>) loses its brackets,
+    markdown links their `](`, @here-style mentions and URL schemes (with or without //) are defanged,
+    and it is cut to `limit` characters."""
     if not text:
         return ""
-    s = _CONTROL.sub(" ", str(text))
-    s = s.replace("<", "‹").replace(">", "›")
+    s = unicodedata.normalize("NFKC", str(text))
+    s = _CONTROL.sub(" ", s)
+    s = s.replace("<", "‹").replace(">", "›").replace("](", "] (")
     s = _MENTION.sub(lambda m: "@\u2060" + m.group(1), s)  # a word joiner: no channel-wide ping
-    s = re.sub(r"\b([A-Za-z][A-Za-z0-9+.-]*)://", r"\1[:]//", s)  # no clickable link
+    s = _SCHEME.sub(lambda m: f"{m.group(1)}[:]", s)  # no clickable link
     s = " ".join(s.split())
-    return s if len(s) <= limit else s[: limit - 1] + "…"
+    return s if len(s) <= limit else s[: limit - 3] + "..."  # ASCII: one wide character doubles a str's size
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,7 @@ class Container:
     last_finished: datetime | None = None
     memory_limit: str = ""
     kind: str = "main"  # main | init | sidecar (an init container with restartPolicy: Always)
+    started: datetime | None = None  # state.running.startedAt: when the kubelet last (re)started it
 
     @property
     def shown(self) -> str:
@@ -74,6 +80,12 @@ class Pod:
     owner_name: str = ""
     gated: bool = False  # PodScheduled=False with reason SchedulingGated (spec.schedulingGates)
     deleted_at: datetime | None = None  # metadata.deletionTimestamp
+
+    @property
+    def started(self) -> datetime | None:
+        """When the pod last (re)started: its creation, or a main container's later (re)start by the kubelet."""
+        times = [t for t in (self.created, *(c.started for c in self.containers if c.kind == "main")) if t]
+        return max(times, default=None)
 
     @property
     def finished(self) -> bool:

@@ -2,7 +2,8 @@
 
 Order, as in Airflow: AIRFLOW__SECTION__KEY, then AIRFLOW__SECTION__KEY_CMD, then
 AIRFLOW__SECTION__KEY_SECRET (unsupported here: it needs Airflow's secrets backend), then
-$AIRFLOW_CONFIG or $AIRFLOW_HOME/airflow.cfg (also its `key_cmd`), then the default.
+$AIRFLOW_CONFIG or $AIRFLOW_HOME/airflow.cfg (also its `key_cmd`), then the default. An option Airflow
+moved (`[core] sql_alchemy_conn` to `[database]`) is still read at its old place, after the new one.
 """
 
 from __future__ import annotations
@@ -41,8 +42,12 @@ def _run_cmd(cmd: str, what: str) -> str:
     return out.stdout.strip()
 
 
-def get(section: str, key: str, default: str | None = None, env=None) -> str | None:
-    env = os.environ if env is None else env
+# options Airflow 3 still reads under their old place (airflow.configuration's deprecated_options), after
+# the new one: the environment first (new, then old), then the config file (new, then old)
+DEPRECATED = {("database", "sql_alchemy_conn"): ("core", "sql_alchemy_conn")}
+
+
+def _from_env(env, section: str, key: str) -> str | None:
     name = f"AIRFLOW__{section.upper()}__{key.upper()}"
     if env.get(name):
         return env[name]
@@ -51,12 +56,31 @@ def get(section: str, key: str, default: str | None = None, env=None) -> str | N
     if env.get(name + "_SECRET"):
         raise SettingError(f"{name}_SECRET needs Airflow's secrets backend; give the probe {name} "
                            f"or {name}_CMD (or --sql-alchemy-conn / --api-url) instead")
+    return None
+
+
+def _from_file(cp: configparser.ConfigParser | None, section: str, key: str) -> str | None:
+    if cp is None or not cp.has_section(section):
+        return None
+    if cp.has_option(section, key):
+        return cp.get(section, key)
+    if cp.has_option(section, key + "_cmd"):
+        return _run_cmd(cp.get(section, key + "_cmd"), f"[{section}] {key}_cmd")
+    return None
+
+
+def get(section: str, key: str, default: str | None = None, env=None) -> str | None:
+    env = os.environ if env is None else env
+    places = [(section, key), *([DEPRECATED[(section, key)]] if (section, key) in DEPRECATED else [])]
+    for sec, k in places:
+        v = _from_env(env, sec, k)
+        if v is not None:
+            return v
     cp = _cfg_file(env)
-    if cp is not None and cp.has_section(section):
-        if cp.has_option(section, key):
-            return cp.get(section, key)
-        if cp.has_option(section, key + "_cmd"):
-            return _run_cmd(cp.get(section, key + "_cmd"), f"[{section}] {key}_cmd")
+    for sec, k in places:
+        v = _from_file(cp, sec, k)
+        if v is not None:
+            return v
     return default
 
 

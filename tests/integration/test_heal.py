@@ -213,7 +213,7 @@ class Healer:
         doc = {
             "kubernetes": {"namespace": NS, "kubeconfig": str(kubeconfig), "timeout": "3s"},
             "airflow": {"release": RELEASE, "sql_alchemy_conn_file": str(release.tmp / "db-url")},
-            "healer": {"mode": mode, "interval": "2s", "restart": restart, "blind_after": 2,
+            "healer": {"mode": mode, "interval": "2s", "restart": restart, "blind_after": 2, "resolve_after": "3s",
                        "components": ["scheduler", "api-server", "dag-processor"],
                        "runbook": "https://runbooks.example/airflow-heal"},
             "budget": {"per_component": 2, "window": "1h", "global": 5, "cooldown": "0s", "verify": "40s"},
@@ -461,7 +461,7 @@ def test_jobs_that_cannot_be_paired_with_pods_are_paged_as_misconfigured_and_nev
          "the rolled scheduler's job records the unpairable hostname")
     release.scheduler()
     before = len(release.restarts())
-    h = healers(release, og, "pairing", mode="act", thresholds={"startup_grace": "0s"})
+    h = healers(release, og, "pairing", mode="act", thresholds={"startup_grace": "10s"})
     page = og.wait(lambda s: next((p for p in s.pages if p["alias"] == alias("scheduler", "misconfigured")), None),
                    120)
     assert "cannot pair scheduler jobs (hostnames airflow-scheduler-host.internal)" in page["message"]

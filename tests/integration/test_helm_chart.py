@@ -469,6 +469,27 @@ def test_the_sla_watcher_can_run_in_the_healers_replicas(tmp_path):
     assert "sla.runWith: healer needs heal.enabled" in template(tmp_path, values, ok=False).stderr
 
 
+def test_the_admission_policy_renders_where_asked_and_two_replicas_need_the_lease(tmp_path):
+    """`helm template` without --api-versions (as GitOps tools run it) cannot tell whether the cluster
+    serves ValidatingAdmissionPolicy: `admissionPolicy.enabled: true` renders it all the same, `auto`
+    (the default) only where served. Two healer replicas without the Lease would both act: refused."""
+    values = full_values(heal={"enabled": True, "namespace": "airflow", "config": {"airflow": {"release": "af"}}},
+                         secrets={"sqlAlchemyConn": {"name": "airflow-metadata", "key": "connection"}})
+    kinds = {d["kind"] for d in yaml.safe_load_all(template(tmp_path, values).stdout) if d}
+    assert "ValidatingAdmissionPolicy" not in kinds
+    forced = {**values, "heal": {**values["heal"], "admissionPolicy": {"enabled": True}}}
+    kinds = {d["kind"] for d in yaml.safe_load_all(template(tmp_path, forced).stdout) if d}
+    assert {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"} <= kinds
+    off = {**values, "heal": {**values["heal"], "admissionPolicy": {"enabled": False}}}
+    kinds = {d["kind"] for d in yaml.safe_load_all(template(tmp_path, off, api_versions=(
+        "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy",)).stdout) if d}
+    assert "ValidatingAdmissionPolicy" not in kinds
+    two = {**values, "heal": {**values["heal"], "replicas": 2,
+                              "config": {**values["heal"]["config"], "lease": {"enabled": False}}}}
+    out = template(tmp_path, two, ok=False)
+    assert out.returncode != 0 and "heal.replicas above 1 needs heal.config.lease.enabled" in out.stderr
+
+
 def test_the_admission_policy_lets_the_healer_restart_only_the_release_schedulers(tmp_path):
     """Where the API server serves ValidatingAdmissionPolicy (1.30+), the chart ships one: the healer's
     ServiceAccount may evict or delete the scheduler pods of Airflow's release and no other pod. Its CEL

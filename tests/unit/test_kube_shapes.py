@@ -124,8 +124,10 @@ def test_a_pod_no_live_job_pairs_with_is_misconfigured_and_never_restarted():
     ("<!channel> the node is gone", "‹!channel› the node is gone"),
     ("see <https://evil.example|here>", "see ‹https[:]//evil.example|here›"),
     ("@here and @channel", "@\u2060here and @\u2060channel"),
-    ("x" * 1000, "x" * 399 + "…"),
+    ("x" * 1000, "x" * 397 + "..."),
     ("a\x1b[31mred\x00", "a [31mred"),
+    ("[click](javascript:alert(1))", "[click] (javascript[:]alert(1))"),
+    ("\uff20here \uff1c!channel\uff1e", "@\u2060here ‹!channel›"),  # fullwidth lookalikes fold first
 ])
 def test_cluster_text_is_data(text, want):
     assert cluster_text(text) == want

@@ -36,3 +36,19 @@ def test_hostname_callable(tmp_path):
     env["AIRFLOW__CORE__HOSTNAME_CALLABLE"] = "my.module.fn"
     with pytest.raises(settings.SettingError, match="pass --hostname"):
         settings.hostname(env)
+
+
+def test_the_database_url_is_also_read_where_airflow_2_kept_it(tmp_path):
+    """Airflow 3 still reads [core] sql_alchemy_conn (deprecated since 2.3), after [database]: the
+    environment first, new then old, then the config file, new then old."""
+    cfg = tmp_path / "airflow.cfg"
+    cfg.write_text("[core]\nsql_alchemy_conn = sqlite:///old-file\n")
+    env = {"AIRFLOW_CONFIG": str(cfg)}
+    assert settings.sql_alchemy_conn(env) == "sqlite:///old-file"
+    assert settings.sql_alchemy_conn({**env, "AIRFLOW__CORE__SQL_ALCHEMY_CONN": "sqlite:///old-env"}) == \
+        "sqlite:///old-env"
+    cfg.write_text("[core]\nsql_alchemy_conn = sqlite:///old-file\n[database]\nsql_alchemy_conn = sqlite:///new\n")
+    assert settings.sql_alchemy_conn({**env, "AIRFLOW__CORE__SQL_ALCHEMY_CONN": "sqlite:///old-env"}) == \
+        "sqlite:///old-env"  # an environment variable wins over the file, as in Airflow
+    assert settings.sql_alchemy_conn({**env, "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "sqlite:///new-env",
+                                      "AIRFLOW__CORE__SQL_ALCHEMY_CONN": "sqlite:///old-env"}) == "sqlite:///new-env"
