@@ -36,7 +36,7 @@ class BridgeConfig:
     max_series: int = 1_000_000  # all families together
     max_label_bytes: int = 256 << 20  # label text of all series together (`name="value",` each)
     max_series_label_bytes: int = 4096  # label text of one series
-    cache_bytes: int = 256 << 20  # the mapper cache's memory budget (~260 bytes a distinct line key)
+    cache_bytes: int = 256 << 20  # the mapper cache's memory budget (~190 bytes a distinct line key)
     buckets: list[float] = field(default_factory=list)  # empty: the built-in Airflow buckets
     classic_histograms: str = "on"  # on | off: the classic buckets beside a native histogram
     native_histograms: str = "on"  # on | off: timers are native histograms too (protobuf exposition)

@@ -46,10 +46,11 @@ def label_text(labels: tuple[tuple[str, str], ...]) -> str:
 
 class _Formatted(dict):
     """float -> its text, remembered: bucket counts repeat across series and scrapes, and a dict
-    lookup is several times cheaper than repr() of a float."""
+    lookup is several times cheaper than repr() of a float. Bounded at 50,000 (~6 MiB): the values
+    that repeat (bucket counts, counts) are few; sums and timestamps rarely repeat and only fill it."""
 
     def __missing__(self, v: float) -> str:
-        if len(self) > 200_000:
+        if len(self) > 50_000:
             self.clear()
         s = self[v] = repr(v)
         return s
@@ -140,8 +141,12 @@ class FamilyView:
 
 
 class StoreView:
-    def __init__(self, vals: memoryview):
+    def __init__(self, vals: memoryview, release=None):
         self.vals = vals
+        # release(first slot, end slot): the renderer is done reading those slots for now. The web
+        # process drops its own mapping of their pages (the ingest process keeps them), so that the
+        # shared array is resident in one process and not counted twice; None: nothing to do
+        self.release = release
         self.families: dict[str, FamilyView] = {}
         self.formatted = _Formatted()
         self.pairs = _PairText()

@@ -69,7 +69,7 @@ MAX_SET_MEMBERS = 10_000  # distinct values a statsd set counts; more are droppe
 # NOTE_BYTES each, one a NOTE_EVERY seconds, so that a flood costs a dict lookup a line and no memory
 NOTE_KEEP, NOTE_BYTES, NOTE_EVERY = 20, 300, 1.0
 WHOLE_MAX = 50_000  # whole lines remembered (~12 MiB); when full it starts afresh
-ENTRY_BYTES = 160  # what a cache entry costs beside its key's bytes (dict slot, tuple, float), measured
+ENTRY_BYTES = 190  # what a cache entry costs (its key's hash, dict slot, tuple, float), measured
 LEGACY_BYTES = 80  # what a legacy twin's key costs in `legacy` (an int and a dict slot)
 INF = float("inf")
 # Increments the whole-line cache repeats without a check: a series would need 2^971 of them to
@@ -147,11 +147,14 @@ class Ingest:
         self.watched: Counter = Counter()
         self.relearn: dict[str, tuple[float, int]] = {}  # metric -> (since, tagged samples then): to plain
         self.gain: dict[str, tuple] = {}  # metric -> (since, tagless then, held samples, family): to tagged
-        # raw line minus its value -> entry; a line's key is `name[tags]` + `|type...`
-        self.cache: dict[bytes, tuple] = {}
-        # hash of the key of a legacy twin dropped in "tagged" mode -> its catalog metric's name. A hash
-        # and not the key: two keys alike in their 64-bit hash are not to be met (a line whose hash were
-        # a legacy twin's would be dropped as one)
+        # the 64-bit hash of a line's key (the raw line minus its value: `name[tags]` + `|type...`) -> entry.
+        # A hash and not the key: the key's bytes were two thirds of the cache's memory (10,000 DAGs x 10
+        # tasks make 670k keys). Two keys alike in their hash are not to be met: the hash is Python's
+        # SipHash of the bytes under the process' random seed, so a sender cannot aim for a collision, and
+        # 1.24M keys collide with a chance of 1 in 10 million
+        self.cache: dict[int, tuple] = {}
+        # hash of the key of a legacy twin dropped in "tagged" mode -> its catalog metric's name (the same
+        # hash: a line whose hash were a legacy twin's would be dropped as one)
         self.legacy: dict[int, str] = {}
         self._shared: dict = {}  # one copy of the numbers and tuples many entries hold
         # whole counter and gauge lines -> (base, increment or value, is increment, type): Airflow
@@ -216,10 +219,11 @@ class Ingest:
                     self.note("parse_errors", "malformed_line", line, now)
                 continue
             key = line[:i] + line[j:]
-            e = cache.get(key)
+            h = hash(key)
+            e = cache.get(h)
             vals = line[i + 1 : j]
             if e is None:
-                m = legacy.get(hash(key))
+                m = legacy.get(h)
                 if m is not None:  # a legacy twin in "tagged" mode
                     st.dropped["legacy_twin"] += 1
                     legacy_seen[m] = now
@@ -676,10 +680,10 @@ class Ingest:
 
     def _cache(self, ckey: bytes, entry: tuple) -> tuple:
         """Cache an entry within the byte budget; when full, the oldest tenth goes."""
-        self.cache_used += len(ckey) + ENTRY_BYTES
+        self.cache_used += ENTRY_BYTES
         if self.cache_used > self.cache_bytes:
             self._evict()
-        self.cache[ckey] = entry
+        self.cache[hash(ckey)] = entry
         return entry
 
     def _cache_legacy(self, ckey: bytes, mname: str, _memo: dict = {}) -> tuple:  # noqa: B006 - a memo
@@ -695,7 +699,7 @@ class Ingest:
         cache = self.cache
         for k in list(islice(cache, max(1, len(cache) // 10))):
             del cache[k]
-            self.cache_used -= len(k) + ENTRY_BYTES
+            self.cache_used -= ENTRY_BYTES
         legacy = self.legacy
         for h in list(islice(legacy, len(legacy) // 10)):
             del legacy[h]
@@ -784,7 +788,7 @@ class Ingest:
             dead = [k for k, e in self.cache.items() if _base(e) in freed]
             for k in dead:
                 del self.cache[k]
-                self.cache_used -= len(k) + ENTRY_BYTES
+                self.cache_used -= ENTRY_BYTES
             self.whole.clear()
         return freed
 

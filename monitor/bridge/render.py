@@ -35,7 +35,7 @@ except ImportError:  # pragma: no cover - the dependency is declared; this keeps
     _deflate = zlib
 
 from monitor.bridge import protobuf
-from monitor.bridge.exposition import FamilyView, StoreView
+from monitor.bridge.exposition import GROUP_BITS, FamilyView, StoreView
 
 TEXT, PROTO = "text", "proto"
 MARGIN = 10.0  # seconds: a series updated within this of a rendering makes its group be rendered again
@@ -117,6 +117,7 @@ class Renderer:
     def _groups(self, fam: FamilyView, start: float) -> Iterator[Piece | Future]:
         V = self.view.vals
         get = V.__getitem__
+        release = self.view.release
         cache = fam.cache.setdefault(self.fmt, {})
         for arena, chunk in list(fam.chunks.items()):
             if not chunk:
@@ -128,6 +129,8 @@ class Renderer:
                 continue
             if kept is not None and kept.version == version and max(map(get, bases)) < kept.at - self.margin:
                 self.reused += 1
+                if release is not None:
+                    release(arena << GROUP_BITS, (arena + 1) << GROUP_BITS)
                 yield kept.piece
                 continue
             items = list(chunk.items())
@@ -135,6 +138,8 @@ class Renderer:
                 raw = self.view.render_text(fam, items).encode()
             else:
                 raw = self.view.render_proto(fam, items)
+            if release is not None:
+                release(arena << GROUP_BITS, (arena + 1) << GROUP_BITS)
             self.rendered += 1
             yield self.compressor.submit(_keep, cache, arena, version, start, raw)
 

@@ -89,9 +89,26 @@ class Control:
                 return None
 
 
+def releaser(m: mmap.mmap):
+    """release(first slot, end slot) for StoreView: drop this process' mapping of the pages wholly inside
+    those slots (MADV_DONTNEED on a shared mapping: the pages stay in the memfd, the next read maps them
+    again, a minor fault). The ingest process, which writes them, keeps them resident; without this the
+    web process, reading every series at each scrape, holds the whole array resident too and its RSS
+    counts it a second time (110 MiB at 10,000 DAGs x 10 tasks)."""
+    page = mmap.PAGESIZE
+
+    def release(first: int, end: int) -> None:
+        a = -(-first * 8 // page) * page
+        b = min(end * 8, len(m)) // page * page
+        if b > a:
+            m.madvise(mmap.MADV_DONTNEED, a, b - a)
+
+    return release
+
+
 class Web:
-    def __init__(self, vals: memoryview, journal_fd: int, control: Control):
-        self.view = StoreView(vals)
+    def __init__(self, vals: memoryview, journal_fd: int, control: Control, release=None):
+        self.view = StoreView(vals, release)
         self.journal_fd = journal_fd
         self.control = control
         self.synced = threading.Event()  # the bridge's whole snapshot is applied (a partial one is no answer)
@@ -267,8 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s web: %(message)s")
-    vals = memoryview(mmap.mmap(args.slots_fd, args.slots_bytes, prot=mmap.PROT_READ)).cast("d")
-    web = Web(vals, args.journal_fd, Control(socket.socket(fileno=args.control_fd)))
+    shared = mmap.mmap(args.slots_fd, args.slots_bytes, prot=mmap.PROT_READ)
+    vals = memoryview(shared).cast("d")
+    web = Web(vals, args.journal_fd, Control(socket.socket(fileno=args.control_fd)), releaser(shared))
     threading.Thread(target=web.follow_journal, name="journal", daemon=True).start()
     if args.web_config_file:
         web.web = webconfig.Watched(args.web_config_file)

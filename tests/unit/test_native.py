@@ -170,6 +170,38 @@ def test_a_scrape_renders_again_only_the_arenas_that_changed(harness):
     assert len(fam.chunks) > 1, "a family that large has arenas of its own"
 
 
+def test_the_web_side_drops_its_pages_after_reading_them_and_reads_right_again(harness):
+    """The web process maps the shared array read-only and releases each group's pages once rendered
+    (so the array is resident once, in ingest); what it renders next must still be the ingest's values."""
+    import mmap
+
+    from monitor.bridge.exposition import StoreView
+    from monitor.bridge.web import releaser
+
+    h = harness()
+    load(h, dags=100, tasks=10)
+    shared = mmap.mmap(h.store.slots.fd, h.store.slots.capacity * 8, prot=mmap.PROT_READ)
+    released = []
+    release = releaser(shared)
+    web = StoreView(memoryview(shared).cast("d"), lambda a, b: (released.append((a, b)), release(a, b)))
+    records = h.store.snapshot_journal()
+    h.view.apply(h.store.take_journal())
+    web.apply(records)
+    now = [1100.0]
+    for fmt in (TEXT, PROTO):
+        r = Renderer(web, fmt, clock=lambda: now[0])
+        plain = Renderer(h.view, fmt, clock=lambda: now[0])
+        for round_ in range(3):
+            assert b"".join(p.text() for p in r.pieces()) == b"".join(p.text() for p in plain.pieces())
+            h.now = now[0]
+            h.send(f"airflow.task.duration:{round_ + 2}|ms|#dag_id:dag_7,task_id:t1",
+                   f"airflow.ti.finish:1|c|#dag_id:dag_{round_},task_id:t2,state:success")
+            h.view.apply(recs := h.store.take_journal())
+            web.apply(recs)
+            now[0] += 60
+    assert released and all(b - a == 1 << GROUP_BITS for a, b in released)
+
+
 def test_a_gzip_scrape_is_one_gzip_member_of_the_kept_blocks(h):
     load(h, dags=50)
     r = Renderer(h.view, TEXT, clock=lambda: h.now)
