@@ -48,6 +48,17 @@ EVENT_SELECTOR = "involvedObject.kind=Pod,type=Warning"  # every reason the rule
 EVENT_TEXT = 256  # characters kept of an Event's message (the recorder allows 1,024; the cache holds 50,000)
 
 
+
+def json_object(text) -> dict:
+    """JSON text that must be an object; ValueError says what it is instead ("not JSON", ...)."""
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        raise ValueError("not JSON") from None
+    if not isinstance(doc, dict):
+        raise ValueError("not a JSON object")
+    return doc
+
 class KubeError(Exception):
     def __init__(self, message: str, status: int | None = None, reason: str = "", causes: tuple = (),
                  retry_after: float | None = None):
@@ -312,12 +323,9 @@ class Kube:
                     continue
                 raise api_error(what, e) from None
             try:
-                doc = json.loads(body)
-            except ValueError:
-                raise KubeError(f"{what}: the API server's answer is not JSON") from None
-            if not isinstance(doc, dict):
-                raise KubeError(f"{what}: the API server's answer is not a JSON object")
-            return doc
+                return json_object(body)
+            except ValueError as e:
+                raise KubeError(f"{what}: the API server's answer is {e}") from None
         raise AssertionError("unreachable")
 
     def _list(self, what: str, fn, **kw) -> Iterator[dict]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from monitor.errors import StoreError, WriteConflict
-from monitor.kube.client import Kube, KubeError
+from monitor.kube.client import Kube, KubeError, json_object
 
 KEY = "state.json"
 LIMIT = 900 << 10  # a ConfigMap holds at most 1 MiB
@@ -26,11 +26,9 @@ class ConfigMapDoc:
             raise StoreError(str(e)) from None
         raw = (cm.get("data") or {}).get(KEY) or "{}"
         try:
-            doc = json.loads(raw)
-        except ValueError:
-            raise StoreError(f"ConfigMap {self.name}: {KEY} is not JSON (edited by hand?); fix or delete it") from None
-        if not isinstance(doc, dict):
-            raise StoreError(f"ConfigMap {self.name}: {KEY} is not a JSON object (edited by hand?); fix or delete it")
+            doc = json_object(raw)
+        except ValueError as e:
+            raise StoreError(f"ConfigMap {self.name}: {KEY} is {e} (edited by hand?); fix or delete it") from None
         return doc, str((cm.get("metadata") or {}).get("resourceVersion") or "")
 
     def write(self, doc: dict, version: str) -> str:
