@@ -23,6 +23,7 @@ import socket
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import atheris
@@ -77,6 +78,9 @@ class Harness:
         self.server = http.serve("127.0.0.1:0", service, str(tmp / "web.yml"), probe_paths=service.probe_paths,
                                  max_body=1 << 16, workers=4)
         self.tried = self.findings = 0
+        # answers by status: that the inputs reach the server's handlers, not only its socket (a server
+        # that closed at the client's half-close answered nothing, and a fuzzer sending that way tested nothing)
+        self.statuses: Counter[str] = Counter()
 
     def one(self, data: bytes) -> None:
         self.tried += 1
@@ -95,6 +99,10 @@ class Harness:
             s.close()
         if answer and not answer.startswith(b"HTTP/1.1 "):
             self.finding(f"not an HTTP answer: {answer[:80]!r} for {data[:80]!r}")
+        self.statuses[answer[9:12].decode("latin-1") if answer else "none"] += 1
+        if b"\r\n\r\n" in data[:1024] and not answer and not data[:data.find(b"\r\n\r\n")].lower().count(
+                b"content-length"):  # a whole head with no body to wait for: some answer is owed
+            self.finding(f"a whole request head, no answer: {data[:80]!r}")
         if self.errors:
             self.finding(f"the server logged: {self.errors[:3]} for {data[:80]!r}")
             self.errors.clear()
@@ -122,8 +130,9 @@ def main() -> None:
     start = time.monotonic()
 
     def report() -> None:
-        print(f"{h.tried} inputs in {time.monotonic() - start:.0f}s, {h.findings} findings, "
-              f"refusals counted by the server: {dict(h.server.stats.refused)}", flush=True)
+        print(f"{h.tried} inputs in {time.monotonic() - start:.0f}s, {h.findings} findings, answers by status: "
+              f"{dict(h.statuses.most_common())}, refusals counted by the server: {dict(h.server.stats.refused)}",
+              flush=True)
 
     threading.Thread(target=lambda: (time.sleep(args.seconds), report()), daemon=True).start()
     atheris.Setup([sys.argv[0], *rest, f"-max_total_time={int(args.seconds)}", "-max_len=20000",

@@ -114,7 +114,7 @@ def text(status: int, body: str, **kw) -> Response:
 
 
 class _Conn:
-    __slots__ = ("sock", "client", "buf", "deadline", "phase", "since", "need", "head", "events", "held")
+    __slots__ = ("sock", "client", "buf", "deadline", "phase", "since", "need", "head", "events", "held", "eof")
 
     def __init__(self, sock, client: str, deadline: float):
         self.sock, self.client, self.deadline = sock, client, deadline
@@ -125,6 +125,7 @@ class _Conn:
         self.held = 0  # body bytes counted against the server's max_body_total until served
         self.head: tuple | None = None
         self.events = selectors.EVENT_READ
+        self.eof = False  # the client has shut its side (a half-close): answer what it sent, then close
 
 
 class Stats:
@@ -387,7 +388,13 @@ class HttpServer:
                 self._close(c)
                 return
             if not data:
-                self._close(c)
+                if c.buf and c.phase in ("head", "body"):  # a request, then the client's half-close
+                    c.eof = True  # (`printf 'GET ...' | nc -N`): it is answered, then the connection closed
+                    self._progress(c)
+                    if c.phase != "busy" and c.sock.fileno() >= 0:  # an incomplete request: nothing to answer
+                        self._close(c)
+                else:
+                    self._close(c)
                 return
             if c.phase == "idle":
                 c.phase, c.deadline, c.since = "head", time.monotonic() + HEAD_TIMEOUT, time.monotonic()
@@ -498,7 +505,7 @@ class HttpServer:
                         del self._busy[c.client]
             if nxt is not None:
                 self._main.put(nxt)
-            if not keep or self._stop.is_set():
+            if not keep or self._stop.is_set() or (c.eof and not c.buf):
                 self._close(c)
                 continue
             try:
