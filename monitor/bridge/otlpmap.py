@@ -128,8 +128,7 @@ class OtlpIngest:
         self.stream_ttl = stream_ttl
         self.mapper = ingest.mapper
         self.cache: dict[tuple, tuple] = {}  # (name, kind, unit, pod, attributes) -> entry
-        self.streams: dict[int, list] = {}  # stream_key(resource id, name, attributes, start) -> [seen, last...]
-        self.resources: dict[tuple, int] = {}  # resource attributes -> id
+        self.streams: dict[int, list] = {}  # stream_key(resource's hash, name, attributes, start) -> [seen, last...]
         self.pairs: dict[tuple, tuple] = {}  # one copy of each attribute (key, value) the cache keeps
         self.shared: dict[tuple, tuple] = {}  # one copy of each entry part many entries hold (buckets...)
         self.modern_seen: dict[str, float] = {}  # catalog metric -> when its tagged form last came
@@ -149,11 +148,10 @@ class OtlpIngest:
         refused: Counter[str] = Counter()
         for resource, pod, name, kind, unit, points in frame:
             t = time.monotonic() if now is None else now
-            rid = self.resources.get(resource)
-            if rid is None:
-                if len(self.resources) > 100_000:
-                    self.resources.clear()
-                rid = self.resources[resource] = len(self.resources)
+            # a stream's resource is its attributes' hash: no map of resources to fill, clear and number
+            # again (ids given again made a live scheduler's streams look new, and a new cumulative
+            # stream's first point counts whole: its total was added a second time)
+            rid = hash(resource)
             try:
                 self._group(rid, pod, name, kind, unit, points, names, t, refused)
             except Exception as err:  # a defect costs its group, never the process

@@ -102,7 +102,7 @@ class Otlp:
         return self.receiver(Request(method, path, "", "HTTP/1.1", headers, body, "127.0.0.1"))
 
     def send(self, *metrics, **kw):
-        r = self.post(request(*metrics, **kw))
+        r = self.post(metrics[0] if isinstance(metrics[0], ExportMetricsServiceRequest) else request(*metrics, **kw))
         assert r.status == 200, r.body
         return r
 
@@ -141,6 +141,21 @@ def test_two_processes_with_the_same_resource_are_two_streams(o, h):
     for a, b in ((5, 3), (6, 4)):
         o.send(sum_metric("airflow.ti.finish", [number(a, FIN, start=100), number(b, FIN, start=101)]))
     assert h.value("airflow_ti_finish_total", **FIN_LABELS) == 10
+
+
+def test_a_live_streams_total_is_not_counted_again_after_many_other_resources(o, h):
+    """Each forked task process is a resource of its own (its service.instance.id). A stream is known by
+    its resource's attributes, not by an id from a map of resources: a clear of that map at 100,000 gave
+    a scheduler's streams new ids, and each one's whole total was added again."""
+    sched = {"service.name": "airflow", "service.instance.id": "sched-A"}
+    o.send(sum_metric("airflow.ti.finish", [number(100, FIN)]), resource=sched)
+    fill = sum_metric("airflow.ti.finish", [number(1, {**FIN, "dag_id": "other"})])
+    for base in range(0, 100_500, 10_000):
+        o.send(ExportMetricsServiceRequest(resource_metrics=[pb.ResourceMetrics(
+            resource={"attributes": kv({"service.name": "airflow", "service.instance.id": f"task-{i}"})},
+            scope_metrics=[pb.ScopeMetrics(metrics=[fill])]) for i in range(base, min(base + 10_000, 100_500))]))
+    o.send(sum_metric("airflow.ti.finish", [number(110, FIN)]), resource=sched)
+    assert h.value("airflow_ti_finish_total", **FIN_LABELS, pod="sched-A") == 110
 
 
 def test_a_repeated_cumulative_export_counts_nothing_twice(o, h):
