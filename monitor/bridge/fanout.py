@@ -58,6 +58,7 @@ class Fanout:
         self.cond = threading.Condition()
         self.waiting: list[Scrape] = []
         self.renders = 0
+        self.warned_at = float("-inf")
         threading.Thread(target=self._run, name="render", daemon=True).start()
 
     def scrape(self, gz: bool) -> Scrape:
@@ -76,7 +77,10 @@ class Fanout:
             try:
                 self._render(scrapes)
             except Exception as e:
-                log.warning("rendering /metrics failed: %s", e)
+                now = time.monotonic()
+                if now - self.warned_at >= 60:  # one line a minute: a scrape loop must not flood the log
+                    log.warning("rendering /metrics failed: %s (said at most once a minute)", e)
+                    self.warned_at = now
                 for s in scrapes:
                     s.end(Failed(str(e) or type(e).__name__))
 
@@ -93,9 +97,12 @@ class Fanout:
                 for s in group:
                     s.put(data)
 
-        if gz is not None:
-            put(zipped, gz.head())
+        head = gz is not None  # the gzip header goes with the first piece: a rendering that fails before
+        # any piece (the series still being loaded) is then a 503 for a gzip scraper too, not a 200 cut short
         for piece in self.pieces():
+            if head:
+                put(zipped, gz.head())
+                head = False
             if plain and not all(s.dead for s in plain):
                 # the piece itself: its text is made (inflated) as the scraper's writer takes it, so that a
                 # slow plain scraper holds compressed pieces, not the text (576 MiB at 10,000 DAGs x 10 tasks)
@@ -107,6 +114,8 @@ class Fanout:
             if all(s.dead for s in scrapes):
                 break
         if gz is not None:
+            if head:
+                put(zipped, gz.head())
             put(zipped, gz.tail())
         for s in scrapes:
             s.end(None)

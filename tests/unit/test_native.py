@@ -261,3 +261,19 @@ def test_series_that_go_and_families_that_go_while_rendered_in_both_formats(harn
     for r in renderers:
         body = b"".join(p.text() for p in r.pieces())
         assert b"dag_1" not in body and (b"kept" in body)
+
+
+def test_a_rendering_that_fails_before_any_piece_fails_a_gzip_scrape_first_too():
+    """The web process answers 503 when the first thing a scrape gets is a failure (its series still being
+    loaded); a gzip scrape got the gzip header first, and so a 200 cut short after 10 bytes."""
+    from monitor.bridge.fanout import Failed, Fanout
+
+    def pieces():
+        raise RuntimeError("the bridge's series are still being loaded")
+        yield  # a generator, as the renderer's
+
+    f = Fanout(pieces, lambda *a: None)
+    for gz in (False, True):
+        s = f.scrape(gz)
+        first = s.q.get(timeout=30)
+        assert isinstance(first, Failed) and "still being loaded" in first.why
