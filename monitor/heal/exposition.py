@@ -40,11 +40,12 @@ class HealCollector:
             acts.add_metric([rule, outcome], n)
         yield acts
         left = GaugeMetricFamily("airflow_monitor_heal_budget_remaining", "Restarts the budget still allows per "
-                                 "component within its window", labels=["component"])
+                                 "component within its window (absent while the healer's state cannot be read: "
+                                 "unknown)", labels=["component"])
         try:
             now = h.time()
             rows = [] if h.state.broken else h.state.actions(now - h.cfg.budget.window)
-            for comp in RESTARTABLE_COMPONENTS:
+            for comp in RESTARTABLE_COMPONENTS if not h.state.broken else ():
                 left.add_metric([comp], budgets.left([r.budget_action() for r in rows], comp, now, h.cfg.budget))
         except sqlite3.Error:
             pass
@@ -52,8 +53,9 @@ class HealCollector:
         s = h.stats
         yield GaugeMetricFamily("airflow_monitor_heal_leader", "1 while this replica holds the Lease (acts and pages)",
                                 value=1.0 if h.is_leader else 0.0)
-        yield GaugeMetricFamily("airflow_monitor_heal_blind", "1 while the healer cannot read Kubernetes or the "
-                                "database for blind_after cycles (no action is taken)", value=1.0 if h.blind else 0.0)
+        yield GaugeMetricFamily("airflow_monitor_heal_blind", "1 while the healer cannot read Kubernetes, the "
+                                "database or its own state for blind_after cycles (no action is taken)",
+                                value=1.0 if h.blind or h.stats.state_broken_cycles >= h.cfg.blind_after else 0.0)
         yield GaugeMetricFamily("airflow_monitor_heal_acting", "1 in mode act, 0 in mode observe",
                                 value=1.0 if h.cfg.mode == "act" else 0.0)
         yield CounterMetricFamily("airflow_monitor_heal_cycles", "Healer cycles run", value=s.cycles)

@@ -426,10 +426,14 @@ class Healer:
         elif e.status in (400, 422):
             permanent = f"refused by the API server ({e.status})"
         if permanent:
-            if (d.component, BLOCKED) not in self.alerts.open_alerts():
+            if (d.component, BLOCKED) not in self.alerts.open_alerts():  # recorded and counted once an episode
                 self.state.record(d.component, pod.name, d.rule, what, d.reason, ts, "blocked", text, now=ts,
                                   uid=pod.uid, before=before)
-            self.actions[(d.rule, "blocked")] += 1
+                self.actions[(d.rule, "blocked")] += 1
+            # asked again only after the cooldown (a PodDisruptionBudget may allow it by then), not every
+            # cycle: each refused eviction is a write in the API server's audit log
+            self._wait_until[d.component] = max(self._wait_until.get(d.component, 0.0),
+                                                ts + max(self.cfg.budget.cooldown, self.cfg.interval))
             self._blocked(d, pod, permanent, now, "; ".join(e.causes) or text)
             return True
         if self._went_through(pod):

@@ -28,13 +28,13 @@ class ConfigMapDoc:
         try:
             doc = json_object(raw)
         except ValueError as e:
-            raise StoreError(f"ConfigMap {self.name}: {KEY} is {e} (edited by hand?); fix or delete it") from None
+            raise StoreError(f"{KEY} is {e} (edited by hand?); fix or delete it") from None
         return doc, str((cm.get("metadata") or {}).get("resourceVersion") or "")
 
     def write(self, doc: dict, version: str) -> str:
         data = json.dumps(doc, separators=(",", ":"))
         if len(data) > LIMIT:
-            raise StoreError(f"ConfigMap {self.name}: the state grew to {len(data)} bytes, over what a ConfigMap "
+            raise StoreError(f"the state grew to {len(data)} bytes, over what a ConfigMap "
                              "holds")
         meta = {"name": self.name, "namespace": self.kube.namespace,
                 "labels": {"app.kubernetes.io/managed-by": "airflow-monitor"}}

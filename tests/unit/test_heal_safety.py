@@ -139,10 +139,14 @@ def test_one_transient_eviction_error_is_tried_again_and_costs_nothing(monkeypat
                "ValidatingAdmissionPolicy 'x' denied request", 403, "Forbidden"), "refused by the API server (403"),
 ])
 def test_a_refusal_only_a_person_can_lift_is_paged_once_and_costs_no_budget(monkeypatch, error, says):
-    h, kube, og = make(monkeypatch, [sched()], stuck_view())
+    h, kube, og = make(monkeypatch, [sched()], stuck_view(), budget={"cooldown": "5m"})
     kube.answers = [error, error, error]
     for t in (0, 30, 60):
         cycle(h, t)
+    assert kube.evictions == ["af-scheduler-0"], "asked again only after the cooldown, not every cycle"
+    assert h.actions[("stuck_scheduler", "blocked")] == 1
+    cycle(h, 301)  # the cooldown is over: asked again (a budget may allow it now), still one page
+    assert kube.evictions == ["af-scheduler-0"] * 2 and h.actions[("stuck_scheduler", "blocked")] == 1
     assert [o[1] for o in og.opened()] == ["healing_blocked"]
     assert says in h.alerts.open_alerts()[("scheduler", "healing_blocked")].message
     assert {a.outcome for a in h.state.actions()} == {"blocked"} and len(h.state.actions()) == 1
@@ -260,6 +264,12 @@ def test_a_corrupt_state_restarts_nothing_and_says_so_once(monkeypatch, doc):
     from monitor.heal import command
 
     assert command.rows(h)["scheduler_restarts_left"] is None and command.verdict(h, True) == "blind"
+    from monitor.heal.exposition import HealCollector
+
+    series = {(s.name, tuple(sorted(s.labels.items()))): s.value
+              for fam in HealCollector(h).collect() for s in fam.samples}
+    assert series[("airflow_monitor_heal_blind", ())] == 1 and series[("airflow_monitor_heal_state_broken", ())] == 1
+    assert not [k for k in series if k[0] == "airflow_monitor_heal_budget_remaining"], "unknown, not full"
 
 
 # ---------------------------------------------------------------------- the API server's clock
