@@ -48,7 +48,6 @@ EVENT_SELECTOR = "involvedObject.kind=Pod,type=Warning"  # every reason the rule
 EVENT_TEXT = 256  # characters kept of an Event's message (the recorder allows 1,024; the cache holds 50,000)
 
 
-
 def json_object(text) -> dict:
     """JSON text that must be an object; ValueError says what it is instead ("not JSON", ...)."""
     try:
@@ -58,6 +57,7 @@ def json_object(text) -> dict:
     if not isinstance(doc, dict):
         raise ValueError("not a JSON object")
     return doc
+
 
 class KubeError(Exception):
     def __init__(self, message: str, status: int | None = None, reason: str = "", causes: tuple = (),
