@@ -124,11 +124,12 @@ def cpu(pids: list[int]) -> float:
     return total
 
 
-def mem(pids: list[int], key: str) -> int:
+def mem(pids: list[int], key: str, file: str = "status") -> int:
+    """A `key: N kB` line of /proc/<pid>/<file>, in bytes, summed over the processes."""
     total = 0
     for pid in pids:
         try:
-            m = re.search(rf"^{key}:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.M)
+            m = re.search(rf"^{key}:\s+(\d+) kB", Path(f"/proc/{pid}/{file}").read_text(), re.M)
             total += int(m.group(1)) * 1024 if m else 0
         except OSError:
             pass
@@ -315,14 +316,7 @@ def run(tool: Tool, sender: Path, tmp: Path, dags: int, tasks: int, args) -> dic
 def pss(pids: list[int]) -> int:
     """Proportional set size: shared pages (the store's array) counted once over both processes, as a
     pod's memory cgroup counts them."""
-    total = 0
-    for pid in pids:
-        try:
-            m = re.search(r"^Pss:\s+(\d+) kB", Path(f"/proc/{pid}/smaps_rollup").read_text(), re.M)
-            total += int(m.group(1)) * 1024 if m else 0
-        except OSError:
-            pass
-    return total
+    return mem(pids, "Pss", "smaps_rollup")
 
 
 def report(r: dict) -> None:

@@ -295,23 +295,12 @@ def run_otlp(gen: Path, tmp: Path, args) -> None:
         print(f"  saturated {wall:.0f} s: {n / wall:,.0f} points/s, {n / cpu:,.0f} points per CPU-s "
               f"({cpu / n * 1e6:.1f} CPU-µs a point, both processes)  [{load_avg()}]")
         print(f"  RSS: peak {bs.mem(b.pids, 'VmHWM') / mib:.0f} MiB (both processes; PSS now "
-              f"{pss(b.pids) / mib:.0f} MiB); " + ", ".join(
+              f"{bs.pss(b.pids) / mib:.0f} MiB); " + ", ".join(
                   f"{name} {bs.mem([p], 'VmHWM') / mib:.0f} MiB" for name, p in zip(("ingest", "web"), b.pids,
                                                                                      strict=False)))
         print(f"  scrape while loaded: {b.tool.scrape(gz=True)[0]:.2f} s gzip text")
     finally:
         b.stop()
-
-
-def pss(pids: list[int]) -> int:
-    total = 0
-    for pid in pids:
-        try:
-            m = re.search(r"^Pss:\s+(\d+) kB", Path(f"/proc/{pid}/smaps_rollup").read_text(), re.M)
-            total += int(m.group(1)) * 1024 if m else 0
-        except OSError:
-            pass
-    return total
 
 
 def run_statsd(tmp: Path, args) -> None:
@@ -339,7 +328,7 @@ def run_statsd(tmp: Path, args) -> None:
               f"({(c1 - c0) / counted * 1e6:.1f} CPU-µs a line), loss {max(0, 1 - counted / sent) * 100:.3f} %  "
               f"[{load_avg()}]")
         print(f"  RSS: peak {bs.mem(b.pids, 'VmHWM') / mib:.0f} MiB (both processes; PSS now "
-              f"{pss(b.pids) / mib:.0f} MiB)")
+              f"{bs.pss(b.pids) / mib:.0f} MiB)")
     finally:
         b.stop()
 

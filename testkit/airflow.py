@@ -7,6 +7,7 @@ Only the standard library is used here, so the bench can import it too.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -203,6 +204,33 @@ class Airflow:
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.home, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def second_scheduler(af: Airflow, env_extra: dict[str, str], log: Path):
+    """Another `airflow scheduler` on `af`'s home and database (HA schedulers), stopped on the way out:
+    SIGTERM, then SIGKILL (a scheduler may take long to end its executor). Its log's tail is printed
+    when the block fails."""
+    proc = subprocess.Popen([str(af.venv / "bin" / "airflow"), "scheduler"], env={**af.env(), **env_extra},
+                            cwd=af.home, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield proc
+    except BaseException:
+        print(log.read_text()[-3000:])
+        raise
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+
+
+def pods_in(metrics: dict, pods: set[str]) -> bool:
+    """Both HA schedulers' own gauges are in `metrics` (BridgeProcess.wait_for's view), told by their pod label."""
+    return all({dict(k).get("pod") for k in metrics.get(name, {})} >= pods
+               for name in ("airflow_executor_open_slots", "airflow_scheduler_heartbeat_total"))
 
 
 def statsd_env(port: int, mode: str) -> dict[str, str]:

@@ -329,12 +329,9 @@ class OtlpIngest:
         shift = native.unit_shift(s, log2f) if log2f else 0
         pos_k = _prom_keys(poff, pos, d, shift)
         neg_k = _prom_keys(noff, neg, d, shift)
-        x = V[b + 1] + total * factor
-        if not -math.inf < x < math.inf:
+        if not _sum_count(V, b, total * factor, count):
             st.dropped["overflow"] += 1
             return
-        V[b + 1] = x
-        V[b + 2] += count
         placed = zc
         V[b + 3] += zc + sum(neg_k.values())  # zero and negative values: at or below the first bound
         placed += sum(neg_k.values())
@@ -374,12 +371,9 @@ class OtlpIngest:
             return
         _, b, tag, factor, _log2f, fam_bounds, _nat, _m = e
         nb = len(fam_bounds) + 1
-        x = V[b + 1] + total * factor
-        if not -math.inf < x < math.inf:
+        if not _sum_count(V, b, total * factor, count):
             st.dropped["overflow"] += 1
             return
-        V[b + 1] = x
-        V[b + 2] += count
         placed = 0
         for i, c in enumerate(counts):
             if c:
@@ -507,6 +501,16 @@ class OtlpIngest:
                 del streams[k]
         for m in [m for m, t in self.modern_seen.items() if now - t > MODERN_WINDOW]:
             del self.modern_seen[m]
+
+
+def _sum_count(V, b: int, total: float, count: float) -> bool:
+    """Add to a histogram series' _sum and _count; False (nothing added) if the sum would overflow."""
+    x = V[b + 1] + total
+    if not -math.inf < x < math.inf:
+        return False
+    V[b + 1] = x
+    V[b + 2] += count
+    return True
 
 
 def stream_key(rid: int, name: str, attrs: tuple, start: int) -> int:

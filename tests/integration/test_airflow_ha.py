@@ -9,13 +9,10 @@ executor slots, per-pod heartbeats) is right.
 
 from __future__ import annotations
 
-import os
-import subprocess
-
 import pytest
 import yaml
 
-from testkit.airflow import REPO, Airflow, statsd_env
+from testkit.airflow import REPO, Airflow, pods_in, second_scheduler, statsd_env
 from testkit.bridge import BridgeProcess
 
 pytestmark = pytest.mark.integration
@@ -45,37 +42,19 @@ def ha(tmp_path_factory, venv, postgres):
     common = {**statsd_env(bridge.udp, "datadog"), "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": url,
               "AIRFLOW__METRICS__LEGACY_NAMES_ON": "False"}
     af = Airflow(home=tmp / "airflow", venv=venv, env_extra={**common, **pod_tag_env("airflow-scheduler-0")})
-    second = None
     try:
         af.start()
-        env = {**af.env(), **pod_tag_env("airflow-scheduler-1")}
-        second = subprocess.Popen([str(venv / "bin" / "airflow"), "scheduler"], env=env, cwd=af.home,
-                                  stdout=open(tmp / "scheduler-1.log", "wb"), stderr=subprocess.STDOUT,
-                                  start_new_session=True)
-        state = af.wait_run(DAG, af.trigger(DAG))
-        assert state == "failed", "boom fails on purpose"
-        pods = {"airflow-scheduler-0", "airflow-scheduler-1"}
-        m = bridge.wait_for(lambda m: {dict(k).get("pod") for k in m.get("airflow_executor_open_slots", {})} >= pods
-                            and {dict(k).get("pod") for k in m.get("airflow_scheduler_heartbeat_total", {})} >= pods,
-                            timeout=90)
-        yield m
+        with second_scheduler(af, pod_tag_env("airflow-scheduler-1"), tmp / "scheduler-1.log"):
+            state = af.wait_run(DAG, af.trigger(DAG))
+            assert state == "failed", "boom fails on purpose"
+            pods = {"airflow-scheduler-0", "airflow-scheduler-1"}
+            yield bridge.wait_for(lambda m: pods_in(m, pods), timeout=90)
     except BaseException:
         print(af.log_tail(80))
-        if (tmp / "scheduler-1.log").exists():
-            print((tmp / "scheduler-1.log").read_text()[-3000:])
         raise
-    finally:
-        try:
-            if second is not None:  # SIGTERM, then SIGKILL: a scheduler may take long to end its executor
-                os.killpg(second.pid, 15)
-                try:
-                    second.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(second.pid, 9)
-                    second.wait(timeout=30)
-        finally:  # never leave an Airflow running for the rest of the session
-            af.stop()
-            bridge.stop()
+    finally:  # never leave an Airflow running for the rest of the session
+        af.stop()
+        bridge.stop()
 
 
 def test_each_scheduler_has_its_own_gauges_and_their_sum_is_right(ha):

@@ -17,7 +17,7 @@ import pytest
 
 from monitor import catalog
 from testkit import expfmt
-from testkit.airflow import Airflow, otel_env, statsd_env
+from testkit.airflow import Airflow, otel_env, pods_in, second_scheduler, statsd_env
 from testkit.bridge import BridgeProcess
 from tests.integration.tools import Prometheus
 
@@ -203,42 +203,23 @@ def test_a_text_scraper_still_gets_valid_text(runs):
 def ha(tmp_path_factory, venv, postgres):
     """Two real schedulers on PostgreSQL, each with its own service.instance.id, as Airflow's docs set
     it (OTEL_RESOURCE_ATTRIBUTES=service.instance.id=$(hostname)); no statsd tag anywhere."""
-    import os
-    import subprocess
 
     tmp = tmp_path_factory.mktemp("airflow-otlp-ha")
     url = postgres("airflow_otlp_ha").replace("postgresql://", "postgresql+psycopg2://")
     bridge = BridgeProcess(tmp)
     af = Airflow(home=tmp / "airflow", venv=venv, env_extra={
         **otel_env(bridge.otlp, "airflow-scheduler-0"), "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": url})
-    second = None
     try:
         af.start()
-        env = {**af.env(), **otel_env(bridge.otlp, "airflow-scheduler-1")}
-        second = subprocess.Popen([str(venv / "bin" / "airflow"), "scheduler"], env=env, cwd=af.home,
-                                  stdout=open(tmp / "scheduler-1.log", "wb"), stderr=subprocess.STDOUT,
-                                  start_new_session=True)
-        pods = {"airflow-scheduler-0", "airflow-scheduler-1"}
-        yield bridge.wait_for(
-            lambda m: {dict(k).get("pod") for k in m.get("airflow_executor_open_slots", {})} >= pods
-            and {dict(k).get("pod") for k in m.get("airflow_scheduler_heartbeat_total", {})} >= pods, timeout=120)
+        with second_scheduler(af, otel_env(bridge.otlp, "airflow-scheduler-1"), tmp / "scheduler-1.log"):
+            pods = {"airflow-scheduler-0", "airflow-scheduler-1"}
+            yield bridge.wait_for(lambda m: pods_in(m, pods), timeout=120)
     except BaseException:
         print(af.log_tail(80))
-        if (tmp / "scheduler-1.log").exists():
-            print((tmp / "scheduler-1.log").read_text()[-3000:])
         raise
     finally:
-        try:
-            if second is not None:
-                os.killpg(second.pid, 15)
-                try:
-                    second.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(second.pid, 9)
-                    second.wait(timeout=30)
-        finally:
-            af.stop()
-            bridge.stop()
+        af.stop()
+        bridge.stop()
 
 
 def test_two_schedulers_give_two_gauge_series(ha):
