@@ -262,7 +262,8 @@ def test_concurrent_scrapers_share_renderings_and_a_stalled_one_holds_nobody(bri
 def test_a_killed_web_process_comes_back_with_every_series(bridge):
     b = bridge("--airflow-tags", "on")
     b.send_udp("airflow.ti.finish:2|c|#dag_id:d.x,task_id:g.t,state:success", "airflow.dagbag_size:4|g")
-    before = b.wait_for(lambda m: m.get("airflow_ti_finish_total", {}).get(K) == 2)
+    before = b.wait_for(lambda m: m.get("airflow_ti_finish_total", {}).get(K) == 2
+                        and m.get("airflow_dagbag_size", {}).get(()) == 4)
     old = _web_pid(b)
     os.kill(old, signal.SIGKILL)
     deadline = time.monotonic() + 20
