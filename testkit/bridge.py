@@ -96,7 +96,7 @@ class BridgeProcess:
                 out.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
         return out
 
-    def wait_for(self, pred, timeout: float = 10.0):
+    def wait_for(self, pred, timeout: float = 60.0):  # a busy machine: a deadline, not a reply within seconds
         deadline = time.monotonic() + timeout
         last = None
         while time.monotonic() < deadline and self.proc.poll() is None:
